@@ -1,0 +1,67 @@
+"""The ``musegen`` console script: one entry point, one module per subcommand.
+
+Each ``musegen/cli/<name>.py`` exposes ``register(subparsers)``, which adds its parser and sets
+``func`` to a handler taking the parsed arguments and returning an exit code. This module only
+dispatches and turns :class:`~musegen.errors.MusegenError` into a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from musegen import __version__
+from musegen.errors import MusegenError
+
+# In the order they appear in ``musegen --help``: the data flow, from corpus to app.
+COMMANDS = ("corpus", "prepare", "train", "generate", "render", "evaluate", "app")
+
+DESCRIPTION = """\
+musegen: symbolic music generation with a relative-attention transformer.
+
+Typical flow:
+  musegen corpus music21 data/midi        # write an offline corpus of real MIDI files
+  musegen prepare data/midi data/prepared # tokenize it into training-ready arrays
+  musegen train --data data/prepared --out runs/small --preset small
+  musegen generate --checkpoint runs/small/best --prompt song.mid --out out/
+  musegen render out/song_sample0.mid --out song.wav
+  musegen app                             # the web app on http://127.0.0.1:7860
+
+Run 'musegen COMMAND --help' for the options of each command.
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps hand-wrapped descriptions and shows each option's default."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="musegen", description=DESCRIPTION, formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"musegen {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module_name = f"musegen.cli.{name}"
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MusegenError as exc:
+        print(f"musegen {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"musegen {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,169 @@
+"""The model's shape as a dataclass that travels as ``config.json`` beside the weights.
+
+Impossible combinations fail here, when the config is built, with a message that names the
+options, instead of deep inside a forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from musegen.errors import MusegenError
+
+# The closed set of attention mechanisms; musegen.attention has one function per name.
+ATTENTION_KINDS = ("absolute", "relative", "local", "sparse")
+# How attention is computed: plain torch everywhere, or FlexAttention (CUDA only, fused).
+ATTENTION_BACKENDS = ("torch", "flex")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a :class:`musegen.model.MusicTransformer`.
+
+    ``max_seq_len`` is the longest context seen in training (and the absolute-position table
+    size). ``relative`` attention clips distances at ``max_relative_distance``; ``local`` and
+    ``sparse`` attend to the last ``window`` tokens, and ``sparse`` also to every
+    ``sparse_stride``-th earlier position (the Sparse Transformer's "summary" columns).
+    """
+
+    vocab_size: int = 512
+    d_model: int = 256
+    n_layers: int = 6
+    n_heads: int = 8
+    d_ff: int = 1024
+    dropout: float = 0.1
+    max_seq_len: int = 1024
+    attention: str = "relative"
+    max_relative_distance: int = 1024
+    window: int = 256
+    sparse_stride: int = 128
+    tie_embeddings: bool = True
+    attention_backend: str = "torch"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the options when the combination cannot work."""
+        positive = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len")
+        for name in positive:
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(
+                f"ModelConfig.attention={self.attention!r} is not one of {ATTENTION_KINDS}"
+            )
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"ModelConfig.attention_backend={self.attention_backend!r} is not one of "
+                f"{ATTENTION_BACKENDS}"
+            )
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"ModelConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.attention != "absolute" and self.max_relative_distance <= 0:
+            raise ValueError(
+                f"attention={self.attention!r} needs max_relative_distance > 0, "
+                f"got {self.max_relative_distance}"
+            )
+        if self.attention in ("local", "sparse"):
+            if self.window <= 0:
+                raise ValueError(f"attention={self.attention!r} needs window > 0")
+            if self.window > self.max_relative_distance:
+                raise ValueError(
+                    f"window={self.window} exceeds max_relative_distance="
+                    f"{self.max_relative_distance}: positions inside the window would share "
+                    "a clipped relative embedding; raise max_relative_distance or shrink window"
+                )
+        if self.attention == "sparse" and not 0 < self.sparse_stride <= self.window:
+            raise ValueError(
+                f"attention='sparse' needs 0 < sparse_stride <= window, got "
+                f"sparse_stride={self.sparse_stride}, window={self.window}"
+            )
+        if self.attention_backend == "flex" and self.attention == "absolute":
+            raise ValueError(
+                "attention_backend='flex' is for relative/local/sparse attention; "
+                "absolute attention already uses fused scaled_dot_product_attention"
+            )
+
+    # --- JSON round trip -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise MusegenError(f"unknown model config field(s): {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise MusegenError(f"invalid model config: {exc}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def with_overrides(self, **overrides: Any) -> ModelConfig:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **overrides)
+
+
+# Presets: ``tiny`` for tests (thousands of parameters), ``small`` trains on a laptop CPU
+# (the benchmark shape: 6 layers, d_model 256, 8 heads), ``base`` wants a GPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        d_ff=64,
+        dropout=0.0,
+        max_seq_len=128,
+        max_relative_distance=128,
+        window=32,
+        sparse_stride=16,
+    ),
+    "small": dict(
+        d_model=256,
+        n_layers=6,
+        n_heads=8,
+        d_ff=1024,
+        dropout=0.1,
+        max_seq_len=1024,
+        max_relative_distance=1024,
+        window=256,
+        sparse_stride=128,
+    ),
+    "base": dict(
+        d_model=512,
+        n_layers=8,
+        n_heads=8,
+        d_ff=2048,
+        dropout=0.1,
+        max_seq_len=2048,
+        max_relative_distance=2048,
+        window=512,
+        sparse_stride=256,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """A :class:`ModelConfig` from a named preset, with any field overridden."""
+    if name not in PRESETS:
+        raise MusegenError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})

@@ -1,0 +1,17 @@
+"""One exception type for every mistake a user can fix.
+
+Front ends (the CLI, the app) catch :class:`MusegenError` and show its message as a single
+line; anything else is a bug and keeps its traceback.
+"""
+
+
+class MusegenError(Exception):
+    """A problem with user input (a file, a flag, a form field) with a message saying what to do."""
+
+
+class MidiError(MusegenError):
+    """A MIDI file that cannot be read, or holds nothing usable."""
+
+
+class CheckpointError(MusegenError):
+    """A checkpoint directory that is missing files or does not match what is asked of it."""

@@ -1,0 +1,186 @@
+"""The MIDI ⇄ token-id boundary: a small, config-driven wrapper over miditok.
+
+Everything else in musegen sees a tokenizer as "score in, list of ints out" and back. The
+tokenizer is saved as ``tokenizer.json`` beside prepared data and inside every checkpoint, so
+the ids a model was trained on can always be reproduced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import miditok
+import symusic
+
+from musegen.errors import MidiError, MusegenError
+
+TOKENIZER_KINDS: dict[str, type[miditok.MusicTokenizer]] = {
+    "REMI": miditok.REMI,
+    "TSD": miditok.TSD,
+    "MIDILike": miditok.MIDILike,
+}
+TOKENIZER_FILE = "tokenizer.json"
+PAD, BOS, EOS = "PAD_None", "BOS_None", "EOS_None"
+
+
+@dataclass
+class TokenizerSettings:
+    """What a user may choose about tokenization; everything else keeps miditok's defaults.
+
+    The defaults give REMI with programs in one stream (multitrack, drums kept), tempo and
+    time-signature tokens, 16 velocity bins: a vocabulary of about 500 ids.
+    """
+
+    kind: str = "REMI"
+    use_programs: bool = True
+    use_tempos: bool = True
+    use_time_signatures: bool = True
+    num_velocities: int = 16
+    num_tempos: int = 32
+    pitch_range: tuple[int, int] = (21, 109)
+    # Positions per beat for note onsets/durations: 8 per beat in the first 4 beats, then 4.
+    beat_res: list[tuple[int, int, int]] = field(default_factory=lambda: [(0, 4, 8), (4, 12, 4)])
+
+    def validate(self) -> None:
+        if self.kind not in TOKENIZER_KINDS:
+            raise MusegenError(
+                f"unknown tokenizer {self.kind!r}: choose one of {', '.join(TOKENIZER_KINDS)}"
+            )
+        if not 1 <= self.num_velocities <= 127:
+            raise MusegenError("num_velocities must be between 1 and 127")
+
+    def to_miditok(self) -> miditok.TokenizerConfig:
+        return miditok.TokenizerConfig(
+            pitch_range=tuple(self.pitch_range),
+            beat_res={(a, b): r for a, b, r in self.beat_res},
+            num_velocities=self.num_velocities,
+            use_programs=self.use_programs,
+            one_token_stream_for_programs=True,
+            use_tempos=self.use_tempos,
+            num_tempos=self.num_tempos,
+            use_time_signatures=self.use_time_signatures,
+            special_tokens=["PAD", "BOS", "EOS", "MASK"],
+        )
+
+
+def build_tokenizer(settings: TokenizerSettings | None = None) -> miditok.MusicTokenizer:
+    """A fresh (untrained) tokenizer from ``settings``."""
+    settings = settings or TokenizerSettings()
+    settings.validate()
+    return TOKENIZER_KINDS[settings.kind](settings.to_miditok())
+
+
+def save_tokenizer(tokenizer: miditok.MusicTokenizer, directory: str | Path) -> Path:
+    """Write ``tokenizer.json`` (config, vocabulary, any trained BPE) into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(directory, filename=TOKENIZER_FILE)
+    return directory / TOKENIZER_FILE
+
+
+def load_tokenizer(path: str | Path) -> miditok.MusicTokenizer:
+    """Load a tokenizer from ``tokenizer.json`` or a directory holding one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
+        raise MusegenError(f"tokenizer file not found: {path}")
+    try:
+        import json
+
+        params = json.loads(path.read_text())
+        kind = params.get("tokenization", "REMI")
+        cls = getattr(miditok, kind)
+        return cls(params=path)
+    except Exception as exc:  # miditok raises many types for a bad file
+        raise MusegenError(f"{path} is not a valid miditok tokenizer file ({exc})") from exc
+
+
+def train_bpe(
+    tokenizer: miditok.MusicTokenizer, midi_files: Iterable[Path], vocab_size: int
+) -> None:
+    """Learn a BPE vocabulary of ``vocab_size`` ids on ``midi_files`` (miditok's ``train``)."""
+    if vocab_size <= len(tokenizer):
+        raise MusegenError(
+            f"--bpe-vocab {vocab_size} must be larger than the base vocabulary ({len(tokenizer)})"
+        )
+    tokenizer.train(vocab_size=vocab_size, model="BPE", files_paths=list(midi_files))
+
+
+def load_score(source: str | Path | bytes | symusic.Score) -> symusic.Score:
+    """Parse a MIDI file (path or bytes) with symusic, turning every failure into a MidiError."""
+    if isinstance(source, symusic.Score):
+        return source
+    name = "<bytes>"
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            data = bytes(source)
+        else:
+            name = str(source)
+            data = Path(source).read_bytes()
+    except FileNotFoundError:
+        raise MidiError(f"{name}: file not found") from None
+    except IsADirectoryError:
+        raise MidiError(f"{name}: is a directory, not a MIDI file") from None
+    except OSError as exc:
+        raise MidiError(f"{name}: cannot be read ({exc.strerror})") from None
+    if not data:
+        raise MidiError(f"{name}: empty file")
+    if not data.startswith(b"MThd"):
+        raise MidiError(f"{name}: not a MIDI file (no MThd header)")
+    try:
+        score = symusic.Score.from_midi(data)
+    except Exception as exc:
+        raise MidiError(f"{name}: corrupt MIDI ({str(exc).splitlines()[0][:120]})") from None
+    return score
+
+
+def count_notes(score: symusic.Score) -> int:
+    return sum(len(track.notes) for track in score.tracks)
+
+
+def encode(tokenizer: miditok.MusicTokenizer, score: symusic.Score) -> list[int]:
+    """Token ids of a whole score as one stream (BPE applied when the tokenizer is trained)."""
+    seq = tokenizer.encode(score)
+    if isinstance(seq, list):  # tokenizers without one_token_stream give one seq per track
+        seq = seq[0]
+    return list(seq.ids)
+
+
+def decode(tokenizer: miditok.MusicTokenizer, ids: list[int]) -> symusic.Score:
+    """A score from token ids; special tokens (PAD/BOS/EOS) are dropped first."""
+    special = set(tokenizer.special_tokens_ids)
+    clean = [int(i) for i in ids if int(i) not in special]
+    return tokenizer.decode(clean)
+
+
+def score_to_midi_bytes(score: symusic.Score) -> bytes:
+    """Standard MIDI file bytes of a score."""
+    buf = score.dumps_midi()
+    return bytes(buf) if not isinstance(buf, bytes) else buf
+
+
+def special_id(tokenizer: miditok.MusicTokenizer, token: str) -> int:
+    return int(tokenizer.vocab[token])
+
+
+def settings_dict(settings: TokenizerSettings) -> dict:
+    return asdict(settings)
+
+
+__all__ = [
+    "TOKENIZER_FILE",
+    "TokenizerSettings",
+    "build_tokenizer",
+    "count_notes",
+    "decode",
+    "encode",
+    "load_score",
+    "load_tokenizer",
+    "save_tokenizer",
+    "score_to_midi_bytes",
+    "special_id",
+    "train_bpe",
+]
