@@ -33,8 +33,22 @@ Run 'musegen COMMAND --help' for the options of each command.
 """
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps hand-wrapped descriptions and shows each option's default."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps hand-wrapped descriptions and shows an option's default when it says something.
+
+    A default of None/False/[] is left out, and so is one the help text already mentions.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default in (None, False, [], argparse.SUPPRESS)
+            or action.option_strings == []
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
