@@ -62,3 +62,19 @@ def midi_folder(tmp_path: Path) -> Path:
         tracks = ((0, False), (40 + i % 3, False), (0, True)) if i % 2 else ((0, False),)
         write_midi(root / f"set{i % 2}" / f"piece{i}.mid", bars=4 + i, tracks=tracks, seed=i)
     return root
+
+
+# --- model checkpoint (musegen.checkpoint) -------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved, randomly initialised ``tiny`` model with the default REMI tokenizer."""
+    from musegen.checkpoint import save_pretrained
+    from musegen.config import preset
+    from musegen.model import MusicTransformer
+    from musegen.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config = preset("tiny", vocab_size=len(tokenizer))
+    torch.manual_seed(0)
+    model = MusicTransformer(config)
+    return save_pretrained(model, tokenizer, tmp_path_factory.mktemp("ckpt") / "tiny")

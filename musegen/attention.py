@@ -1,0 +1,298 @@
+"""Attention mechanisms: one function per ``ModelConfig.attention`` kind, in a registry.
+
+Every function has the signature ``fn(q, k, v, rel, ctx) -> out`` with ``q`` of shape
+``[B, H, Lq, D]``, ``k``/``v`` of shape ``[B, H, Lk, D]``, ``rel`` the layer's relative embeddings
+``[H, R, D]`` (row ``d`` is distance ``d``; ``None`` for ``absolute``) and ``ctx`` an
+:class:`AttnContext` built once per forward pass and shared by all layers.
+
+Two regimes:
+
+* **aligned** (no cache: training, scoring): queries and keys are the same ``L`` positions. The
+  relative bias ``q_i·E[i-j]`` comes from one matmul ``Q·Eᵀ`` per query block and the
+  memory-efficient *skew* (a pad and a strided view, never an ``L×L×D`` tensor); it reaches the
+  fused ``scaled_dot_product_attention`` as an additive float mask whose ``-inf`` entries carry the
+  causal/window masks for free. ``local``/``sparse`` work block by block on a band of keys, so
+  time and memory grow linearly with ``L``.
+* **cached** (incremental decoding): a few queries against the keys kept by a
+  :mod:`musegen.cache` object. The bias is gathered from ``q·Eᵀ`` by a distance index and the
+  mask is built from key positions; both are computed once per step in the context.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class AttnContext:
+    """What every layer needs to know about positions in this forward pass.
+
+    ``pad`` holds each row's number of left-padding tokens (``None`` when there is none):
+    a token's *real* position is its index minus ``pad``; relative distances do not change,
+    sparse summary positions and absolute positions are counted on real positions.
+    """
+
+    kind: str
+    window: int
+    stride: int
+    horizon: int  # max_relative_distance: relative distances are clipped there
+    block: int  # query block size of the aligned paths
+    pad: Tensor | None = None  # [B] long
+    key_valid: Tensor | None = None  # [B, L] bool, aligned regime only
+    # cached regime (None in the aligned regime):
+    dist_index: Tensor | None = None  # [B or 1, 1, Lq, Lk] long, clipped distances
+    mask: Tensor | None = None  # [B or 1, 1, Lq, Lk] float, 0 or -inf
+    n_dist: int = 0  # rows of ``rel`` the gather reaches
+    use_flex: bool = False
+
+    @property
+    def cached(self) -> bool:
+        return self.mask is not None
+
+
+# --- the skew: Q·Eᵀ (per distance) → bias per (query, key) ------------------------------------
+def rel_table(rel: Tensor, n_dist: int) -> Tensor:
+    """Rows of ``rel`` for distances ``n_dist-1 … 0`` (reversed), clipped at the last row."""
+    R = rel.shape[1]
+    if n_dist <= R:
+        return rel[:, :n_dist].flip(1)
+    idx = torch.arange(n_dist - 1, -1, -1, device=rel.device).clamp_(max=R - 1)
+    return rel.index_select(1, idx)
+
+
+def skewed_band_bias(q: Tensor, rel: Tensor, n_keys: int, n_dist: int) -> Tensor:
+    """Bias ``[B, H, Bq, n_keys]`` for a query block whose last query is the last key.
+
+    Query ``r`` is at distance ``d = n_keys - Bq + r - c`` from key ``c``. Entries with
+    ``0 <= d < n_dist`` hold ``q_r·E[min(d, R-1)]/√D`` (the paper's ``(QKᵀ + S_rel)/√D``);
+    every other entry (future keys, keys beyond the window) is ``-inf``.
+    Cost: one ``Bq×n_dist`` matmul, one pad, and views (the skew).
+    """
+    Bq = q.shape[-2]
+    table = rel_table(rel, n_dist) * q.shape[-1] ** -0.5
+    qe = torch.matmul(q, table.transpose(-1, -2))  # [B,H,Bq,n_dist]
+    # Columns k = 0..n_keys-1 stand for distance n_keys-1-k; row r needs column c - r + Bq - 1.
+    right = max(Bq - 1, 1)
+    padded = F.pad(qe, (n_keys - n_dist, right), value=NEG_INF)  # [B,H,Bq,M]
+    M = padded.shape[-1]
+    flat = padded.flatten(-2)[..., Bq - 1 : Bq - 1 + Bq * (M - 1)]
+    return flat.unflatten(-1, (Bq, M - 1))[..., :n_keys]
+
+
+def _pad_key_mask(ctx: AttnContext, q_idx: Tensor, k_idx: Tensor, dtype) -> Tensor:
+    """Additive mask ``[B, 1, Lq, Lk]`` hiding padded keys (a pad query still sees itself)."""
+    valid = ctx.key_valid[:, k_idx]  # [B, Lk]
+    ok = valid[:, None, None, :] | (q_idx[:, None] == k_idx[None, :])[None, None]
+    return torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, NEG_INF)
+
+
+def _summary_keys(ctx: AttnContext, i0: int, i1: int, B: int, device) -> Tensor | None:
+    """Indices ``[B, S]`` of the sparse summary keys some query in ``[i0, i1)`` may reach.
+
+    Summary keys have real position ``p ≡ stride-1 (mod stride)`` and distance in
+    ``[window, horizon)`` from the query (nearer keys are in the local band already).
+    Out-of-range entries are returned as ``-1``.
+    """
+    lo_pos, hi_pos = i0 - ctx.horizon + 1, i1 - 1 - ctx.window  # index range that can qualify
+    if hi_pos < 0:
+        return None
+    pad = ctx.pad if ctx.pad is not None else torch.zeros(B, dtype=torch.long, device=device)
+    first = (lo_pos - int(pad.max())) // ctx.stride - 1
+    last = (hi_pos - int(pad.min())) // ctx.stride + 1
+    s = torch.arange(max(first, 0), last + 1, device=device)
+    idx = pad[:, None] + s[None, :] * ctx.stride + ctx.stride - 1  # [B, S] indices
+    bad = (idx < max(lo_pos, 0)) | (idx > hi_pos)
+    if bool(bad.all()):
+        return None
+    return idx.masked_fill(bad, -1)
+
+
+def _block_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor, ctx: AttnContext) -> Tensor:
+    """Aligned relative/local/sparse attention, one query block at a time."""
+    B, L = q.shape[0], q.shape[2]
+    local = ctx.kind in ("local", "sparse")
+    outs = []
+    for i0 in range(0, L, ctx.block):
+        i1 = min(i0 + ctx.block, L)
+        lo = max(0, i0 - ctx.window + 1) if local else 0
+        n_keys = i1 - lo
+        n_dist = min(n_keys, ctx.window) if local else n_keys
+        qb = q[:, :, i0:i1]
+        bias = skewed_band_bias(qb, rel, n_keys, n_dist)
+        kb, vb = k[:, :, lo:i1], v[:, :, lo:i1]
+        if ctx.key_valid is not None:
+            q_idx = torch.arange(i0, i1, device=q.device)
+            bias = bias + _pad_key_mask(ctx, q_idx, torch.arange(lo, i1, device=q.device), q.dtype)
+        if ctx.kind == "sparse":
+            summ = _summary_keys(ctx, i0, i1, B, q.device)
+            if summ is not None:
+                kb, vb, bias = _add_summaries(qb, k, v, rel, ctx, summ, i0, (kb, vb, bias))
+        outs.append(F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+def _add_summaries(qb, k, v, rel, ctx, summ, i0, band):
+    """Append the sparse summary keys (gathered per row) to a block's keys, values and bias."""
+    kb, vb, bias = band
+    B, H, Bq, D = qb.shape
+    safe = summ.clamp_min(0)  # [B, S]
+    gather_idx = safe[:, None, :, None].expand(B, H, -1, D)
+    ks, vs = k.gather(2, gather_idx), v.gather(2, gather_idx)
+    q_idx = torch.arange(i0, i0 + Bq, device=qb.device)
+    dist = q_idx[None, :, None] - safe[:, None, :]  # [B, Bq, S]
+    ok = (summ[:, None, :] >= 0) & (dist >= ctx.window) & (dist < ctx.horizon)
+    n_dist = int(dist.max().clamp(min=0, max=ctx.horizon - 1)) + 1
+    qe = torch.matmul(qb, (rel[:, :n_dist] * D**-0.5).transpose(-1, -2))  # [B,H,Bq,n_dist]
+    idx = dist.clamp(0, n_dist - 1)[:, None].expand(B, H, Bq, -1)
+    sb = qe.gather(-1, idx).masked_fill(~ok[:, None], NEG_INF)
+    bias = torch.cat([bias.expand(B, H, Bq, -1), sb], dim=-1)
+    return torch.cat([kb, ks], dim=2), torch.cat([vb, vs], dim=2), bias
+
+
+# --- the cached (incremental) regime --------------------------------------------------------
+def _cached_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx: AttnContext):
+    """Queries against cached keys: bias gathered by distance, mask from key positions."""
+    mask = ctx.mask
+    if rel is not None:
+        B, H, Lq, D = q.shape
+        qe = torch.matmul(q, (rel[:, : ctx.n_dist] * D**-0.5).transpose(-1, -2))
+        idx = ctx.dist_index.expand(B, H, Lq, -1)
+        mask = qe.gather(-1, idx) + mask
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+# --- one function per kind ------------------------------------------------------------------
+def absolute_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx: AttnContext):
+    """Plain causal attention (positions come from learned absolute embeddings)."""
+    if ctx.cached:
+        return _cached_attention(q, k, v, None, ctx)
+    if ctx.key_valid is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    L = q.shape[-2]
+    idx = torch.arange(L, device=q.device)
+    causal = torch.zeros(L, L, device=q.device).masked_fill_(idx[None] > idx[:, None], NEG_INF)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=causal.to(q.dtype) + _pad_key_mask(ctx, idx, idx, q.dtype)
+    )
+
+
+def relative_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor, ctx: AttnContext):
+    """Music Transformer relative attention (Huang et al. 2018), causal over the whole past."""
+    if ctx.cached:
+        return _cached_attention(q, k, v, rel, ctx)
+    if ctx.use_flex:
+        return _flex_attention(q, k, v, rel, ctx)
+    return _block_attention(q, k, v, rel, ctx)
+
+
+def local_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor, ctx: AttnContext):
+    """Relative attention inside a causal sliding window of ``ctx.window`` tokens."""
+    return relative_attention(q, k, v, rel, ctx)
+
+
+def sparse_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor, ctx: AttnContext):
+    """Local window plus strided summary keys (Sparse Transformer 'fixed' pattern)."""
+    return relative_attention(q, k, v, rel, ctx)
+
+
+AttentionFn = Callable[[Tensor, Tensor, Tensor, "Tensor | None", AttnContext], Tensor]
+ATTENTION: dict[str, AttentionFn] = {
+    "absolute": absolute_attention,
+    "relative": relative_attention,
+    "local": local_attention,
+    "sparse": sparse_attention,
+}
+
+
+# --- structure shared by the cache path and the tests ---------------------------------------
+def allowed(kind: str, dist: Tensor, k_real: Tensor, window: int, stride: int, horizon: int):
+    """Which (query, key) pairs ``kind`` lets attend, from distances and key real positions."""
+    causal = dist >= 0
+    if kind in ("absolute", "relative"):
+        return causal
+    near = causal & (dist < window)
+    if kind == "local":
+        return near
+    summary = (k_real % stride == stride - 1) & (dist >= window) & (dist < horizon)
+    return near | summary
+
+
+def cached_context(ctx: AttnContext, keys, dtype: torch.dtype) -> AttnContext:
+    """Fill ``ctx`` with one step's distance index and additive mask (shared by all layers).
+
+    ``keys`` is a :class:`musegen.cache.StepKeys`. Ring slots of type LOCAL follow the window
+    rule only and SUMMARY slots the summary rule only, so a key kept in both is never counted
+    twice; ANY (fresh or full-cache keys) follows the kind's whole rule. A padding query still
+    sees itself, so no row is empty.
+    """
+    from musegen.cache import LOCAL, SUMMARY
+
+    dist = keys.q_index[None, :, None] - keys.k_index[:, None, :]  # [B, Lq, Nk]
+    k_real = (keys.k_index - keys.pad[:, None])[:, None, :]
+    rule = allowed(ctx.kind, dist, k_real, ctx.window, ctx.stride, ctx.horizon)
+    t = keys.k_type[None, None, :]
+    if ctx.kind == "sparse":
+        near = (dist >= 0) & (dist < ctx.window)
+        summary = rule & ~near
+        rule = torch.where(t == LOCAL, near, torch.where(t == SUMMARY, summary, rule))
+    ok = (rule & keys.k_valid[:, None, :]) | ((dist == 0) & (t != SUMMARY))
+    ok &= keys.k_index[:, None, :] >= 0
+    ctx.mask = torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, NEG_INF)
+    ctx.mask = ctx.mask[:, None]
+    if ctx.kind != "absolute":
+        span = ctx.window if ctx.kind == "local" else ctx.horizon
+        reach = int(dist.max().clamp(min=0)) + 1
+        ctx.n_dist = max(1, min(reach, span, ctx.horizon))
+        ctx.dist_index = dist.clamp(0, ctx.n_dist - 1)[:, None]
+    return ctx
+
+
+# --- optional fused GPU path ----------------------------------------------------------------
+_FLEX: dict[str, Callable] = {}
+
+
+def _flex_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor, ctx: AttnContext) -> Tensor:
+    """FlexAttention (CUDA): relative bias as a ``score_mod``, window/summaries as a block mask.
+
+    ``Q·Eᵀ`` is computed once (``[B, H, L, n_dist]``) and looked up inside the fused kernel by
+    distance; the mask is a block-sparse pattern, so local/sparse skip the blocks they never see.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    if "fn" not in _FLEX:
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+    L = q.shape[2]
+    span = ctx.window if ctx.kind == "local" else ctx.horizon
+    n_dist = min(L, span)
+    qe = torch.matmul(q, (rel[:, :n_dist] * q.shape[-1] ** -0.5).transpose(-1, -2))
+    kind, window, stride, horizon = ctx.kind, ctx.window, ctx.stride, ctx.horizon
+
+    def score_mod(score, b, h, qi, ki):
+        return score + qe[b, h, qi, (qi - ki).clamp(0, n_dist - 1)]
+
+    def mask_mod(b, h, qi, ki):
+        d = qi - ki
+        if kind == "relative":
+            return d >= 0
+        near = (d >= 0) & (d < window)
+        if kind == "local":
+            return near
+        return near | ((ki % stride == stride - 1) & (d >= window) & (d < horizon))
+
+    key = (kind, L, q.device)
+    if key not in _FLEX:
+        _FLEX[key] = create_block_mask(mask_mod, None, None, L, L, device=q.device)
+    return _FLEX["fn"](q, k, v, score_mod=score_mod, block_mask=_FLEX[key])
+
+
+def init_scale(head_dim: int) -> float:
+    """Std of the relative embeddings at init (same as a key's scale)."""
+    return 1.0 / math.sqrt(head_dim)

@@ -1,0 +1,213 @@
+"""Key/value caches for incremental decoding: explicit objects, testable alone.
+
+A decoding step has three phases, driven by :class:`musegen.model.MusicTransformer`:
+``begin(n)`` says ``n`` tokens arrive and returns :class:`StepKeys` (which keys the step's
+queries will see, their positions and validity: the model turns that into one mask per step),
+``update(layer, k, v)`` stores a layer's new keys/values and returns the keys/values to attend
+to, and ``end()`` advances :attr:`length`.
+
+* :class:`FullCache` keeps every key (``absolute``/``relative``); storage grows by doubling, so
+  appending never re-concatenates the past.
+* :class:`RingCache` keeps only the last ``window`` keys in a ring buffer (``local``), plus, for
+  ``sparse``, a second ring with the summary keys (real position ≡ stride-1 mod stride) that are
+  still within ``horizon``. Memory and time per token stay constant however long the piece is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+# What rule a key slot follows (see musegen.attention.cached_mask).
+LOCAL, SUMMARY, ANY = 0, 1, 2
+
+
+@dataclass
+class StepKeys:
+    """The keys one step's queries see, in the order ``update`` returns them."""
+
+    q_index: Tensor  # [Lq] index positions of the new tokens
+    k_index: Tensor  # [B, Nk] index positions of the keys (-1: empty slot)
+    k_valid: Tensor  # [B, Nk] real, filled keys
+    k_type: Tensor  # [Nk] LOCAL / SUMMARY / ANY
+    pad: Tensor  # [B] left-padding length of each row
+
+
+class KVCache:
+    """Common bookkeeping: batch size, tokens seen, left padding per row."""
+
+    def __init__(self, n_layers: int, batch_size: int, device=None, dtype=None) -> None:
+        self.n_layers = n_layers
+        self.batch_size = batch_size
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = dtype
+        self.length = 0  # tokens seen so far (padding included)
+        self.pad = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self._n = 0
+
+    def set_padding(self, padding_mask: Tensor | None, n: int) -> Tensor:
+        """Remember left padding (first chunk only); return this chunk's key validity [B, n]."""
+        if padding_mask is None:
+            return torch.ones(self.batch_size, n, dtype=torch.bool, device=self.device)
+        padding_mask = padding_mask.to(self.device, torch.bool)
+        if self.length > 0 and not bool(padding_mask.all()):
+            raise ValueError("padding_mask may mark padding only in the first chunk given a cache")
+        if self.length == 0:
+            self.pad = (~padding_mask).sum(1)
+        return padding_mask
+
+    def end(self) -> None:
+        self.length += self._n
+        self._n = 0
+
+    def memory_bytes(self) -> int:
+        """Bytes held by key/value storage (for tests and benchmarks)."""
+        return sum(t.numel() * t.element_size() for t in self._tensors())
+
+    def _tensors(self) -> list[Tensor]:
+        raise NotImplementedError
+
+    def _alloc(self, like: Tensor, slots: int) -> Tensor:
+        B, H, _, D = like.shape
+        return torch.zeros(B, H, slots, D, dtype=self.dtype or like.dtype, device=like.device)
+
+
+class FullCache(KVCache):
+    """Every key and value of the sequence, in preallocated storage that doubles when full."""
+
+    def __init__(self, n_layers: int, batch_size: int, device=None, dtype=None, capacity=256):
+        super().__init__(n_layers, batch_size, device, dtype)
+        self.capacity = capacity
+        self.k: list[Tensor | None] = [None] * n_layers
+        self.v: list[Tensor | None] = [None] * n_layers
+        self.valid = torch.zeros(batch_size, 0, dtype=torch.bool, device=self.device)
+
+    def begin(self, n: int, padding_mask: Tensor | None = None) -> StepKeys:
+        new_valid = self.set_padding(padding_mask, n)
+        self.valid = torch.cat([self.valid, new_valid], dim=1)
+        self._n = n
+        end = self.length + n
+        idx = torch.arange(end, device=self.device)
+        return StepKeys(
+            q_index=idx[self.length :],
+            k_index=idx.expand(self.batch_size, end),
+            k_valid=self.valid,
+            k_type=torch.full((end,), ANY, dtype=torch.long, device=self.device),
+            pad=self.pad,
+        )
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        t0, n = self.length, k.shape[2]
+        if self.k[layer] is None or t0 + n > self.k[layer].shape[2]:
+            self._grow(layer, k, t0 + n)
+        self.k[layer][:, :, t0 : t0 + n] = k
+        self.v[layer][:, :, t0 : t0 + n] = v
+        return self.k[layer][:, :, : t0 + n], self.v[layer][:, :, : t0 + n]
+
+    def _grow(self, layer: int, like: Tensor, needed: int) -> None:
+        size = max(self.capacity, 1 << math.ceil(math.log2(needed)))
+        for store in (self.k, self.v):
+            new = self._alloc(like, size)
+            if store[layer] is not None:
+                new[:, :, : self.length] = store[layer][:, :, : self.length]
+            store[layer] = new
+
+    def _tensors(self) -> list[Tensor]:
+        return [t for t in self.k + self.v if t is not None]
+
+
+class RingCache(KVCache):
+    """The last ``window`` keys (ring buffer), plus ``summaries`` summary slots for ``sparse``."""
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch_size: int,
+        window: int,
+        stride: int = 0,
+        horizon: int = 0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(n_layers, batch_size, device, dtype)
+        self.window, self.stride = window, stride
+        self.summaries = math.ceil(horizon / stride) + 1 if stride else 0
+        slots = window + self.summaries
+        self.k: list[Tensor | None] = [None] * n_layers
+        self.v: list[Tensor | None] = [None] * n_layers
+        self.index = torch.full((batch_size, slots), -1, dtype=torch.long, device=self.device)
+        self.valid = torch.zeros(batch_size, slots, dtype=torch.bool, device=self.device)
+        types = [LOCAL] * window + [SUMMARY] * self.summaries
+        self.types = torch.tensor(types, dtype=torch.long, device=self.device)
+        self._writes: list[tuple[Tensor, Tensor, Tensor]] = []  # (rows, chunk offsets, slots)
+
+    def begin(self, n: int, padding_mask: Tensor | None = None) -> StepKeys:
+        new_valid = self.set_padding(padding_mask, n)
+        self._n, t0 = n, self.length
+        q_index = torch.arange(t0, t0 + n, device=self.device)
+        B = self.batch_size
+        if n == 1:  # write first, then attend over the ring: no copy of the past
+            self._plan_writes(q_index, new_valid)
+            self._commit_meta(q_index, new_valid)
+            return StepKeys(q_index, self.index, self.valid, self.types, self.pad)
+        keys = StepKeys(
+            q_index=q_index,
+            k_index=torch.cat([self.index, q_index.expand(B, n)], dim=1),
+            k_valid=torch.cat([self.valid, new_valid], dim=1),
+            k_type=torch.cat([self.types, torch.full_like(q_index, ANY)]),
+            pad=self.pad,
+        )
+        self._plan_writes(q_index, new_valid)
+        self._commit_meta(q_index, new_valid)
+        return keys
+
+    def _plan_writes(self, q_index: Tensor, new_valid: Tensor) -> None:
+        """Which (row, chunk offset, slot) triples the layers must write this step."""
+        n, B, W = q_index.numel(), self.batch_size, self.window
+        keep = torch.arange(max(0, n - W), n, device=self.device)  # last W tokens of the chunk
+        rows = torch.arange(B, device=self.device).repeat_interleave(keep.numel())
+        offs = keep.repeat(B)
+        writes = [(rows, offs, q_index[offs] % W)]
+        if self.summaries:
+            real = q_index[None, :] - self.pad[:, None]  # [B, n]
+            is_sum = new_valid & (real % self.stride == self.stride - 1)
+            r, o = is_sum.nonzero(as_tuple=True)
+            if r.numel():
+                slot = W + (real[r, o] // self.stride) % self.summaries
+                writes.append((r, o, slot))
+        self._writes = writes
+
+    def _commit_meta(self, q_index: Tensor, new_valid: Tensor) -> None:
+        if q_index.numel() == 1 and len(self._writes) == 1:  # one token, no summary: a column
+            slot = self.length % self.window
+            self.index[:, slot] = self.length
+            self.valid[:, slot] = new_valid[:, 0]
+            return
+        for rows, offs, slots in self._writes:
+            self.index[rows, slots] = q_index[offs]
+            self.valid[rows, slots] = new_valid[rows, offs]
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.k[layer] is None:
+            self.k[layer] = self._alloc(k, self.index.shape[1])
+            self.v[layer] = self._alloc(v, self.index.shape[1])
+        K, V = self.k[layer], self.v[layer]
+        if k.shape[2] == 1 and len(self._writes) == 1:  # the lean per-token path
+            slot = int(self.length % self.window)
+            K[:, :, slot] = k[:, :, 0]
+            V[:, :, slot] = v[:, :, 0]
+            return K, V
+        out = (K, V) if k.shape[2] == 1 else (torch.cat([K, k], 2), torch.cat([V, v], 2))
+        for rows, offs, slots in self._writes:
+            K[rows, :, slots] = k[rows, :, offs]
+            V[rows, :, slots] = v[rows, :, offs]
+        return out
+
+    def _tensors(self) -> list[Tensor]:
+        return [t for t in self.k + self.v if t is not None]
+
+
+__all__ = ["ANY", "LOCAL", "SUMMARY", "FullCache", "KVCache", "RingCache", "StepKeys"]

@@ -1,0 +1,187 @@
+"""The music transformer: token embedding → pre-norm blocks → final norm → tied head.
+
+A readable nanoGPT-style decoder. Attention is looked up by ``config.attention`` in
+:data:`musegen.attention.ATTENTION`; only ``absolute`` learns position embeddings, the other
+kinds learn per-layer relative embeddings ``[heads, max_relative_distance, head_dim]``.
+
+``forward(ids, cache=None, padding_mask=None)``: with a cache, ``ids`` are the next tokens after
+those the cache has seen (prefill a prompt, then one token at a time); ``padding_mask`` marks
+real tokens (True) and LEFT padding (False) so prompts of different lengths share a batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from musegen.attention import ATTENTION, AttnContext, cached_context, init_scale
+from musegen.cache import FullCache, KVCache, RingCache
+from musegen.config import ModelConfig
+
+# Query block of the aligned relative path: big enough to keep the fused kernel busy, small
+# enough to skip most of the causal upper triangle (measured in benchmarks/bench_model.py).
+RELATIVE_BLOCK = 256
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; the mechanism itself is a registry function."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = config.n_heads, config.head_dim
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.fn = ATTENTION[config.attention]
+        self.rel = None
+        if config.attention != "absolute":
+            shape = (config.n_heads, config.max_relative_distance, config.head_dim)
+            self.rel = nn.Parameter(torch.randn(shape) * init_scale(config.head_dim))
+
+    def forward(self, x: Tensor, ctx: AttnContext, cache: KVCache | None, layer: int) -> Tensor:
+        B, L, C = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            k_all, v_all = cache.update(layer, k, v)
+            if ctx.cached:
+                k, v = k_all, v_all
+        y = self.fn(q, k, v, self.rel, ctx)
+        return self.proj(y.transpose(1, 2).reshape(B, L, C))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.d_model)
+        self.attn = SelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.d_model)
+        self.fc = nn.Linear(config.d_model, config.d_ff)
+        self.out = nn.Linear(config.d_ff, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, ctx: AttnContext, cache: KVCache | None, layer: int) -> Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), ctx, cache, layer))
+        return x + self.drop(self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh")))
+
+
+class MusicTransformer(nn.Module):
+    """Decoder-only transformer over token ids; see the module docstring for the API."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = None
+        if config.attention == "absolute":
+            self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(config.d_model)
+        self.head = None
+        if not config.tie_embeddings:
+            self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2 init: N(0, 0.02), residual projections scaled down by depth."""
+        for name, p in self.named_parameters():
+            if name.endswith(".rel"):
+                continue
+            if p.dim() >= 2:
+                std = 0.02
+                if name.endswith(("attn.proj.weight", "out.weight")):
+                    std /= math.sqrt(2 * self.config.n_layers)
+                nn.init.normal_(p, 0.0, std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self, batch_size: int, device=None, dtype=None) -> KVCache:
+        """An empty cache: a ring buffer for ``local``/``sparse``, full storage otherwise."""
+        c = self.config
+        if device is None:
+            device = self.tok_emb.weight.device
+        if c.attention in ("local", "sparse"):
+            stride = c.sparse_stride if c.attention == "sparse" else 0
+            return RingCache(
+                c.n_layers, batch_size, c.window, stride, c.max_relative_distance, device, dtype
+            )
+        return FullCache(c.n_layers, batch_size, device, dtype)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        cache: KVCache | None = None,
+        padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Logits ``[B, L, vocab]`` for ``input_ids`` ``[B, L]`` (after what ``cache`` has seen)."""
+        L = input_ids.shape[1]
+        ctx, start, pad = self._context(input_ids, cache, padding_mask)
+        x = self.tok_emb(input_ids)
+        if self.pos_emb is not None:
+            pos = torch.arange(start, start + L, device=x.device)[None, :] - pad[:, None]
+            x = x + self.pos_emb(pos.clamp_min(0))
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, ctx, cache, i)
+        if cache is not None:
+            cache.end()
+        x = self.ln_f(x)
+        weight = self.tok_emb.weight if self.head is None else self.head.weight
+        return F.linear(x, weight)
+
+    def _context(self, input_ids: Tensor, cache: KVCache | None, padding_mask: Tensor | None):
+        """Positions, padding and (with a cache) the step's mask, shared by every layer."""
+        c = self.config
+        B, L = input_ids.shape
+        device = input_ids.device
+        block = RELATIVE_BLOCK if c.attention in ("absolute", "relative") else c.window
+        ctx = AttnContext(c.attention, c.window, c.sparse_stride, c.max_relative_distance, block)
+        if padding_mask is not None:
+            padding_mask = self._check_padding(padding_mask, B, L, device)
+        start = cache.length if cache is not None else 0
+        if cache is not None and cache.batch_size != B:
+            raise ValueError(f"cache was made for batch size {cache.batch_size}, got {B}")
+        if cache is not None:
+            keys = cache.begin(L, padding_mask)
+            pad = cache.pad
+        else:
+            pad = torch.zeros(B, dtype=torch.long, device=device)
+            if padding_mask is not None:
+                pad = (~padding_mask).sum(1)
+        if c.attention == "absolute" and start + L - int(pad.min()) > c.max_seq_len:
+            raise ValueError(
+                f"attention='absolute' cannot go past max_seq_len={c.max_seq_len} tokens "
+                f"(asked for {start + L - int(pad.min())}); use relative, local or sparse "
+                "attention to generate longer pieces"
+            )
+        if start > 0:
+            cached_context(ctx, keys, self.tok_emb.weight.dtype)
+        elif padding_mask is not None and not bool(padding_mask.all()):
+            ctx.pad, ctx.key_valid = pad, padding_mask
+        ctx.use_flex = (
+            c.attention_backend == "flex"
+            and input_ids.is_cuda
+            and not ctx.cached
+            and ctx.key_valid is None
+        )
+        return ctx, start, pad
+
+    @staticmethod
+    def _check_padding(mask: Tensor, B: int, L: int, device) -> Tensor:
+        if mask.shape != (B, L):
+            raise ValueError(f"padding_mask must have shape {(B, L)}, got {tuple(mask.shape)}")
+        mask = mask.to(device=device, dtype=torch.bool)
+        if bool((mask[:, :-1] & ~mask[:, 1:]).any()):
+            raise ValueError("padding_mask must mark LEFT padding: False entries come first")
+        return mask
+
+
+__all__ = ["Block", "MusicTransformer", "SelfAttention"]
