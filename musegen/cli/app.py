@@ -1,0 +1,111 @@
+"""``musegen app``: the web app, on http://127.0.0.1:7860 by default."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Start the Gradio web app: upload a MIDI file or pick an example, generate continuations,
+listen to them and download MIDI and WAV.
+
+The model is loaded once and shared by every browser tab; each request writes to its own
+temporary folder, removed when the tab closes. Analytics are off and the page needs no
+internet. Stop with Ctrl-C.
+"""
+
+EPILOG = """\
+examples:
+  musegen app                                   # the shipped checkpoint, on this machine only
+  musegen app --checkpoint runs/small/best --port 8080
+  musegen app --host 0.0.0.0 --concurrency 4    # reachable from the local network
+  musegen app --soundfont ~/sf/GeneralUser.sf2  # audio through your own SoundFont
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from musegen.cli import HelpFormatter
+
+    parser = subparsers.add_parser(
+        "app",
+        help="start the web app (upload MIDI, generate, listen, download)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    add_app_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_app_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options shared by ``musegen app`` and ``python app.py``."""
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint directory; without it, $MUSEGEN_CHECKPOINT or the shipped one",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network"
+    )
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    parser.add_argument(
+        "--share",
+        action="store_true",
+        help="also open a temporary public gradio.live link (needs internet)",
+    )
+    parser.add_argument(
+        "--soundfont",
+        type=Path,
+        default=None,
+        help="SoundFont (.sf2/.sf3) for the audio; without it, the best one installed",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=2,
+        help="requests processed at once; the rest wait in the queue",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="cap on new tokens per request, to keep a shared server responsive",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cuda")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model once, build the app and serve until interrupted."""
+    from musegen.errors import MusegenError
+
+    if not 1 <= args.port <= 65535:
+        raise MusegenError(f"--port {args.port} is not a valid port (1–65535)")
+    if args.concurrency < 1:
+        raise MusegenError("--concurrency must be at least 1")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise MusegenError("--max-new-tokens must be at least 1")
+    if args.soundfont is not None and not args.soundfont.is_file():
+        raise MusegenError(f"--soundfont {args.soundfont}: file not found")
+
+    from musegen import ui
+    from musegen.pipeline import Pipeline
+
+    pipeline = Pipeline.from_pretrained(args.checkpoint, device=args.device)
+    demo = ui.build_app(
+        pipeline,
+        soundfont=args.soundfont,
+        concurrency=args.concurrency,
+        max_new_tokens=args.max_new_tokens,
+    )
+    # A service manager's SIGTERM should clean up like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        ui.launch(demo, host=args.host, port=args.port, share=args.share)
+    except OSError as exc:
+        raise MusegenError(f"cannot listen on {args.host}:{args.port} ({exc})") from None
+    finally:
+        demo.musegen_composer.workspace.close()
+    return 0

@@ -1,0 +1,243 @@
+"""The Gradio app: pick or upload a prompt, set the controls, hear and download continuations.
+
+:func:`build_app` lays out the page and wires it to a :class:`~musegen.ui_generate.Composer`
+(the shared model and per-request files) and :mod:`musegen.ui_session` (prompts, undo, temp
+folders); :func:`launch` starts it with analytics off and an offline theme. Tests build the app
+around a tiny model; ``app.py`` and ``musegen app`` around the shipped checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from pathlib import Path
+
+import gradio as gr
+
+from musegen.pipeline import Pipeline
+from musegen.ui_events import Handlers
+from musegen.ui_generate import Composer
+from musegen.ui_session import (
+    GM_INSTRUMENTS,
+    MAX_UPLOAD_BYTES,
+    SessionState,
+    Workspace,
+    list_examples,
+)
+
+MAX_VARIATIONS = 4
+# Every theme in Gradio 6 ships its fonts locally; Soft draws nothing from a CDN.
+THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="amber")
+CSS = """
+#musegen-title h1 { margin-bottom: 0; }
+.musegen-result { min-width: 320px; }
+.musegen-status { min-height: 2.5em; }
+"""
+INTRO = """\
+# musegen
+Give it the opening of a piece, or nothing at all, and it writes what comes next.
+Upload a MIDI file or pick an example, choose how many bars to add, press **Generate**.
+"""
+
+
+def _prompt_column(examples: dict[str, Path]) -> dict[str, gr.components.Component]:
+    with gr.Column(scale=1):
+        gr.Markdown("### 1 · Prompt")
+        upload = gr.File(label="Upload a MIDI file (.mid, .midi)", file_types=[".mid", ".midi"])
+        example = gr.Dropdown(
+            choices=list(examples), value=None, label="…or start from an example", interactive=True
+        )
+        with gr.Row():
+            clear = gr.Button("Start from nothing", size="sm", elem_id="clear")
+            undo = gr.Button("Undo", size="sm", elem_id="undo")
+        info = gr.Markdown("**No prompt**: the model starts from nothing.", elem_id="prompt-info")
+        roll = gr.Image(
+            label="Prompt",
+            show_label=False,
+            interactive=False,
+            visible=False,
+            buttons=[],
+            elem_id="prompt-roll",
+        )
+    return {
+        "upload": upload,
+        "example": example,
+        "clear": clear,
+        "undo": undo,
+        "info": info,
+        "roll": roll,
+    }
+
+
+def _controls_column() -> dict[str, gr.components.Component]:
+    with gr.Column(scale=1):
+        gr.Markdown("### 2 · Controls")
+        bars = gr.Slider(1, 16, value=4, step=1, label="Bars to generate")
+        temperature = gr.Slider(
+            0.1,
+            2.0,
+            value=1.0,
+            step=0.05,
+            label="Temperature",
+            info="Lower is safer, higher is wilder",
+        )
+        top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p (nucleus)")
+        top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k", info="0 turns it off")
+        with gr.Row():
+            seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", scale=2)
+            random_seed = gr.Checkbox(value=True, label="Random seed", scale=1)
+        instruments = gr.Dropdown(
+            choices=list(GM_INSTRUMENTS),
+            multiselect=True,
+            value=[],
+            label="Instruments allowed",
+            info="Empty: any instrument",
+        )
+        with gr.Row():
+            drums = gr.Checkbox(value=True, label="Drums")
+            variations = gr.Slider(1, MAX_VARIATIONS, value=1, step=1, label="Variations")
+        with gr.Row():
+            generate = gr.Button("Generate", variant="primary", elem_id="generate")
+            stop = gr.Button("Stop", variant="stop", elem_id="stop")
+    return {
+        "bars": bars,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "seed": seed,
+        "random_seed": random_seed,
+        "instruments": instruments,
+        "drums": drums,
+        "variations": variations,
+        "generate": generate,
+        "stop": stop,
+    }
+
+
+def _result_slots() -> list[dict[str, gr.components.Component]]:
+    slots = []
+    for row in range(MAX_VARIATIONS // 2):
+        with gr.Row(equal_height=False):
+            for i in (2 * row, 2 * row + 1):
+                slots.append(_result_slot(i))
+    return slots
+
+
+def _result_slot(i: int) -> dict[str, gr.components.Component]:
+    with gr.Column(visible=i == 0, elem_classes="musegen-result", min_width=320) as group:
+        summary = gr.Markdown(f"**Variation {i + 1}**")
+        roll = gr.Image(
+            label=f"Piano roll {i + 1}", show_label=False, interactive=False, elem_id=f"roll-{i}"
+        )
+        audio = gr.Audio(
+            label=f"Audio {i + 1}", type="filepath", interactive=False, elem_id=f"audio-{i}"
+        )
+        files = gr.File(
+            label="Download MIDI and WAV",
+            file_count="multiple",
+            interactive=False,
+            elem_id=f"files-{i}",
+        )
+        again = gr.Button("Continue from this", size="sm", interactive=False, elem_id=f"again-{i}")
+    return {
+        "group": group,
+        "summary": summary,
+        "roll": roll,
+        "audio": audio,
+        "files": files,
+        "again": again,
+    }
+
+
+def _api_block(handlers: Handlers) -> None:
+    """Hidden components behind ``/continue``, the endpoint for gradio_client and scripts."""
+    with gr.Column(visible=False):
+        midi = gr.File(label="MIDI prompt", file_types=[".mid", ".midi"])
+        bars = gr.Number(value=4, precision=0, label="bars")
+        temperature = gr.Number(value=1.0, label="temperature")
+        top_p = gr.Number(value=0.95, label="top_p")
+        top_k = gr.Number(value=0, precision=0, label="top_k")
+        seed = gr.Number(value=-1, precision=0, label="seed (negative: random)")
+        variations = gr.Number(value=1, precision=0, label="variations")
+        out_midi = gr.File(label="MIDI (prompt + continuation)")
+        out_wav = gr.File(label="WAV")
+        out_png = gr.File(label="piano roll PNG")
+        out_status = gr.Textbox(label="status")
+        trigger = gr.Button("continue")
+    trigger.click(
+        handlers.api_continue,
+        inputs=[midi, bars, temperature, top_p, top_k, seed, variations],
+        outputs=[out_midi, out_wav, out_png, out_status],
+        api_name="continue",
+        api_description="Continue a MIDI prompt. Returns (MIDI, WAV, PNG, status) of the first "
+        "variation; the status lists the seeds of all.",
+    )
+
+
+def build_app(
+    pipeline: Pipeline,
+    soundfont: str | Path | None = None,
+    *,
+    concurrency: int = 2,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    workspace: Workspace | None = None,
+    max_new_tokens: int | None = None,
+) -> gr.Blocks:
+    """The app around an already-loaded pipeline, queued with ``concurrency`` parallel jobs.
+
+    ``max_new_tokens`` caps every request (a shared server stays responsive; tests stay fast).
+    """
+    examples = list_examples()
+    composer = Composer(pipeline, soundfont, workspace, max_new_tokens)
+    with gr.Blocks(title="musegen", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
+        state = gr.State(SessionState())
+        gr.Markdown(INTRO, elem_id="musegen-title")
+        with gr.Row():
+            prompt = _prompt_column(examples)
+            controls = _controls_column()
+        status = gr.Markdown("", elem_classes="musegen-status", elem_id="status")
+        gr.Markdown("### 3 · Results")
+        slots = _result_slots()
+        handlers = Handlers(composer, examples, prompt, controls, slots, status, max_upload_bytes)
+        handlers.wire(state)
+        _api_block(handlers)
+        demo.unload(handlers.session_closed)
+    demo.musegen_composer = composer  # for tests and cleanup at exit
+    demo.queue(default_concurrency_limit=concurrency, max_size=64)
+    return demo
+
+
+def launch(
+    demo: gr.Blocks,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    *,
+    share: bool = False,
+    block: bool = True,
+    quiet: bool = False,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+) -> str:
+    """Start the server (offline theme, no analytics) and return its local URL."""
+    _, url, share_url = demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        prevent_thread_lock=True,
+        quiet=True,
+        show_error=True,
+        theme=THEME,
+        css=CSS,
+        max_file_size=max_upload_bytes,
+        ssr_mode=False,
+        footer_links=["api"],
+        pwa=False,
+        mcp_server=False,
+    )
+    if not quiet:
+        public = f" (public: {share_url})" if share_url else ""
+        print(f"musegen app running on {url}{public}", flush=True)
+    if block:
+        demo.block_thread()
+    return url

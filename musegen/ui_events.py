@@ -1,0 +1,259 @@
+"""The app's event handlers: prompt changes, generation, stop, continue-from-this and undo.
+
+Every handler turns a :class:`~musegen.errors.MusegenError` (and, for generation, any failure)
+into a message on the page, so one bad file or a crashed sample never stops the server.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from musegen.errors import MusegenError
+from musegen.render import render_pianoroll
+from musegen.ui_generate import Composer, FormSettings, Progress, Variation
+from musegen.ui_session import SessionState, check_prompt, describe_score, read_upload
+
+log = logging.getLogger("musegen.ui")
+Components = dict[str, Any]
+CONTROL_NAMES = (
+    "bars",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "random_seed",
+    "instruments",
+    "drums",
+    "variations",
+)
+
+
+def _key(request: gr.Request | None) -> str:
+    return (request.session_hash if request is not None else None) or "anonymous"
+
+
+class Handlers:
+    """Callbacks bound to one page's components; the Composer behind them is shared."""
+
+    def __init__(
+        self,
+        composer: Composer,
+        examples: dict[str, Path],
+        prompt: Components,
+        controls: Components,
+        slots: list[Components],
+        status: gr.Markdown,
+        max_upload_bytes: int,
+    ) -> None:
+        self.composer = composer
+        self.examples = examples
+        self.prompt = prompt
+        self.controls = controls
+        self.slots = slots
+        self.status = status
+        self.max_upload_bytes = max_upload_bytes
+        self.state: gr.State | None = None  # set by wire()
+
+    # ----- wiring -------------------------------------------------------------------------
+    def wire(self, state: gr.State) -> None:
+        """Connect every button and field of the page to its handler."""
+        p, c = self.prompt, self.controls
+        self.state = state
+        prompt_out = [state, p["info"], p["roll"], self.status, p["upload"], p["example"]]
+        hidden = {"api_visibility": "undocumented"}
+        p["upload"].upload(self.on_upload, [state, p["upload"]], prompt_out, **hidden)
+        p["example"].input(self.on_example, [state, p["example"]], prompt_out, **hidden)
+        p["clear"].click(self.on_clear, [state], prompt_out, **hidden)
+        p["undo"].click(self.on_undo, [state], prompt_out, **hidden)
+        for i, slot in enumerate(self.slots):
+            slot["again"].click(self._continue_from(i), [state], prompt_out, **hidden)
+        outputs = [state, self.status, c["seed"], c["generate"]]
+        for slot in self.slots:
+            outputs += [slot[k] for k in ("group", "summary", "roll", "audio", "files", "again")]
+        c["generate"].click(
+            self.on_generate,
+            inputs=[state],
+            inputs_kwargs={name: c[name] for name in CONTROL_NAMES},
+            outputs=outputs,
+            show_progress="minimal",
+            show_progress_on=[self.status],
+            **hidden,
+        )
+        c["stop"].click(self.on_stop, None, [self.status], queue=False, **hidden)
+
+    # ----- prompt -------------------------------------------------------------------------
+    def _prompt_view(
+        self, state: SessionState, message: str = "", upload: Any = None, example: Any = None
+    ) -> tuple:
+        """Outputs for a prompt change; ``upload``/``example`` are the two pickers' new values
+        (None clears one, ``gr.update()`` keeps it), so they never show a stale choice."""
+        if state.prompt is None:
+            info, roll = "**No prompt**: the model starts from nothing.", gr.update(visible=False)
+        else:
+            score = check_prompt(state.prompt, state.prompt_name)
+            png = render_pianoroll(score, title=state.prompt_name)
+            info = f"**Prompt: {state.prompt_name}** — {describe_score(score)}"
+            roll = gr.update(value=Image.open(io.BytesIO(png)), visible=True)
+        return state, info, roll, message, upload, example
+
+    def on_upload(self, state: SessionState, path: str | None) -> tuple:
+        try:
+            data = read_upload(path, self.max_upload_bytes)
+        except MusegenError as exc:
+            gr.Warning(str(exc))
+            return self._prompt_view(state, f"⚠️ {exc}", None, gr.update())
+        state.set_prompt(data, Path(path).name)
+        return self._prompt_view(state, "", gr.update(), None)
+
+    def on_example(self, state: SessionState, title: str | None) -> tuple:
+        if title not in self.examples:
+            return self._prompt_view(state, "", gr.update(), gr.update())
+        state.set_prompt(self.examples[title].read_bytes(), title)
+        return self._prompt_view(state, "", None, gr.update())
+
+    def on_clear(self, state: SessionState) -> tuple:
+        if state.prompt is not None:
+            state.set_prompt(None, "")
+        return self._prompt_view(state)
+
+    def on_undo(self, state: SessionState) -> tuple:
+        message = "" if state.undo() else "Nothing to undo."
+        return self._prompt_view(state, message)
+
+    def _continue_from(self, index: int):
+        def handler(state: SessionState) -> tuple:
+            if index >= len(state.results):
+                return self._prompt_view(state, "That variation is gone; generate again.")
+            state.set_prompt(state.results[index], f"variation {index + 1}")
+            return self._prompt_view(state, f"Variation {index + 1} is the new prompt.")
+
+        return handler
+
+    # ----- generation ---------------------------------------------------------------------
+    def on_generate(
+        self,
+        state: SessionState,
+        request: gr.Request,
+        progress=gr.Progress(),  # noqa: B008 - how Gradio marks the progress parameter
+        **form: Any,
+    ) -> Iterator[dict]:
+        """Stream previews into the result slots, then the audio and downloads."""
+        enable = {self.controls["generate"]: gr.update(interactive=True)}
+        try:
+            settings = FormSettings.from_form(form)
+            yield from self._generate(state, settings, _key(request), progress)
+        except MusegenError as exc:
+            gr.Warning(str(exc))
+            yield {self.status: f"⚠️ {exc}", **enable}
+        except Exception as exc:  # a failed generation must leave the app serving
+            log.exception("generation failed")
+            gr.Warning(f"generation failed: {exc}")
+            yield {
+                self.status: f"⚠️ Generation failed: {exc}. Try again or change the settings.",
+                **enable,
+            }
+
+    def _generate(
+        self, state: SessionState, settings: FormSettings, key: str, progress: gr.Progress
+    ) -> Iterator[dict]:
+        c = self.controls
+        prompt = state.prompt_score()
+        yield {
+            self.status: "Starting…",
+            c["generate"]: gr.update(interactive=False),
+            **self._reset_slots(settings.variations),
+        }
+        name = state.prompt_name
+        stem = self.examples[name].stem if name in self.examples else name or "musegen"
+        for step in self.composer.stream(prompt, settings, key, stem):
+            progress(step.fraction, desc=step.status)
+            if step.variations is None:
+                yield {self.status: step.status, **self._show_previews(step)}
+                continue
+            state.results = [v.midi_bytes for v in step.variations]
+            yield {
+                self.state: state,
+                self.status: step.status,
+                c["seed"]: step.variations[0].seed,
+                c["generate"]: gr.update(interactive=True),
+                **self._show_results(step.variations),
+            }
+
+    def _reset_slots(self, n: int) -> dict:
+        out = {}
+        for i, slot in enumerate(self.slots):
+            out[slot["group"]] = gr.update(visible=i < n)
+            out[slot["summary"]] = f"**Variation {i + 1}** — generating…"
+            out[slot["roll"]] = None
+            out[slot["audio"]] = None
+            out[slot["files"]] = None
+            out[slot["again"]] = gr.update(interactive=False)
+        return out
+
+    def _show_previews(self, step: Progress) -> dict:
+        return {self.slots[i]["roll"]: str(path) for i, path in enumerate(step.previews)}
+
+    def _show_results(self, variations: list[Variation]) -> dict:
+        out = {}
+        for v in variations:
+            slot = self.slots[v.index]
+            out[slot["summary"]] = f"**Variation {v.index + 1}** · {v.summary}"
+            out[slot["roll"]] = str(v.png_path)
+            out[slot["audio"]] = str(v.wav_path)
+            out[slot["files"]] = [str(v.midi_path), str(v.wav_path)]
+            out[slot["again"]] = gr.update(interactive=True)
+        return out
+
+    def on_stop(self, request: gr.Request) -> str:
+        if self.composer.stop(_key(request)):
+            return "Stopping: keeping what has been generated…"
+        return "Nothing is generating."
+
+    # ----- API and session end ------------------------------------------------------------
+    def api_continue(
+        self,
+        midi: str | None,
+        bars: float,
+        temperature: float,
+        top_p: float,
+        top_k: float,
+        seed: float | None,
+        variations: float,
+        request: gr.Request,
+    ) -> tuple[str, str, str, str]:
+        """``/continue``: a MIDI prompt in; MIDI, WAV, piano roll and a status line out."""
+        try:
+            data = read_upload(midi, self.max_upload_bytes)
+            controls = FormSettings(
+                bars=int(bars),
+                temperature=float(temperature),
+                top_p=float(top_p),
+                top_k=int(top_k),
+                seed=None if seed is None or seed < 0 else int(seed),
+                variations=int(variations),
+            )
+            name = Path(midi).name if midi else "prompt"
+            found = self.composer.continue_once(
+                check_prompt(data, name), controls, _key(request), name
+            )
+        except MusegenError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        except Exception as exc:
+            log.exception("generation failed")
+            raise gr.Error(f"generation failed: {exc}") from None
+        first = found[0]
+        seeds = ", ".join(str(v.seed) for v in found)
+        status = f"{len(found)} variation(s) (seeds {seeds}); returned variation 1: {first.summary}"
+        return str(first.midi_path), str(first.wav_path), str(first.png_path), status
+
+    def session_closed(self, request: gr.Request) -> None:
+        """The tab closed: end its generation, if any, and remove the files it wrote."""
+        self.composer.stop(_key(request))
+        self.composer.workspace.drop_session(_key(request))

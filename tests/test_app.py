@@ -1,0 +1,294 @@
+"""The Gradio app: session plumbing, streaming/stop, and the served app driven by gradio_client."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+import pytest
+import soundfile
+from conftest import make_score, write_midi
+from PIL import Image
+
+from musegen.errors import MidiError, MusegenError
+from musegen.tokenizer import load_score, score_to_midi_bytes
+from musegen.ui_session import (
+    GM_INSTRUMENTS,
+    SessionState,
+    Workspace,
+    check_prompt,
+    list_examples,
+    programs_for,
+    read_upload,
+    safe_stem,
+)
+
+# gradio's queue calls a pandas option pandas 3 deprecates; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
+
+UPLOAD_LIMIT = 64 * 1024
+TOKEN_CAP = 48  # keeps every request on the random tiny model to a fraction of a second
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_checkpoint: Path):
+    from musegen.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def served(pipeline, tmp_path_factory: pytest.TempPathFactory):
+    """The app on a free local port: (url, workspace)."""
+    from musegen import ui
+
+    workspace = Workspace(tmp_path_factory.mktemp("workspace"))
+    demo = ui.build_app(
+        pipeline,
+        concurrency=4,
+        max_upload_bytes=UPLOAD_LIMIT,
+        workspace=workspace,
+        max_new_tokens=TOKEN_CAP,
+    )
+    url = ui.launch(demo, port=free_port(), block=False, quiet=True, max_upload_bytes=UPLOAD_LIMIT)
+    yield url, workspace
+    demo.close()
+    workspace.close()
+
+
+@pytest.fixture
+def client(served):
+    from gradio_client import Client
+
+    return Client(served[0], verbose=False)
+
+
+def call(client, midi: Path, seed: int = 7, bars: int = 1, variations: int = 1):
+    from gradio_client import handle_file
+
+    return client.predict(
+        handle_file(str(midi)), bars, 1.0, 0.95, 0, seed, variations, api_name="/continue"
+    )
+
+
+def check_outputs(prompt: Path, outputs) -> None:
+    """MIDI that opens in pretty_midi with notes after the prompt, a non-silent WAV, a PNG."""
+    midi_path, wav_path, png_path, status = outputs
+    prompt_end = pretty_midi.PrettyMIDI(str(prompt)).get_end_time()
+    midi = pretty_midi.PrettyMIDI(midi_path)
+    starts = [n.start for inst in midi.instruments for n in inst.notes]
+    assert any(start >= prompt_end - 1e-3 for start in starts), "no notes after the prompt"
+    audio, rate = soundfile.read(wav_path)
+    assert rate > 0 and len(audio) > rate // 2
+    assert float(np.sqrt(np.mean(np.square(audio)))) > 1e-3
+    with Image.open(png_path) as image:
+        assert image.format == "PNG" and image.width > 100
+    assert "seed" in status and Path(midi_path).suffix == ".mid"
+
+
+# ----- session plumbing ---------------------------------------------------------------------
+def test_examples_are_small_valid_prompts():
+    examples = list_examples()
+    assert len(examples) >= 3
+    for path in examples.values():
+        assert path.stat().st_size < 8 * 1024
+        score = check_prompt(path.read_bytes(), path.name)
+        assert sum(len(t.notes) for t in score.tracks) >= 16
+
+
+def test_read_upload_rejects_bad_files(tmp_path: Path):
+    cases = {
+        "text.mid": (b"hello, not music", "not a MIDI file"),
+        "empty.mid": (b"", "empty file"),
+        "cut.mid": (b"MThd\x00\x00\x00\x06\x00\x01\x00\x02", "corrupt"),
+        "big.mid": (b"MThd" + bytes(UPLOAD_LIMIT), "limit"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(MidiError, match=message):
+            read_upload(tmp_path / name, UPLOAD_LIMIT)
+    silent = make_score(bars=1)
+    silent.tracks[0].notes.clear()
+    write_midi(tmp_path / "silent.mid", silent)
+    with pytest.raises(MidiError, match="no notes"):
+        read_upload(tmp_path / "silent.mid")
+    with pytest.raises(MidiError, match="no file"):
+        read_upload(None)
+    assert load_score(read_upload(write_midi(tmp_path / "ok.mid"))).tracks
+
+
+def test_session_state_undo_and_names():
+    state = SessionState()
+    assert not state.undo()
+    state.set_prompt(b"first", "a.mid")
+    state.set_prompt(b"second", "variation 1")
+    state.set_prompt(None, "")
+    assert state.undo() and state.prompt == b"second"
+    assert state.undo() and state.prompt_name == "a.mid"
+    assert state.undo() and state.prompt is None and not state.undo()
+    assert safe_stem("../../etc/pass wd.mid") == "pass_wd" and safe_stem("???") == "musegen"
+    assert programs_for([GM_INSTRUMENTS[40], "no such thing"]) == [40]
+    assert programs_for([]) is None
+
+
+def test_workspace_gives_unique_dirs_and_cleans_up(tmp_path: Path):
+    ws = Workspace(tmp_path / "ws", max_age_s=3600)
+    first = ws.new_request_dir("session-a")
+    other = ws.new_request_dir("session-b")
+    second = ws.new_request_dir("session-a")
+    assert first != second and second.is_dir() and other.is_dir()
+    assert not first.exists(), "a session's older request folders are removed"
+    old = time.time() - 7200
+    os.utime(other, (old, old))
+    assert ws.sweep() == 1 and not other.exists()
+    ws.drop_session("session-a")
+    assert not second.exists()
+    ws.close()
+    assert not (tmp_path / "ws").exists()
+
+
+# ----- generation without a server ----------------------------------------------------------
+def test_stream_previews_then_files_and_stop_keeps_results(pipeline, tmp_path: Path):
+    from musegen.ui_generate import Composer, FormSettings
+
+    composer = Composer(pipeline, workspace=Workspace(tmp_path / "ws"), stream_every=8)
+    prompt = make_score(bars=1, tracks=((0, False), (0, True)))
+    steps = composer.stream(prompt, FormSettings(bars=8, seed=3, variations=2), "tab1", "my song")
+    first = next(steps)
+    assert first.variations is None and len(first.previews) == 2
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in first.previews)
+    assert composer.stop("tab1") and not composer.stop("someone-else")
+    *_, last = steps
+    assert last.status.startswith("Stopped early") and len(last.variations) == 2
+    for v in last.variations:
+        assert v.midi_path.name.startswith("my_song_v") and v.wav_path.stat().st_size > 1000
+        assert "seed" in v.summary and "stopped early" in v.summary
+        score = load_score(v.midi_bytes)
+        assert score.end() / score.tpq >= prompt.end() / prompt.tpq
+    assert {v.seed for v in last.variations} == {3, 4}
+    assert not composer.stop("tab1"), "the stop flag is dropped once the request ends"
+
+
+def test_bad_settings_are_user_errors(pipeline, tmp_path: Path):
+    from musegen.ui_generate import Composer, FormSettings
+
+    composer = Composer(pipeline, workspace=Workspace(tmp_path / "ws"))
+    with pytest.raises(MusegenError, match="temperature"):
+        next(composer.stream(None, FormSettings(temperature=0), "k"))
+    with pytest.raises(MusegenError, match="variations"):
+        composer.continue_once(None, FormSettings(variations=9), "k")
+
+
+# ----- the served app -----------------------------------------------------------------------
+def test_continue_endpoint_returns_midi_wav_png(client, midi_file: Path):
+    outputs = call(client, midi_file, seed=11)
+    check_outputs(midi_file, outputs)
+    assert "seed 11" in outputs[3]
+
+
+def test_bad_uploads_return_errors_and_app_keeps_serving(client, midi_file: Path, tmp_path: Path):
+    from gradio_client.exceptions import AppError
+
+    corrupt = tmp_path / "corrupt.mid"
+    corrupt.write_bytes(b"MThd" + b"\x00garbage" * 8)
+    with pytest.raises(AppError, match="corrupt"):
+        call(client, corrupt)
+    silent = make_score(bars=1)
+    silent.tracks[0].notes.clear()
+    with pytest.raises(AppError, match="no notes"):
+        call(client, write_midi(tmp_path / "silent.mid", silent))
+    big = tmp_path / "big.mid"
+    big.write_bytes(score_to_midi_bytes(make_score()) + bytes(UPLOAD_LIMIT))
+    with pytest.raises(Exception, match=r"(?i)size|large|limit"):
+        call(client, big)
+    check_outputs(midi_file, call(client, midi_file, seed=5))
+
+
+def test_server_paths_are_refused_as_uploads(served):
+    """A file path the caller names (not one it uploaded) never reaches the model."""
+    import json
+    import urllib.request
+
+    url = served[0].rstrip("/") + "/gradio_api/call/continue"
+    secret = Path(__file__).resolve().parents[1] / "musegen" / "examples" / "bach_chorale.mid"
+    body = {"data": [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}, 1, 1, 1, 0, 1, 1]}
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        event = json.load(response)["event_id"]
+    with urllib.request.urlopen(f"{url}/{event}", timeout=60) as response:
+        stream = response.read().decode()
+    assert "event: error" in stream and "not uploaded" in stream
+    assert "event: complete" not in stream
+
+
+@pytest.mark.slow
+def test_four_concurrent_sessions_all_succeed(served, tmp_path: Path):
+    from gradio_client import Client
+
+    prompts = [write_midi(tmp_path / f"p{i}.mid", bars=2, seed=i) for i in range(4)]
+    clients = [Client(served[0], verbose=False) for _ in prompts]
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(lambda i: call(clients[i], prompts[i], seed=100 + i), range(4)))
+    for prompt, out in zip(prompts, outputs, strict=True):
+        check_outputs(prompt, out)
+    assert len({out[0] for out in outputs}) == 4, "each session gets its own files"
+    assert [f"seed {100 + i}" in out[3] for i, out in enumerate(outputs)] == [True] * 4
+
+
+# ----- the command line ---------------------------------------------------------------------
+def test_cli_app_rejects_bad_options_before_loading(capsys):
+    from musegen.cli import main
+
+    assert main(["app", "--port", "70000"]) == 2
+    assert "not a valid port" in capsys.readouterr().err
+    assert main(["app", "--checkpoint", "/nonexistent/ckpt", "--port", "7999"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_python_app_py_starts_and_prints_url(tiny_checkpoint: Path):
+    """``python app.py`` serves the page and prints the URL (stopped once it answers)."""
+    import urllib.request
+
+    port = free_port()
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "--checkpoint", str(tiny_checkpoint), "--port", str(port)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        for _ in range(240):
+            if any(url in line for line in lines) or proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert any(url in line for line in lines), "".join(lines)
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.status == 200 and b"musegen" in response.read()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

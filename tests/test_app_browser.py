@@ -1,0 +1,104 @@
+"""The app in a real browser: Playwright driving Debian's Chromium (no browser download).
+
+Set ``MUSEGEN_SCREENSHOT=docs/app.png`` to save a screenshot of the page after the generation
+(how the README's picture is made; ``MUSEGEN_SCREENSHOT_CHECKPOINT`` swaps in a trained model).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+EXAMPLE = Path(__file__).resolve().parents[1] / "musegen" / "examples" / "mozart_quartet.mid"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
+    pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    from musegen import ui
+    from musegen.pipeline import Pipeline
+    from musegen.ui_session import Workspace
+
+    checkpoint = os.environ.get("MUSEGEN_SCREENSHOT_CHECKPOINT") or tiny_checkpoint
+    workspace = Workspace(tmp_path_factory.mktemp("workspace"))
+    cap = None if os.environ.get("MUSEGEN_SCREENSHOT_CHECKPOINT") else 64
+    demo = ui.build_app(
+        Pipeline.from_pretrained(checkpoint), workspace=workspace, max_new_tokens=cap
+    )
+    yield ui.launch(demo, port=free_port(), block=False, quiet=True)
+    demo.close()
+    workspace.close()
+
+
+@pytest.fixture
+def page(app_url: str):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--mute-audio",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 1300})
+        page.set_default_timeout(120_000)
+        yield page
+        browser.close()
+
+
+def test_upload_generate_shows_player_and_pianoroll(page, app_url: str):
+    base = app_url.rstrip("/")
+    elsewhere: list[str] = []
+    page.on(
+        "request",
+        lambda r: None if r.url.startswith((base, "data:", "blob:")) else elsewhere.append(r.url),
+    )
+    page.goto(app_url)
+    page.locator("#generate").wait_for()
+    page.locator("input[type=file]").first.set_input_files(str(EXAMPLE))
+    page.get_by_text(f"Prompt: {EXAMPLE.name}").wait_for()
+
+    page.locator("input[aria-label='number input for Variations']").fill("2")
+    page.keyboard.press("Enter")
+    page.locator("#generate").click()
+    for i in (0, 1):
+        page.locator(
+            f"#audio-{i} [data-testid='waveform-controls'] button[aria-label='Play']"
+        ).wait_for()
+    wav_link = page.locator("#audio-0 a[data-testid='download-link']")
+    assert (wav_link.get_attribute("href") or "").endswith(".wav")
+    roll = page.locator("#roll-0 img")
+    roll.wait_for()
+    assert (roll.get_attribute("src") or "").endswith(".png")
+    assert page.evaluate("img => img.complete && img.naturalWidth > 100", roll.element_handle())
+    downloads = page.locator("#files-0").inner_text()
+    assert ".mid" in downloads and ".wav" in downloads
+    assert page.locator("#status").inner_text().startswith(("Done", "Stopped early"))
+    assert "rendered with" in page.inner_text("body") or "built-in synth" in page.inner_text("body")
+    assert not elsewhere, f"the page fetched from outside the app: {elsewhere[:5]}"
+
+    if target := os.environ.get("MUSEGEN_SCREENSHOT"):
+        page.mouse.move(0, 0)
+        page.screenshot(path=target, full_page=True)
