@@ -38,6 +38,7 @@ class EvalSettings:
     temperature: float = 1.0
     top_p: float = 0.95
     seed: int = 0
+    device: str = "cpu"
     progress: bool = True
 
 
@@ -111,6 +112,7 @@ def likelihood(model, docs, settings: EvalSettings, pad_id: int) -> dict[str, fl
     bar = tqdm(total=len(windows), desc="NLL", unit="win", disable=not settings.progress)
     for i in range(0, len(windows), settings.batch_size):
         batch = torch.from_numpy(np.stack(windows[i : i + settings.batch_size]))
+        batch = batch.to(next(model.parameters()).device)
         inputs, targets = batch[:, :-1], batch[:, 1:]
         logits = model(inputs).float()
         mask = targets != pad_id
@@ -231,7 +233,7 @@ def evaluate(checkpoint: str | Path | None, data: str | Path, settings: EvalSett
 
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
-    pipeline = Pipeline.from_pretrained(checkpoint)
+    pipeline = Pipeline.from_pretrained(checkpoint, device=settings.device)
     tokenizer = pipeline.tokenizer
     corpus = _load_corpus(Path(data), settings.split, tokenizer)
     pad_id = special_id(tokenizer, "PAD_None")

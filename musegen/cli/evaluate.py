@@ -64,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
         "--json", type=Path, default=None, help="also write the report here (default: print only)"
     )
@@ -90,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
+        device=args.device,
     )
     report = evaluate(args.checkpoint, args.data, settings)
     print(format_report(report))

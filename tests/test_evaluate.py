@@ -1,0 +1,83 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_score, write_midi
+
+from musegen import metrics
+from musegen.cli import main
+from musegen.evaluate import EvalSettings, evaluate
+
+
+def test_pitch_class_statistics() -> None:
+    score = make_score(bars=4, tracks=((0, False),))
+    hist = metrics.pitch_class_histogram(score)
+    assert hist.sum() == pytest.approx(1.0)
+    # The factory draws from a C major scale: no black keys.
+    assert hist[[1, 3, 6, 8, 10]].sum() == 0
+    assert 0 < metrics.pitch_class_entropy(score) <= np.log2(7) + 1e-9
+    assert metrics.histogram_distance(hist, hist) == 0
+
+
+def test_groove_consistency_of_a_steady_beat_is_one() -> None:
+    drums = make_score(bars=4, tracks=((0, True),))
+    assert metrics.groove_consistency(drums) == pytest.approx(1.0)
+    assert metrics.notes_per_bar(drums) == pytest.approx(8.0)
+
+
+def test_shared_run_index_finds_planted_run() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.integers(0, 400, 20_000)
+    sample = np.concatenate(
+        [rng.integers(400, 500, 30), reference[5000:5042], rng.integers(400, 500, 30)]
+    )
+    index = metrics.SharedRunIndex(reference)
+    assert index.longest_run(sample) == 42
+    assert index.longest_run(rng.integers(400, 500, 50)) == 0
+
+
+def test_evaluate_on_a_midi_folder(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    for i in range(3):
+        write_midi(tmp_path / "held" / f"p{i}.mid", bars=6, tracks=((0, False), (0, True)), seed=i)
+    settings = EvalSettings(
+        num_prompts=2, prompt_bars=2, continuation_bars=1, max_windows=8, progress=False
+    )
+    report = evaluate(tiny_checkpoint, tmp_path / "held", settings)
+    like = report["likelihood"]
+    assert like["nll"] > 0 and like["perplexity"] == pytest.approx(np.exp(like["nll"]))
+    cont = report["continuations"]
+    assert cont["prompts"] == 2
+    assert cont["token_error_rate_constrained"] == 0
+    assert 0 <= cont["pitch_class_histogram_distance"] <= 1
+    again = evaluate(tiny_checkpoint, tmp_path / "held", settings)
+    assert again["continuations"] == cont  # deterministic given the seed
+
+
+def test_evaluate_cli_writes_json(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    write_midi(tmp_path / "held" / "a.mid", bars=4)
+    out = tmp_path / "eval.json"
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--data",
+            str(tmp_path / "held"),
+            "--num-prompts",
+            "0",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    assert "nll" in json.loads(out.read_text())["likelihood"]
+
+
+def test_evaluate_bad_data_is_one_line_error(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    code = main(
+        ["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "empty")]
+    )
+    assert code == 2
+    assert "no .mid/.midi files" in capsys.readouterr().err
