@@ -1,0 +1,275 @@
+"""``musegen generate``: continue MIDI prompts (a file or a folder) or compose from nothing.
+
+Each output is written atomically and recorded as one line of ``manifest.jsonl``; re-running
+the same command skips outputs already recorded there, so an interrupted folder run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from musegen.errors import MusegenError
+from musegen.pipeline import GenerationResult, GenerationSettings, Pipeline, default_checkpoint
+from musegen.tokenizer import score_to_midi_bytes
+
+MANIFEST = "manifest.jsonl"
+MIDI_SUFFIXES = (".mid", ".midi")
+
+EPILOG = """\
+examples:
+  musegen generate --prompt song.mid --out out/ --bars 8 --num-samples 3
+  musegen generate --prompt midi_folder/ --out out/ --batch-size 16 --instruments 0,33
+  musegen generate --out out/ --num-samples 4 --max-new-tokens 512   # from nothing
+
+Outputs are named <prompt>_s<seed>_<k>.mid; manifest.jsonl holds one line per output (prompt,
+seed, settings, checkpoint, token counts, seconds) and one per prompt that could not be read.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from musegen.cli import HelpFormatter
+
+    p = subparsers.add_parser(
+        "generate",
+        help="continue MIDI prompts or generate new pieces",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help=f"checkpoint directory (default: $MUSEGEN_CHECKPOINT or {default_checkpoint()})",
+    )
+    p.add_argument("--prompt", type=Path, help="a MIDI file, or a folder searched recursively")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--num-samples", type=int, default=1, help="continuations per prompt")
+    p.add_argument(
+        "--bars", type=int, default=4, help="new bars per sample (0: use the token budget)"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=None, help="token budget per sample")
+    p.add_argument("--temperature", type=float, default=1.0, help="below 1: safer; above 1: wilder")
+    p.add_argument(
+        "--top-k", type=int, default=0, help="sample from the k likeliest tokens (0: off)"
+    )
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1: off")
+    p.add_argument("--seed", type=int, default=0, help="sample k uses seed+k")
+    p.add_argument(
+        "--instruments",
+        type=str,
+        default=None,
+        help="comma-separated GM programs allowed for new notes, e.g. 0,33 (default: any)",
+    )
+    p.add_argument("--no-drums", action="store_true", help="no drum notes in the continuation")
+    p.add_argument("--unconstrained", action="store_true", help="turn grammar constraints off")
+    p.add_argument("--free-tempo", action="store_true", help="let the model change the tempo")
+    p.add_argument(
+        "--free-time-signature", action="store_true", help="let the model change the time signature"
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="sequences sampled at once")
+    p.add_argument("--continuation-only", action="store_true", help="write only the new part")
+    p.add_argument("--audio", action="store_true", help="also write a .wav of each output")
+    p.add_argument("--pianoroll", action="store_true", help="also write a .png piano roll")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    p.set_defaults(func=run)
+
+
+def _programs(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise MusegenError(f"--instruments wants comma-separated numbers 0-127, got {text!r}")
+
+
+def settings_from(args: argparse.Namespace) -> GenerationSettings:
+    settings = GenerationSettings(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        bars=args.bars or None,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        instruments=_programs(args.instruments),
+        drums=not args.no_drums,
+        constrained=not args.unconstrained,
+        keep_tempo=not args.free_tempo,
+        keep_time_signature=not args.free_time_signature,
+    )
+    settings.validate()
+    if args.num_samples < 1 or args.batch_size < 1:
+        raise MusegenError("--num-samples and --batch-size must be at least 1")
+    return settings
+
+
+def find_prompts(prompt: Path | None) -> tuple[list[Path | None], Path | None]:
+    """The prompt files, and the folder names are made relative to (None for one file)."""
+    if prompt is None:
+        return [None], None
+    if prompt.is_dir():
+        files = sorted(p for p in prompt.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES)
+        if not files:
+            raise MusegenError(f"{prompt}: no .mid/.midi files in this folder")
+        return list(files), prompt
+    if not prompt.exists():
+        raise MusegenError(f"{prompt}: file not found")
+    return [prompt], None
+
+
+def stem_of(prompt: Path | None, root: Path | None) -> str:
+    if prompt is None:
+        return "sample"
+    rel = prompt.relative_to(root) if root else Path(prompt.name)
+    return "__".join(rel.with_suffix("").parts)
+
+
+def read_manifest(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash: ignore it, the output will be redone
+    return rows
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def append_line(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _extras(result: GenerationResult, midi_path: Path, args: argparse.Namespace) -> None:
+    """The .wav and .png beside a .mid, when asked for (written to a temp name, then renamed)."""
+    score = result.continuation if args.continuation_only else result.score
+    split = None if args.continuation_only else result.prompt_end_tick
+    if args.pianoroll:
+        try:
+            from musegen.render import render_pianoroll
+        except ImportError:
+            from musegen.pianoroll import render_pianoroll
+        atomic_write(midi_path.with_suffix(".png"), render_pianoroll(score, split_tick=split))
+    if args.audio:
+        from musegen.render import render_audio, write_audio
+
+        tmp = midi_path.with_name(f".{midi_path.stem}.tmp.wav")
+        write_audio(render_audio(score), tmp)
+        os.replace(tmp, midi_path.with_suffix(".wav"))
+
+
+class _Run:
+    """One invocation: what is done already, what to write, what failed."""
+
+    def __init__(self, args: argparse.Namespace, pipeline: Pipeline, settings: GenerationSettings):
+        self.args, self.pipeline, self.settings = args, pipeline, settings
+        self.out: Path = args.out
+        self.manifest = self.out / MANIFEST
+        self.checkpoint = str(pipeline.checkpoint_dir or args.checkpoint or "")
+        self.done = {
+            row["output"]
+            for row in read_manifest(self.manifest)
+            if row.get("output")
+            and row.get("settings") == settings.to_dict()
+            and row.get("checkpoint") == self.checkpoint
+            and (self.out / row["output"]).is_file()
+        }
+        self.failed = 0
+        self.written = 0
+
+    def names(self, stem: str) -> list[str]:
+        seed = int(self.settings.seed or 0)
+        return [f"{stem}_s{seed + k}_{k}.mid" for k in range(self.args.num_samples)]
+
+    def write(self, prompt: Path | None, stem: str, results: list[GenerationResult]) -> None:
+        for k, (name, result) in enumerate(zip(self.names(stem), results, strict=True)):
+            if name in self.done:
+                continue
+            score = result.continuation if self.args.continuation_only else result.score
+            path = self.out / name
+            atomic_write(path, score_to_midi_bytes(score))
+            _extras(result, path, self.args)
+            append_line(
+                self.manifest,
+                {
+                    "output": name,
+                    "prompt": str(prompt) if prompt else None,
+                    "sample": k,
+                    "seed": result.seed,
+                    "settings": self.settings.to_dict(),
+                    "checkpoint": self.checkpoint,
+                    "prompt_tokens": result.prompt_tokens,
+                    "new_tokens": result.new_tokens,
+                    "bars": result.bars,
+                    "prompt_end_tick": 0 if self.args.continuation_only else result.prompt_end_tick,
+                    "finished": result.finished,
+                    "seconds": round(result.seconds, 3),
+                },
+            )
+            self.written += 1
+
+    def fail(self, prompt: Path | None, error: Exception) -> None:
+        self.failed += 1
+        append_line(
+            self.manifest,
+            {"output": None, "prompt": str(prompt), "status": "failed", "error": str(error)},
+        )
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    prompts, root = find_prompts(args.prompt)
+    pipeline = Pipeline.from_pretrained(args.checkpoint, device=args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    job = _Run(args, pipeline, settings)
+    todo = [p for p in prompts if not set(job.names(stem_of(p, root))) <= job.done]
+    if len(prompts) == 1 and prompts[0] is not None and todo:
+        results = pipeline.continue_midi(prompts[0], args.num_samples, settings)  # errors: 1 line
+        job.write(prompts[0], stem_of(prompts[0], root), results)
+    elif prompts == [None] and todo:
+        job.write(None, "sample", pipeline.generate(args.num_samples, settings))
+    elif todo:
+        per_batch = max(1, args.batch_size // args.num_samples)
+        bar = tqdm(total=len(todo), desc="prompts", unit="prompt", disable=not sys.stderr.isatty())
+        for chunk in _batches(todo, per_batch):
+            for prompt, outcome in zip(
+                chunk, pipeline.continue_batch(chunk, args.num_samples, settings), strict=True
+            ):
+                if isinstance(outcome, MusegenError):
+                    job.fail(prompt, outcome)
+                else:
+                    job.write(prompt, stem_of(prompt, root), outcome)
+            bar.update(len(chunk))
+        bar.close()
+    skipped = len(prompts) - len(todo)
+    print(
+        f"wrote {job.written} file(s) to {args.out}"
+        + (f", skipped {skipped} prompt(s) already done" if skipped else "")
+        + (f", {job.failed} prompt(s) failed (see {job.manifest})" if job.failed else "")
+    )
+    return 1 if job.failed else 0

@@ -1,0 +1,389 @@
+"""The one front door for generation: load a checkpoint, continue a MIDI file, or start fresh.
+
+The CLI, the app and the evaluator call :class:`Pipeline` and nothing deeper. A pipeline holds
+no per-call state, so one instance can serve several threads at once (each call builds its own
+KV cache; grammar masks are cached per control set and are read-only once built).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import symusic
+import torch
+
+from musegen.errors import CheckpointError, MidiError, MusegenError
+from musegen.grammar import Controls, Grammar, GrammarState, grammar_for
+from musegen.sampling import AllowedTokens, Progress, Stopping, build_processors, iter_sample
+from musegen.tokenizer import count_notes, decode, encode, load_score, score_to_midi_bytes
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "musegen-music21"
+# With --bars and no --max-new-tokens, a safety budget per bar so a model that never ends a
+# bar still stops (its result is then marked unfinished).
+TOKENS_PER_BAR_CAP = 512
+
+
+def default_checkpoint() -> Path:
+    """``$MUSEGEN_CHECKPOINT`` when set, else the checkpoint shipped in the repository."""
+    return Path(os.environ.get("MUSEGEN_CHECKPOINT") or DEFAULT_CHECKPOINT)
+
+
+@dataclass
+class GenerationSettings:
+    """Everything a user may choose about one generation request."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 0.95
+    repetition_penalty: float = 1.0
+    bars: int | None = 4
+    max_new_tokens: int | None = None
+    seed: int | None = None
+    instruments: list[int] | None = None  # GM programs allowed for new notes; None = any
+    drums: bool = True
+    constrained: bool = True
+    keep_tempo: bool = True
+    keep_time_signature: bool = True
+
+    def validate(self) -> None:
+        """Raise MusegenError naming the first absurd setting, before any work is done."""
+        if not self.temperature > 0 or self.temperature == float("inf"):
+            raise MusegenError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise MusegenError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise MusegenError(f"top_k must be ≥ 0 (0 turns it off), got {self.top_k}")
+        if not self.repetition_penalty > 0:
+            raise MusegenError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.bars is not None and self.bars <= 0:
+            raise MusegenError(f"bars must be ≥ 1, got {self.bars}")
+        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
+            raise MusegenError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
+        if self.bars is None and self.max_new_tokens is None:
+            raise MusegenError("give bars or max_new_tokens so generation knows when to stop")
+        if self.seed is not None and not 0 <= int(self.seed) < 2**63:
+            raise MusegenError(f"seed must be a non-negative integer, got {self.seed}")
+        if self.instruments is not None:
+            bad = [p for p in self.instruments if not 0 <= int(p) <= 127]
+            if bad:
+                raise MusegenError(f"instruments must be GM programs 0-127, got {bad}")
+            if not self.instruments and not self.drums:
+                raise MusegenError("no instruments and no drums: allow at least one of them")
+
+    def with_overrides(self, **overrides: Any) -> GenerationSettings:
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise MusegenError(f"unknown generation setting(s): {', '.join(unknown)}")
+        return replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GenerationResult:
+    """One sample: the whole piece, the new part alone, and where one ends and the other starts."""
+
+    score: symusic.Score
+    continuation: symusic.Score
+    prompt_end_tick: int
+    prompt_tokens: int
+    new_tokens: int
+    bars: int
+    seed: int
+    seconds: float
+    finished: bool
+    prompt_ids: list[int] = field(default_factory=list, repr=False)
+    tokens: list[int] = field(default_factory=list, repr=False)  # the continuation's ids
+
+    def midi_bytes(self) -> bytes:
+        return score_to_midi_bytes(self.score)
+
+
+@dataclass
+class _Request:
+    """One call's prepared rows (kept off ``self`` so calls never share mutable state)."""
+
+    full: list[list[int]]  # per row: the whole prompt's ids (decoded with the continuation)
+    window: list[list[int]]  # per row: what the model sees
+    starts: list[GrammarState]
+    seeds: list[int]
+    settings: GenerationSettings
+    grammar: Grammar
+    budget: int
+    started: float
+
+
+class Pipeline:
+    """A loaded model + tokenizer with the generation API every front end uses."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        config: Any,
+        checkpoint_dir: Path | None = None,
+        meta: dict | None = None,
+    ):
+        if len(tokenizer) != config.vocab_size:
+            raise CheckpointError(
+                f"the tokenizer has {len(tokenizer)} ids but the model expects "
+                f"{config.vocab_size}: tokenizer.json does not belong to these weights"
+            )
+        self.model = model.eval()
+        self.tokenizer, self.config = tokenizer, config
+        self.checkpoint_dir, self.meta = checkpoint_dir, meta or {}
+        vocab = tokenizer.vocab
+        self.bos, self.pad = vocab.get("BOS_None"), vocab.get("PAD_None", 0)
+        self._grammars: dict[tuple, Grammar] = {}
+        self._grammar_lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(cls, checkpoint: str | Path | None = None, device: str = "cpu") -> Pipeline:
+        """Load ``checkpoint`` (default: :func:`default_checkpoint`), strictly."""
+        from musegen.checkpoint import load_pretrained
+
+        directory = Path(checkpoint) if checkpoint is not None else default_checkpoint()
+        if not directory.is_dir():
+            raise CheckpointError(f"checkpoint directory not found: {directory}")
+        loaded = load_pretrained(directory, device=device)
+        return cls(
+            loaded.model, loaded.tokenizer, loaded.config, Path(loaded.directory), loaded.meta
+        )
+
+    # --- public API -------------------------------------------------------------------------
+    def continue_midi(
+        self,
+        prompt: str | Path | bytes | symusic.Score,
+        num_samples: int = 1,
+        settings: GenerationSettings | None = None,
+        **overrides: Any,
+    ) -> list[GenerationResult]:
+        """``num_samples`` continuations of ``prompt`` (a path, MIDI bytes or a Score)."""
+        return self._last(self.stream(prompt, num_samples, settings, every=0, **overrides))
+
+    def continue_batch(
+        self,
+        prompts: list[str | Path | bytes | symusic.Score],
+        num_samples: int = 1,
+        settings: GenerationSettings | None = None,
+        **overrides: Any,
+    ) -> list[list[GenerationResult] | MusegenError]:
+        """Several prompts in one batch; a bad prompt gets its error instead of results."""
+        settings = self._settings(settings, overrides, num_samples)
+        prepared: list[list[int] | MusegenError] = []
+        for prompt in prompts:
+            try:
+                prepared.append(self._prompt_ids(prompt))
+            except MusegenError as exc:
+                prepared.append(exc)
+        good = [ids for ids in prepared if not isinstance(ids, MusegenError)]
+        if not good:
+            return prepared  # type: ignore[return-value]
+        results = self._last(self._run(self._request(good, num_samples, settings), 0, None))
+        out: list[list[GenerationResult] | MusegenError] = []
+        for ids in prepared:
+            if isinstance(ids, MusegenError):
+                out.append(ids)
+            else:
+                out.append(results[:num_samples])
+                results = results[num_samples:]
+        return out
+
+    def generate(
+        self, num_samples: int = 1, settings: GenerationSettings | None = None, **overrides: Any
+    ) -> list[GenerationResult]:
+        """``num_samples`` pieces from nothing."""
+        return self._last(self.stream(None, num_samples, settings, every=0, **overrides))
+
+    def stream(
+        self,
+        prompt: str | Path | bytes | symusic.Score | None = None,
+        num_samples: int = 1,
+        settings: GenerationSettings | None = None,
+        every: int = 32,
+        stop_event: threading.Event | None = None,
+        **overrides: Any,
+    ) -> Iterator[list[GenerationResult]]:
+        """Partial results every ``every`` new tokens (0: only the end); the last is complete.
+
+        Setting ``stop_event`` ends generation early and yields what exists as the last item.
+        """
+        request = self._prepare(prompt, num_samples, settings, overrides)
+        return self._run(request, every, stop_event)
+
+    # --- internals --------------------------------------------------------------------------
+    @staticmethod
+    def _last(results: Iterator[list[GenerationResult]]) -> list[GenerationResult]:
+        last: list[GenerationResult] = []
+        for last in results:  # noqa: B007
+            pass
+        return last
+
+    def grammar(self, settings: GenerationSettings) -> Grammar:
+        """The (cached) grammar for these controls; also the bar tracker when unconstrained."""
+        programs = frozenset(settings.instruments) if settings.instruments is not None else None
+        controls = Controls(
+            programs,
+            settings.drums,
+            settings.keep_tempo,
+            settings.keep_time_signature,
+            settings.bars,
+        )
+        key = tuple(asdict(controls).values())
+        with self._grammar_lock:
+            if key not in self._grammars:
+                self._grammars[key] = grammar_for(self.tokenizer, controls)
+            return self._grammars[key]
+
+    def _prompt_ids(self, prompt: str | Path | bytes | symusic.Score | None) -> list[int]:
+        if prompt is None:
+            return []
+        name = str(prompt) if isinstance(prompt, (str, Path)) else "prompt"
+        score = load_score(prompt)
+        if count_notes(score) == 0:
+            raise MidiError(f"{name}: has no notes to continue")
+        ids = encode(self.tokenizer, score)
+        if not ids:
+            raise MidiError(f"{name}: nothing left after tokenization (notes out of range?)")
+        return ids
+
+    def _window(self, ids: list[int], grammar: Grammar, budget: int) -> list[int]:
+        """The newest whole bars of ``ids`` that fit the context with room for new tokens."""
+        limit = self.config.max_seq_len - min(budget, self.config.max_seq_len // 2) - 1
+        if len(ids) <= limit:
+            return ([self.bos] if self.bos is not None else []) + ids
+        starts = grammar.bar_starts(ids)
+        fitting = [i for i in starts if len(ids) - i <= limit]
+        if fitting:
+            return ids[fitting[0] :]
+        # Not even one bar fits: cut at the first time step (Position/TimeShift), not mid-note.
+        tail = ids[-limit:]
+        for i, token in enumerate(tail):
+            if grammar.types[grammar.expand[token][0]] in ("Position", "TimeShift"):
+                return tail[i:]
+        return tail
+
+    @staticmethod
+    def _settings(
+        settings: GenerationSettings | None, overrides: dict[str, Any], num_samples: int
+    ) -> GenerationSettings:
+        settings = (settings or GenerationSettings()).with_overrides(**overrides)
+        settings.validate()
+        if not 1 <= int(num_samples) <= 256:
+            raise MusegenError(f"num_samples must be between 1 and 256, got {num_samples}")
+        seed = int(settings.seed) if settings.seed is not None else secrets.randbelow(2**31 - 1)
+        return replace(settings, seed=seed)
+
+    def _prepare(
+        self,
+        prompt: Any,
+        num_samples: int,
+        settings: GenerationSettings | None,
+        overrides: dict[str, Any],
+    ) -> _Request:
+        settings = self._settings(settings, overrides, num_samples)
+        return self._request([self._prompt_ids(prompt)], num_samples, settings)
+
+    def _request(
+        self, prompts: list[list[int]], num_samples: int, settings: GenerationSettings
+    ) -> _Request:
+        started = time.perf_counter()
+        grammar = self.grammar(settings)
+        budget = settings.max_new_tokens or settings.bars * TOKENS_PER_BAR_CAP
+        if settings.bars and settings.max_new_tokens:
+            budget = min(budget, settings.bars * TOKENS_PER_BAR_CAP)
+        full, window, starts, seeds = [], [], [], []
+        for ids in prompts:
+            cut = self._window(ids, grammar, budget)
+            if not cut:
+                raise MusegenError("this tokenizer has no BOS token, so generation needs a prompt")
+            start = grammar.start(ids)
+            for k in range(num_samples):
+                full.append(ids)
+                window.append(cut)
+                starts.append(start.copy())
+                seeds.append(int(settings.seed) + k)
+        return _Request(full, window, starts, seeds, settings, grammar, budget, started)
+
+    def _processors(self, request: _Request) -> list:
+        s, grammar = request.settings, request.grammar
+        chain = build_processors(
+            s.temperature,
+            s.top_k,
+            s.top_p,
+            s.repetition_penalty,
+            grammar if s.constrained else None,
+        )
+        if not s.constrained:  # still honour the instrument choice, and never emit specials
+            chain.insert(0, AllowedTokens(grammar.unconstrained_mask()))
+        return chain
+
+    def _run(
+        self, request: _Request, every: int, stop_event: threading.Event | None
+    ) -> Iterator[list[GenerationResult]]:
+        n = len(request.seeds)
+        states = [s.copy() for s in request.starts]
+        steps = iter_sample(
+            self.model,
+            request.window,
+            self._processors(request),
+            Stopping(request.budget, request.grammar.eos, request.grammar),
+            request.seeds,
+            states=states,
+            pad_id=self.pad,
+            stop_event=stop_event,
+        )
+        last: Progress | None = None
+        for last in steps:
+            if every and last.step % every == 0 and not all(last.finished):
+                yield self._results(request, last, partial=True)
+        if last is None:  # nothing to generate
+            last = Progress([[] for _ in range(n)], [True] * n, states, 0)
+        yield self._results(request, last, partial=False)
+
+    def _results(
+        self, request: _Request, progress: Progress, partial: bool
+    ) -> list[GenerationResult]:
+        out = []
+        for k, new in enumerate(progress.new_tokens):
+            out.append(self._result(request, k, list(new), progress, partial))
+        return out
+
+    def _result(
+        self, request: _Request, k: int, new: list[int], progress: Progress, partial: bool
+    ) -> GenerationResult:
+        s, grammar = request.settings, request.grammar
+        tokens = grammar.finish(request.starts[k], new) if s.constrained else new
+        end_state = progress.states[k] if progress.states else request.starts[k]
+        score = decode(self.tokenizer, request.full[k] + tokens)
+        split = end_state.start_tick if end_state.start_tick is not None else score.end()
+        continuation = score.clip(split, max(score.end(), split) + 1, clip_end=False)
+        continuation = continuation.shift_time(-split)
+        budget_hit = progress.hit_budget[k] if progress.hit_budget else False
+        finished = (
+            not partial
+            and not progress.stopped
+            and not (s.bars is not None and budget_hit and s.max_new_tokens is None)
+        )
+        return GenerationResult(
+            score=score,
+            continuation=continuation,
+            prompt_end_tick=int(split),
+            prompt_tokens=len(request.window[k]),
+            new_tokens=len(tokens),
+            bars=grammar.bars_done(end_state),
+            seed=request.seeds[k],
+            seconds=time.perf_counter() - request.started,
+            finished=finished,
+            prompt_ids=list(request.full[k]),
+            tokens=list(tokens),
+        )

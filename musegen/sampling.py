@@ -1,0 +1,275 @@
+"""Batched autoregressive sampling over the KV cache, shaped by small logits processors.
+
+A processor is ``f(logits[B, V], ctx) -> logits``; :func:`build_processors` chains the usual
+ones (repetition penalty → grammar mask → temperature → top-k → top-p). :func:`iter_sample`
+prefills the left-padded prompts once, then feeds one token per sequence per step and yields
+after each step (the pipeline streams from it); :func:`sample` runs it to the end. Each row has
+its own ``torch.Generator``, so a sample depends only on its seed and settings.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from musegen.grammar import Grammar, GrammarState
+
+# Attention kinds whose cache cannot grow past max_seq_len: the loop slides by re-prefilling.
+BOUNDED_KINDS = ("absolute", "relative")
+
+
+@dataclass
+class StepContext:
+    """What processors may read: the tokens so far, grammar states, which ids were seen."""
+
+    tokens: list[list[int]]
+    seen: torch.Tensor  # Bool[B, V]
+    states: list[GrammarState] | None = None
+    step: int = 0
+
+
+Processor = Callable[[torch.Tensor, StepContext], torch.Tensor]
+
+
+class Temperature:
+    """Divide logits by ``t``: below 1 sharper, above 1 flatter."""
+
+    def __init__(self, t: float):
+        self.t = float(t)
+
+    def __call__(self, logits: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        return logits / self.t
+
+
+class TopK:
+    """Keep the ``k`` most likely ids (ties at the k-th value kept too)."""
+
+    def __init__(self, k: int):
+        self.k = int(k)
+
+    def __call__(self, logits: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        k = min(self.k, logits.shape[-1])
+        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+        return logits.masked_fill(logits < kth, float("-inf"))
+
+
+class TopP:
+    """Nucleus sampling: keep the smallest set of ids whose probability reaches ``p``."""
+
+    def __init__(self, p: float):
+        self.p = float(p)
+
+    def __call__(self, logits: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > self.p  # the most likely id is always kept
+        drop_mask = torch.zeros_like(drop).scatter(-1, order, drop)
+        return logits.masked_fill(drop_mask, float("-inf"))
+
+
+class RepetitionPenalty:
+    """CTRL's penalty: logits of ids already in the sequence are divided (or multiplied) by r."""
+
+    def __init__(self, r: float):
+        self.r = float(r)
+
+    def __call__(self, logits: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        penalized = torch.where(logits > 0, logits / self.r, logits * self.r)
+        return torch.where(ctx.seen, penalized, logits)
+
+
+class AllowedTokens:
+    """A fixed allow-list (``Bool[V]``), e.g. to forbid special tokens."""
+
+    def __init__(self, allowed: torch.Tensor):
+        self.allowed = allowed.bool()
+
+    def __call__(self, logits: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        return logits.masked_fill(~self.allowed.to(logits.device), float("-inf"))
+
+
+class GrammarMask:
+    """Masks every id that would make a sequence malformed, from its grammar state."""
+
+    def __init__(self, grammar: Grammar):
+        self.grammar = grammar
+
+    def __call__(self, logits: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        assert ctx.states is not None, "GrammarMask needs grammar states"
+        mask = self.grammar.mask(ctx.states).to(logits.device)
+        return logits.masked_fill(~mask, float("-inf"))
+
+
+def build_processors(
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    grammar: Grammar | None = None,
+) -> list[Processor]:
+    """The standard chain; identity settings (top_k=0, top_p=1, penalty=1) add nothing."""
+    chain: list[Processor] = []
+    if repetition_penalty != 1.0:
+        chain.append(RepetitionPenalty(repetition_penalty))
+    if grammar is not None:
+        chain.append(GrammarMask(grammar))
+    if temperature != 1.0:
+        chain.append(Temperature(temperature))
+    if top_k > 0:
+        chain.append(TopK(top_k))
+    if top_p < 1.0:
+        chain.append(TopP(top_p))
+    return chain
+
+
+@dataclass
+class Stopping:
+    """When a row ends: a token budget, EOS, and (through the grammar tracker) N bars."""
+
+    max_new_tokens: int
+    eos_id: int | None = None
+    grammar: Grammar | None = None
+
+
+@dataclass
+class Progress:
+    """Yielded after every step: new tokens per row and which rows are done."""
+
+    new_tokens: list[list[int]]
+    finished: list[bool]
+    states: list[GrammarState] | None
+    step: int
+    stopped: bool = False  # ended by the stop_event
+    hit_budget: list[bool] = field(default_factory=list)
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device):
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, width - len(row) :] = True
+    return ids.to(device), mask.to(device)
+
+
+class _Runner:
+    """Owns the cache; ``prefill`` once, then ``step`` one token per row (or re-run all)."""
+
+    def __init__(self, model: torch.nn.Module, pad_id: int, use_cache: bool):
+        self.model, self.pad_id, self.use_cache = model, pad_id, use_cache
+        self.device = next(model.parameters()).device
+        config = model.config
+        self.limit = config.max_seq_len if config.attention in BOUNDED_KINDS else None
+        self.cache = None
+        self.rows: list[list[int]] = []
+
+    def prefill(self, rows: list[list[int]]) -> torch.Tensor:
+        if self.limit:  # keep the newest tokens; leave room to grow before the next slide
+            keep = max(1, self.limit // 2) if any(len(r) >= self.limit for r in rows) else None
+            rows = [r[-keep:] if keep else r for r in rows]
+        self.rows = [list(r) for r in rows]
+        ids, mask = _left_pad(self.rows, self.pad_id, self.device)
+        if self.use_cache:
+            self.cache = self.model.new_cache(len(rows), device=self.device)
+            logits = self.model(ids, cache=self.cache, padding_mask=mask)
+        else:
+            logits = self.model(ids, padding_mask=mask)
+        return logits[:, -1].float()
+
+    def step(self, tokens: list[int]) -> torch.Tensor:
+        for row, t in zip(self.rows, tokens, strict=True):
+            row.append(t)
+        if not self.use_cache or (self.limit and max(map(len, self.rows)) > self.limit):
+            return self.prefill(self.rows)
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
+        return self.model(ids, cache=self.cache)[:, -1].float()
+
+
+@torch.inference_mode()
+def iter_sample(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    processors: Sequence[Processor],
+    stopping: Stopping,
+    seeds: Sequence[int],
+    states: list[GrammarState] | None = None,
+    pad_id: int = 0,
+    use_cache: bool = True,
+    stop_event: threading.Event | None = None,
+) -> Iterator[Progress]:
+    """Sample continuations of every prompt at once, yielding :class:`Progress` each step."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (e.g. BOS)")
+    batch, grammar = len(prompts), stopping.grammar
+    if grammar is not None and states is None:
+        states = [grammar.start(p) for p in prompts]
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    vocab = model.config.vocab_size
+    seen = torch.zeros((batch, vocab), dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        seen[i, torch.tensor([t for t in p if 0 <= t < vocab], dtype=torch.long)] = True
+    ctx = StepContext(tokens=[list(p) for p in prompts], seen=seen, states=states)
+    new: list[list[int]] = [[] for _ in prompts]
+    done = [stopping.max_new_tokens <= 0] * batch
+    budget = [False] * batch
+    runner = _Runner(model, pad_id, use_cache)
+    logits = runner.prefill([list(p) for p in prompts])
+    step = 0
+    while not all(done):
+        if stop_event is not None and stop_event.is_set():
+            yield Progress(new, done, states, step, stopped=True, hit_budget=budget)
+            return
+        ctx.step = step
+        scores = logits.cpu()
+        for proc in processors:
+            scores = proc(scores, ctx)
+        probs = scores.softmax(-1)
+        tokens = []
+        for i in range(batch):
+            if done[i]:
+                tokens.append(ctx.tokens[i][-1])
+                continue
+            t = int(torch.multinomial(probs[i], 1, generator=gens[i]))
+            if (grammar and grammar.ends_before(states[i], t)) or t == stopping.eos_id:
+                done[i] = True
+                tokens.append(ctx.tokens[i][-1])
+                continue
+            new[i].append(t)
+            ctx.tokens[i].append(t)
+            seen[i, t] = True
+            tokens.append(t)
+            if grammar is not None:
+                grammar.advance(states[i], t)
+                done[i] = grammar.ends_after(states[i])
+            if len(new[i]) >= stopping.max_new_tokens and not done[i]:
+                done[i] = budget[i] = True
+        step += 1
+        yield Progress(new, list(done), states, step, hit_budget=budget)
+        if not all(done):
+            logits = runner.step(tokens)
+
+
+def sample(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    processors: Sequence[Processor],
+    stopping: Stopping,
+    seeds: Sequence[int],
+    states: list[GrammarState] | None = None,
+    pad_id: int = 0,
+    use_cache: bool = True,
+    on_step: Callable[[Progress], None] | None = None,
+    stop_event: threading.Event | None = None,
+) -> list[list[int]]:
+    """New tokens for each prompt (the prompt itself is not repeated)."""
+    last: Progress | None = None
+    for last in iter_sample(
+        model, prompts, processors, stopping, seeds, states, pad_id, use_cache, stop_event
+    ):
+        if on_step is not None:
+            on_step(last)
+    return [list(t) for t in last.new_tokens] if last else [[] for _ in prompts]

@@ -1,0 +1,158 @@
+"""The Pipeline front door on a random tiny checkpoint."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import mido
+import pretty_midi
+import pytest
+from conftest import make_score
+
+from musegen.errors import CheckpointError, MidiError, MusegenError
+from musegen.pipeline import GenerationSettings, Pipeline, default_checkpoint
+
+# One instrument, no drums: a random model then reaches bar lines quickly.
+FAST = dict(instruments=[0], drums=False, seed=3)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_checkpoint):
+    return Pipeline.from_pretrained(tiny_checkpoint)
+
+
+def test_continue_midi_from_path_bytes_and_score(pipe, midi_file):
+    for prompt in (midi_file, midi_file.read_bytes(), make_score(tracks=((0, False), (0, True)))):
+        [result] = pipe.continue_midi(prompt, bars=1, **FAST)
+        assert result.finished and result.bars == 1 and result.seed == 3
+        assert result.new_tokens == len(result.tokens) > 0
+        assert result.prompt_end_tick == 4 * 4 * result.score.tpq  # after the 4-bar prompt
+        late = [
+            n for t in result.score.tracks for n in t.notes if n.start >= result.prompt_end_tick
+        ]
+        assert late and result.continuation.note_num() == len(late)
+        data = result.midi_bytes()
+        assert pretty_midi.PrettyMIDI(io.BytesIO(data)).instruments
+        assert mido.MidiFile(file=io.BytesIO(data)).length > 0
+        assert pipe.tokenizer.tokens_errors(result.prompt_ids + result.tokens) == 0
+
+
+def test_seeds_give_reproducible_and_distinct_samples(pipe, midi_file):
+    a = pipe.continue_midi(midi_file, num_samples=2, bars=1, **FAST)
+    b = pipe.continue_midi(midi_file, num_samples=2, bars=1, **FAST)
+    assert [r.tokens for r in a] == [r.tokens for r in b]
+    assert a[0].tokens != a[1].tokens and [r.seed for r in a] == [3, 4]
+
+
+def test_generate_from_nothing_and_token_budget(pipe):
+    results = pipe.generate(num_samples=2, bars=None, max_new_tokens=40, seed=1)
+    assert all(0 < r.new_tokens <= 40 and r.score.note_num() > 0 for r in results)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(temperature=0),
+        dict(top_p=1.5),
+        dict(top_p=0),
+        dict(bars=0),
+        dict(top_k=-1),
+        dict(bars=None, max_new_tokens=None),
+        dict(instruments=[200]),
+        dict(nonsense=1),
+    ],
+)
+def test_absurd_settings_fail_before_work(pipe, midi_file, bad):
+    with pytest.raises(MusegenError):
+        pipe.continue_midi(midi_file, **bad)
+
+
+def test_bad_prompts_give_one_line_errors(pipe, tmp_path):
+    (tmp_path / "text.mid").write_text("hello")
+    (tmp_path / "empty.mid").write_bytes(b"")
+    silent = make_score()
+    silent.tracks[0].notes.clear()
+    for prompt, words in (
+        (tmp_path / "text.mid", "not a MIDI"),
+        (tmp_path / "empty.mid", "empty"),
+        (silent, "no notes"),
+        (tmp_path / "missing.mid", "not found"),
+    ):
+        with pytest.raises(MidiError, match=words) as info:
+            pipe.continue_midi(prompt)
+        assert "\n" not in str(info.value)
+
+
+def test_checkpoint_errors(tiny_checkpoint, tmp_path):
+    with pytest.raises(CheckpointError):
+        Pipeline.from_pretrained(tmp_path / "nope")
+    loaded = Pipeline.from_pretrained(tiny_checkpoint)
+    from musegen.tokenizer import TokenizerSettings, build_tokenizer
+
+    other = build_tokenizer(TokenizerSettings(kind="TSD"))
+    with pytest.raises(CheckpointError, match="does not belong"):
+        Pipeline(loaded.model, other, loaded.config)
+
+
+def test_default_checkpoint_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("MUSEGEN_CHECKPOINT", str(tmp_path))
+    assert default_checkpoint() == tmp_path
+
+
+def test_long_prompt_is_cut_at_a_bar(pipe):
+    long = make_score(bars=24)  # piano only: a bar fits the tiny model's context
+    [result] = pipe.continue_midi(long, bars=1, **FAST)
+    limit = pipe.config.max_seq_len
+    assert result.prompt_tokens < limit < len(result.prompt_ids)
+    bar = pipe.tokenizer.vocab["Bar_None"]
+    window = result.prompt_ids[len(result.prompt_ids) - result.prompt_tokens :]
+    assert window[0] == bar
+    assert result.prompt_end_tick == 24 * 4 * result.score.tpq
+    dense = make_score(bars=24, tracks=((0, False), (0, True), (33, False)))  # bars too long
+    [result] = pipe.continue_midi(dense, bars=1, **FAST)
+    window = result.prompt_ids[len(result.prompt_ids) - result.prompt_tokens :]
+    assert pipe.tokenizer[window[0]].startswith("Position_")
+
+
+def test_stream_partial_then_complete_and_stop(pipe, midi_file):
+    items = list(pipe.stream(midi_file, settings=GenerationSettings(bars=1, **FAST), every=8))
+    assert len(items) >= 2 and items[-1][0].finished
+    assert items[0][0].new_tokens < items[-1][0].new_tokens and not items[0][0].finished
+    stop = threading.Event()
+    for n, results in enumerate(  # noqa: B007
+        pipe.stream(midi_file, stop_event=stop, every=4, bars=None, max_new_tokens=500, seed=1)
+    ):
+        if n == 1:
+            stop.set()
+    assert not results[0].finished and results[0].new_tokens < 500
+
+
+def test_threads_share_one_pipeline(pipe, midi_file):
+    out: dict[int, list[int]] = {}
+
+    def work(i: int) -> None:
+        out[i] = pipe.continue_midi(midi_file, bars=1, **FAST)[0].tokens
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out[0] == out[1]
+
+
+def test_continue_batch_reports_bad_prompts(pipe, midi_file, tmp_path):
+    bad = tmp_path / "bad.mid"
+    bad.write_bytes(b"MThd garbage")
+    outcome = pipe.continue_batch([midi_file, bad], num_samples=2, bars=1, **FAST)
+    assert len(outcome[0]) == 2 and isinstance(outcome[1], MidiError)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_pipeline_on_cuda(tiny_checkpoint, midi_file):
+    pipe = Pipeline.from_pretrained(tiny_checkpoint, device="cuda")
+    results = pipe.continue_midi(midi_file, num_samples=4, bars=1, **FAST)
+    for r in results:
+        assert r.bars == 1 and pipe.tokenizer.tokens_errors(r.prompt_ids + r.tokens) == 0

@@ -1,0 +1,130 @@
+"""Logits processors and the batched decode loop over the KV cache."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from musegen.config import preset
+from musegen.model import MusicTransformer
+from musegen.sampling import (
+    AllowedTokens,
+    RepetitionPenalty,
+    StepContext,
+    Stopping,
+    Temperature,
+    TopK,
+    TopP,
+    build_processors,
+    iter_sample,
+    sample,
+)
+
+VOCAB = 40
+
+
+def ctx(batch=1, seen=None):
+    seen = seen if seen is not None else torch.zeros(batch, VOCAB, dtype=torch.bool)
+    return StepContext(tokens=[[1]] * batch, seen=seen)
+
+
+def tiny(attention="relative", **kw):
+    torch.manual_seed(0)
+    return MusicTransformer(preset("tiny", vocab_size=VOCAB, attention=attention, **kw)).eval()
+
+
+PROMPTS = [[1, 5, 7, 9, 11, 3], [1, 8, 2], [1, 4, 4, 4, 4, 6, 20, 21, 22]]
+
+
+def test_top_k_keeps_k():
+    logits = torch.arange(10.0)[None]
+    out = TopK(3)(logits, ctx())
+    assert torch.isfinite(out).sum() == 3 and torch.isfinite(out[0, 7:]).all()
+
+
+def test_top_p_keeps_the_nucleus_and_always_the_best():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isfinite(TopP(0.7)(logits, ctx())).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(TopP(0.01)(logits, ctx())).tolist() == [[True, False, False, False]]
+
+
+def test_temperature_and_repetition_penalty():
+    logits = torch.tensor([[2.0, -2.0, 1.0]])
+    assert torch.allclose(Temperature(2.0)(logits, ctx()), logits / 2)
+    seen = torch.tensor([[True, True, False]])
+    out = RepetitionPenalty(2.0)(logits, StepContext([[0]], seen))
+    assert out.tolist() == [[1.0, -4.0, 1.0]]
+
+
+def test_allowed_tokens_and_identity_chain():
+    allowed = torch.zeros(VOCAB, dtype=torch.bool)
+    allowed[3] = True
+    out = AllowedTokens(allowed)(torch.zeros(1, VOCAB), ctx())
+    assert torch.isfinite(out).sum() == 1
+    assert build_processors(1.0, 0, 1.0, 1.0) == []
+
+
+def run(model, seeds, **kw):
+    stopping = Stopping(max_new_tokens=kw.pop("n", 12))
+    processors = kw.pop("processors", build_processors(1.0, 0, 0.95))
+    return sample(model, PROMPTS, processors, stopping, seeds, pad_id=0, **kw)
+
+
+def test_same_seed_same_output_different_seed_differs():
+    model = tiny()
+    a = run(model, [1, 2, 3])
+    assert a == run(model, [1, 2, 3])
+    assert a != run(model, [4, 5, 6])
+    assert [len(x) for x in a] == [12, 12, 12]
+
+
+@pytest.mark.parametrize("attention", ["relative", "absolute", "local", "sparse"])
+def test_cached_and_uncached_greedy_agree(attention):
+    model = tiny(attention)
+    greedy = build_processors(top_k=1)
+    cached = run(model, [0, 0, 0], processors=greedy, n=20)
+    uncached = run(model, [0, 0, 0], processors=greedy, n=20, use_cache=False)
+    assert cached == uncached
+
+
+def test_batched_rows_match_single_rows_under_greedy():
+    model = tiny()
+    greedy = build_processors(top_k=1)
+    batched = run(model, [0, 0, 0], processors=greedy)
+    for prompt, expected in zip(PROMPTS, batched, strict=True):
+        alone = sample(model, [prompt], greedy, Stopping(12), [0], pad_id=0)
+        assert alone[0] == expected
+
+
+def test_bounded_attention_slides_past_max_seq_len():
+    model = tiny("absolute", max_seq_len=16)
+    out = run(model, [1, 2, 3], n=40)
+    assert [len(x) for x in out] == [40, 40, 40]
+
+
+def test_eos_stops_a_row_and_stop_event_stops_all():
+    model = tiny()
+    everything_is_eos = torch.zeros(VOCAB, dtype=torch.bool)
+    everything_is_eos[2] = True
+    out = sample(
+        model, PROMPTS, [AllowedTokens(everything_is_eos)], Stopping(10, eos_id=2), [0, 1, 2]
+    )
+    assert out == [[], [], []]
+    stop = threading.Event()
+    steps = iter_sample(model, PROMPTS, [], Stopping(1000), [0, 1, 2], stop_event=stop)
+    for progress in steps:
+        if progress.step == 5:
+            stop.set()
+    assert progress.stopped and all(len(t) == 5 for t in progress.new_tokens)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_cached_and_uncached_greedy_agree_with_cpu():
+    model = tiny().cuda()
+    greedy = build_processors(top_k=1)
+    cached = run(model, [0, 0, 0], processors=greedy, n=16)
+    assert cached == run(model, [0, 0, 0], processors=greedy, n=16, use_cache=False)
+    assert cached == run(tiny(), [0, 0, 0], processors=greedy, n=16)
