@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -296,3 +297,17 @@ def _flex_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor, ctx: AttnConte
 def init_scale(head_dim: int) -> float:
     """Std of the relative embeddings at init (same as a key's scale)."""
     return 1.0 / math.sqrt(head_dim)
+
+
+def inference_kernels() -> AbstractContextManager:
+    """Keeps scaled-dot-product attention off cuDNN's fused kernel for no-grad CUDA forwards.
+
+    On an H200 with torch 2.11, no-grad forwards with the relative bias failed inside cuDNN
+    attention ("misaligned address", "mha_graph.execute") while training forwards did not; the
+    flash / memory-efficient / math kernels give the same result.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(
+        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    )

@@ -12,12 +12,13 @@ real tokens (True) and LEFT padding (False) so prompts of different lengths shar
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from musegen.attention import ATTENTION, AttnContext, cached_context, init_scale
+from musegen.attention import ATTENTION, AttnContext, cached_context, inference_kernels, init_scale
 from musegen.cache import FullCache, KVCache, RingCache
 from musegen.config import ModelConfig
 
@@ -129,8 +130,12 @@ class MusicTransformer(nn.Module):
             pos = torch.arange(start, start + L, device=x.device)[None, :] - pad[:, None]
             x = x + self.pos_emb(pos.clamp_min(0))
         x = self.drop(x)
-        for i, block in enumerate(self.blocks):
-            x = block(x, ctx, cache, i)
+        kernels = (
+            inference_kernels() if x.is_cuda and not torch.is_grad_enabled() else nullcontext()
+        )
+        with kernels:
+            for i, block in enumerate(self.blocks):
+                x = block(x, ctx, cache, i)
         if cache is not None:
             cache.end()
         x = self.ln_f(x)

@@ -237,16 +237,10 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torc
 
 
 def inference_attention() -> Any:
-    """A context that keeps scaled-dot-product attention off cuDNN's fused kernel.
+    """See :func:`musegen.attention.inference_kernels` (the model applies it itself too)."""
+    from musegen.attention import inference_kernels
 
-    On an H200 with torch 2.11, no-grad forwards of the relative-attention model (additive bias)
-    failed inside cuDNN attention ("misaligned address", "mha_graph.execute"), while training
-    forwards did not; flash / memory-efficient / math kernels give the same result.
-    """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    return sdpa_kernel(backends)
+    return inference_kernels()
 
 
 @torch.no_grad()
