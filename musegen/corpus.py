@@ -1,0 +1,532 @@
+"""``prepare``: a folder of MIDI files → training-ready token arrays, split by content hash.
+
+Layout of a prepared dataset (read back by :mod:`musegen.data`)::
+
+    manifest.json          every input file's fate, totals, tokenizer settings
+    tokenizer.json         the tokenizer the ids belong to (BPE included)
+    {train,val,test}.bin   flat token ids (manifest["dtype"]); each document is BOS ids… EOS
+    {train,val,test}.idx.npy  int64 offsets, n_docs + 1; doc i = tokens[off[i]:off[i+1]]
+
+Files are split by the SHA-256 of their bytes, so a rerun gives the same split, a file never
+lands in two splits and exact duplicates are kept once. Everything is written into a temporary
+folder beside OUT_DIR and renamed at the end: a half-written dataset never has the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from musegen import __version__
+from musegen.errors import MusegenError
+from musegen.tokenizer import (
+    BOS,
+    EOS,
+    TokenizerSettings,
+    build_tokenizer,
+    count_notes,
+    encode,
+    load_score,
+    load_tokenizer,
+    save_tokenizer,
+    settings_dict,
+    train_bpe,
+)
+
+FORMAT = "musegen-prepared"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val", "test")
+MIDI_SUFFIXES = (".mid", ".midi")
+# A pool that answers nothing for 2 × timeout + this long has a worker stuck in native code.
+HANG_GRACE_S = 30.0
+
+
+@dataclass
+class PrepareOptions:
+    """Every choice that shapes a prepared dataset (recorded in the manifest)."""
+
+    tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
+    bpe_vocab: int | None = None
+    max_files: int | None = None
+    min_notes: int = 10
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    max_beats: int = 50_000  # longer files (hours, or absurd gaps) are skipped, not tokenized
+    timeout_s: float = 60.0  # per file; a pathological file is skipped, not the run
+    workers: int | None = None
+
+    def validate(self) -> None:
+        self.tokenizer.validate()
+        fractions = (self.val_fraction, self.test_fraction)
+        if any(not 0 <= f < 1 for f in fractions) or sum(fractions) >= 1:
+            raise MusegenError(
+                "--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1"
+            )
+        if self.max_files is not None and self.max_files < 1:
+            raise MusegenError("--max-files must be at least 1")
+        if self.min_notes < 1:
+            raise MusegenError("--min-notes must be at least 1")
+        if self.workers is not None and self.workers < 1:
+            raise MusegenError("--workers must be at least 1")
+        base = len(build_tokenizer(self.tokenizer)) if self.bpe_vocab is not None else 0
+        if self.bpe_vocab is not None and self.bpe_vocab <= base:
+            raise MusegenError(
+                f"--bpe-vocab {self.bpe_vocab} must be larger than the base vocabulary ({base})"
+            )
+
+    def key(self) -> dict:
+        """The settings that decide the result; a rerun with the same key replaces the data."""
+        return {
+            "tokenizer": settings_dict(self.tokenizer),
+            "bpe_vocab": self.bpe_vocab,
+            "max_files": self.max_files,
+            "min_notes": self.min_notes,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "max_beats": self.max_beats,
+        }
+
+
+def scan(src: Path) -> tuple[list[str], int]:
+    """MIDI files under ``src`` (``.mid``/``.midi``, any case) as sorted relative paths, plus
+    the number of other files that were ignored."""
+    if not src.exists():
+        raise MusegenError(f"source folder {src} does not exist")
+    if not src.is_dir():
+        raise MusegenError(f"{src} is not a folder: give the folder that holds your MIDI files")
+    found, other = [], 0
+    for root, dirs, files in os.walk(src, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.lower().endswith(MIDI_SUFFIXES):
+                found.append((Path(root) / name).relative_to(src).as_posix())
+            elif not name.startswith("."):
+                other += 1
+    return sorted(found), other
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_fraction(sha: str) -> float:
+    """A number in [0, 1) fixed by the content hash: where the file falls on the split line."""
+    return int(sha[:16], 16) / 2.0**64
+
+
+def split_for(sha: str, val_fraction: float, test_fraction: float) -> str:
+    u = hash_fraction(sha)
+    if u < test_fraction:
+        return "test"
+    return "val" if u < test_fraction + val_fraction else "train"
+
+
+def _fill_empty_splits(entries: list[dict], options: PrepareOptions) -> None:
+    """A tiny corpus may leave a split empty by chance: train gets the document hashed furthest
+    from val/test; an empty val or test (fraction > 0) gets the train document hashed nearest
+    its range. Deterministic, and training always has something to validate on."""
+    docs = [e for e in entries if e["split"] is not None]
+    if docs and not any(e["split"] == "train" for e in docs):
+        max(docs, key=lambda e: hash_fraction(e["sha256"]))["split"] = "train"
+    for name, fraction in (("test", options.test_fraction), ("val", options.val_fraction)):
+        docs = [e for e in entries if e["split"] is not None]
+        train = [e for e in docs if e["split"] == "train"]
+        if fraction <= 0 or any(e["split"] == name for e in docs) or len(train) < 2:
+            continue
+        nearest = min(train, key=lambda e: hash_fraction(e["sha256"]))
+        nearest["split"] = name
+
+
+def _check_out_dir(out: Path, src: Path, options: PrepareOptions, overwrite: bool) -> None:
+    """Refuse to replace a folder that is not this very dataset unless ``--overwrite``."""
+    if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents:
+        raise MusegenError(f"OUT_DIR {out} must not be SRC_DIR or a folder containing it")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise MusegenError(f"OUT_DIR {out} exists and is not a folder")
+    if overwrite or not any(out.iterdir()):
+        return
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+        is_dataset = manifest.get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_dataset = False
+    if not is_dataset:
+        raise MusegenError(
+            f"OUT_DIR {out} is not empty and is not a musegen-prepared dataset; "
+            "choose another folder or pass --overwrite to replace it"
+        )
+    key = json.loads(json.dumps(options.key()))  # tuples become lists, as in the file
+    same = manifest.get("settings") == key and manifest.get("source") == str(src.resolve())
+    if not same:
+        raise MusegenError(
+            f"OUT_DIR {out} holds a dataset prepared from another source or with other "
+            "settings; pass --overwrite to replace it, or choose another folder"
+        )
+
+
+def _file_entries(src: Path, paths: list[str]) -> list[dict]:
+    """One manifest entry per file: hash, and the first path of the same content if any."""
+    entries: list[dict] = []
+    first_of: dict[str, str] = {}
+    for rel in paths:
+        try:
+            sha = sha256_file(src / rel)
+        except OSError as exc:
+            sha, reason = None, f"unreadable: {exc.strerror}"
+        else:
+            reason = None
+        entry = {"path": rel, "sha256": sha, "split": None, "notes": 0, "tokens": 0}
+        entry |= {"skipped": reason, "duplicate_of": first_of.get(sha) if sha else None}
+        if sha and sha not in first_of:
+            first_of[sha] = rel
+        entries.append(entry)
+    return entries
+
+
+# ---------------------------------------------------------------- parallel tokenization
+
+
+@dataclass
+class FileResult:
+    """What a worker learned about one file: its note count and ids, or why it was skipped."""
+
+    notes: int = 0
+    ids: np.ndarray | None = None
+    reason: str | None = None
+
+
+_WORKER: dict = {}  # per worker process: the tokenizer and the limits, set by _init_worker
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise _Timeout
+
+
+def _init_worker(tokenizer_path: str, limits: tuple[int, int, float]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    signal.signal(signal.SIGALRM, _on_alarm)
+    tokenizer = load_tokenizer(tokenizer_path)
+    note_prefixes = ("Pitch_", "PitchDrum_", "NoteOn_", "DrumOn_")
+    note_ids = [i for t, i in tokenizer.vocab.items() if t.startswith(note_prefixes)]
+    _WORKER.update(tokenizer=tokenizer, limits=limits, note_ids=np.asarray(note_ids))
+
+
+def _tokenize_chunk(chunk: tuple[tuple[str, str], ...]) -> list[tuple[str, FileResult]]:
+    """Tokenize a few files per task: tiny files cost less than the round trip to a worker."""
+    return [_tokenize_one(key, path) for key, path in chunk]
+
+
+def _tokenize_one(key: str, path: str) -> tuple[str, FileResult]:
+    """Parse and encode one file in a worker, with a time limit; never raises."""
+    min_notes, max_beats, timeout_s = _WORKER["limits"]
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        return key, _encode_checked(path, min_notes, max_beats)
+    except _Timeout:
+        return key, FileResult(reason=f"timed out: took longer than {timeout_s:g} s")
+    except MusegenError as exc:
+        return key, FileResult(reason=_midi_reason(str(exc)))
+    except Exception as exc:  # miditok/symusic failure on odd content
+        text = (str(exc).splitlines() or [""])[0][:120]
+        return key, FileResult(reason=f"tokenizer error: {type(exc).__name__} {text}".strip())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _encode_checked(path: str, min_notes: int, max_beats: int) -> FileResult:
+    score = load_score(path)
+    notes = count_notes(score)
+    if notes == 0:
+        return FileResult(reason="no notes: the file holds no note events")
+    if notes < min_notes:
+        return FileResult(notes, reason=f"too few notes: {notes} < --min-notes {min_notes}")
+    beats = score.end() / max(score.ticks_per_quarter, 1)
+    if beats > max_beats:
+        return FileResult(notes, reason=f"too long: {beats:.0f} beats > {max_beats}")
+    tokenizer = _WORKER["tokenizer"]
+    ids = np.asarray(encode(tokenizer, score), dtype=np.uint32)
+    if len(tokenizer) <= 1 << 16:  # half the memory and pickling while results are gathered
+        ids = ids.astype(np.uint16)
+    if not tokenizer.is_trained and not np.isin(ids, _WORKER["note_ids"]).any():
+        return FileResult(notes, reason="no notes: none in the tokenizer's pitch range")
+    return FileResult(notes, ids)
+
+
+def _midi_reason(message: str) -> str:
+    """load_score's message as a reason whose first word group names the kind of problem."""
+    kinds = (("empty file", "empty"), ("not a MIDI", "not MIDI"), ("corrupt", "corrupt"))
+    for needle, kind in kinds:
+        if needle in message:
+            return f"{kind}: {message.split(': ', 1)[-1]}"
+    return f"unreadable: {message.split(': ', 1)[-1]}"
+
+
+def _executor(workers: int, initargs: tuple) -> ProcessPoolExecutor:
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=initargs)
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool whose worker hangs inside native code (no public API for this in 3.10)."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _run_pool(jobs, initargs, workers: int, hard_timeout: float, on_done):
+    """Run ``jobs`` with at most 2×workers in flight. If the pool breaks (a worker died) or hangs
+    (stuck in native code past the alarm), stop and return ``(suspects, unstarted, why)``: any
+    in-flight job may be the culprit, so the caller retries those one by one."""
+    queue, running, why = list(reversed(jobs)), {}, None
+    pool = _executor(workers, initargs)
+    try:
+        while (queue or running) and why is None:
+            while queue and len(running) < 2 * workers:
+                job = queue.pop()
+                try:
+                    running[pool.submit(_tokenize_chunk, job)] = job
+                except BrokenProcessPool:
+                    queue.append(job)
+                    break
+            done, _ = wait(running, timeout=hard_timeout, return_when=FIRST_COMPLETED)
+            why = None if done else f"timed out: no answer within {hard_timeout:g} s"
+            for future in done:
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    why = "crashed: the MIDI parser or tokenizer died on this file"
+                    continue
+                del running[future]
+                for key, file_result in result:
+                    on_done(key, file_result)
+    finally:
+        if queue or running:
+            _kill(pool)
+        else:
+            pool.shutdown()
+    return list(running.values()), list(reversed(queue)), why
+
+
+def _drain(jobs, initargs, workers: int, hard_timeout: float, on_done) -> list:
+    """Run all ``jobs``, restarting the pool after each break; returns every suspect job."""
+    suspects: list = []
+    while jobs:
+        broken, jobs, _ = _run_pool(jobs, initargs, workers, hard_timeout, on_done)
+        suspects += broken
+    return suspects
+
+
+def tokenize_files(
+    jobs: list[tuple[str, str]],
+    tokenizer_path: str | Path,
+    *,
+    min_notes: int,
+    max_beats: int,
+    timeout_s: float,
+    workers: int,
+    progress: bool = True,
+    desc: str = "tokenizing",
+) -> dict[str, FileResult]:
+    """Tokenize ``(key, path)`` jobs in a process pool; a file that crashes or hangs a worker is
+    found by retrying the suspects alone and is reported as skipped, not fatal."""
+    from tqdm import tqdm
+
+    results: dict[str, FileResult] = {}
+    bar = tqdm(total=len(jobs), desc=desc, unit="file", disable=not progress)
+
+    def on_done(key: str, result: FileResult) -> None:
+        results[key] = result
+        bar.update(1)
+
+    initargs = (str(tokenizer_path), (min_notes, max_beats, timeout_s))
+    size = max(1, min(32, len(jobs) // (8 * workers)))
+    chunks = [tuple(jobs[i : i + size]) for i in range(0, len(jobs), size)]
+    broken = _drain(chunks, initargs, workers, (size + 1) * timeout_s + HANG_GRACE_S, on_done)
+    suspects = [(pair,) for chunk in broken for pair in chunk]
+    single_timeout = 2 * timeout_s + HANG_GRACE_S
+    if size > 1:  # the files of broken chunks, one per task, in fresh pools
+        suspects = _drain(suspects, initargs, workers, single_timeout, on_done)
+    for job in suspects:  # a file that broke a pool: run it alone to be sure
+        left, _, why = _run_pool([job], initargs, 1, single_timeout, on_done)
+        if left:
+            on_done(job[0][0], FileResult(reason=why))
+    bar.close()
+    return results
+
+
+def _tokenize_pass(src, todo, tokenizer_path, options, progress, desc) -> dict[str, FileResult]:
+    return tokenize_files(
+        [(e["path"], str(src / e["path"])) for e in todo],
+        tokenizer_path,
+        min_notes=options.min_notes,
+        max_beats=options.max_beats,
+        timeout_s=options.timeout_s,
+        workers=options.workers or os.cpu_count() or 1,
+        progress=progress,
+        desc=desc,
+    )
+
+
+def _write_splits(tmp: Path, entries: list[dict], results, bos: int, eos: int, dtype) -> dict:
+    """Write each split's tokens and offsets in path order; returns per-split totals."""
+    splits = {}
+    for name in SPLITS:
+        offsets = [0]
+        with open(tmp / f"{name}.bin", "wb") as fh:
+            for e in entries:
+                if e["split"] != name:
+                    continue
+                ids = np.asarray(results[e["path"]].ids, dtype=np.int64)
+                doc = np.concatenate(([bos], ids, [eos])).astype(dtype)
+                doc.tofile(fh)
+                e["tokens"] = int(doc.size)
+                offsets.append(offsets[-1] + doc.size)
+        np.save(tmp / f"{name}.idx.npy", np.asarray(offsets, dtype=np.int64))
+        splits[name] = {"documents": len(offsets) - 1, "tokens": int(offsets[-1])}
+    return splits
+
+
+def prepare(
+    src_dir: str | Path,
+    out_dir: str | Path,
+    options: PrepareOptions | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Tokenize every MIDI file under ``src_dir`` into a prepared dataset at ``out_dir``.
+
+    Returns the manifest. Bad files are skipped with a reason; only bad arguments raise.
+    """
+    options = options or PrepareOptions()
+    options.validate()
+    src, out = Path(src_dir), Path(out_dir)
+    paths, ignored = scan(src)
+    if not paths:
+        raise MusegenError(f"no .mid or .midi files found under {src}")
+    _check_out_dir(out, src, options, overwrite)
+    paths = paths[: options.max_files] if options.max_files else paths
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        manifest = _prepare_into(tmp, src, paths, ignored, options, progress)
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _prepare_into(tmp, src, paths, ignored, options: PrepareOptions, progress: bool) -> dict:
+    tmp.mkdir(parents=True)
+    tokenizer = build_tokenizer(options.tokenizer)
+    tokenizer_path = save_tokenizer(tokenizer, tmp)
+    entries = _file_entries(src, paths)
+    todo = [e for e in entries if e["skipped"] is None and e["duplicate_of"] is None]
+    results = _tokenize_pass(src, todo, tokenizer_path, options, progress, "tokenizing")
+    for e in todo:
+        res = results[e["path"]]
+        e["notes"], e["skipped"] = res.notes, res.reason
+        if res.reason is None:
+            e["split"] = split_for(e["sha256"], options.val_fraction, options.test_fraction)
+    _fill_empty_splits(entries, options)
+    kept = [e for e in entries if e["split"] is not None]
+    if not kept:
+        reasons = Counter(_reason_kind(e["skipped"]) for e in entries if e["skipped"])
+        raise MusegenError(f"no usable MIDI file under {src} (skipped: {_counts(reasons)})")
+    if options.bpe_vocab:
+        train_files = [src / e["path"] for e in kept if e["split"] == "train"]
+        train_bpe(tokenizer, train_files, options.bpe_vocab)
+        tokenizer_path = save_tokenizer(tokenizer, tmp)
+        results = _tokenize_pass(src, kept, tokenizer_path, options, progress, "BPE encoding")
+        for e in kept:  # a file fine in pass one should stay fine; never keep it half-done
+            if results[e["path"]].reason is not None:
+                e["split"], e["skipped"] = None, results[e["path"]].reason
+    vocab_size = len(tokenizer)
+    dtype = "uint16" if vocab_size <= 1 << 16 else "uint32"
+    bos, eos = int(tokenizer.vocab[BOS]), int(tokenizer.vocab[EOS])
+    splits = _write_splits(tmp, entries, results, bos, eos, np.dtype(dtype))
+    manifest = _manifest(src, entries, ignored, options, vocab_size, dtype, splits, tokenizer)
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
+def _counts(counter: Counter) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counter.items())) or "none"
+
+
+def _manifest(src, entries, ignored, options, vocab_size, dtype, splits, tokenizer) -> dict:
+    kept = [e for e in entries if e["split"] is not None]
+    skipped = Counter(_reason_kind(e["skipped"]) for e in entries if e["skipped"])
+    tokenizer_info = settings_dict(options.tokenizer) | {"bpe_vocab_size": options.bpe_vocab}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "musegen_version": __version__,
+        "tokenizer": tokenizer_info,
+        "vocab_size": vocab_size,
+        "dtype": dtype,
+        "special_ids": {k: int(tokenizer.vocab[f"{k}_None"]) for k in ("PAD", "BOS", "EOS")},
+        "settings": options.key(),
+        "splits": splits,
+        "files": entries,
+        "totals": {
+            "files": len(entries),
+            "ok": len(kept),
+            "duplicates": sum(e["duplicate_of"] is not None for e in entries),
+            "skipped": dict(sorted(skipped.items())),
+            "ignored_non_midi_files": ignored,
+            "notes": sum(e["notes"] for e in kept),
+            "tokens": sum(s["tokens"] for s in splits.values()),
+        },
+        "source": str(src.resolve()),
+    }
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Swap the finished temporary folder in; the old one is removed only after the rename."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def summary_lines(manifest: dict) -> list[str]:
+    """A human summary of a manifest: ok / duplicates / skipped by reason, per-split sizes."""
+    t = manifest["totals"]
+    lines = [
+        f"{t['files']} MIDI files: {t['ok']} tokenized, {t['duplicates']} duplicates, "
+        f"{sum(t['skipped'].values())} skipped; {t['notes']} notes, {t['tokens']} tokens"
+    ]
+    for reason, count in t["skipped"].items():
+        lines.append(f"  skipped ({reason}): {count}")
+    for name, s in manifest["splits"].items():
+        lines.append(f"  {name}: {s['documents']} documents, {s['tokens']} tokens")
+    return lines
