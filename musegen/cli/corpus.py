@@ -20,7 +20,6 @@ OUT_DIR/music21_corpus.json. Then: musegen prepare OUT_DIR data/prepared
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from musegen.cli import HelpFormatter
-    from musegen.cli.prepare import QUIET_DEFAULT
 
     parser = subparsers.add_parser(
         "corpus",
@@ -47,14 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--collections",
         metavar="NAMES",
         help="comma-separated collections to convert (default: all but demos and "
-        "theoryExercises); `--collections list` prints the available ones" + QUIET_DEFAULT,
+        "theoryExercises); `--collections list` prints the available ones",
     )
-    m21.add_argument(
-        "--limit", type=int, metavar="N", help="at most N pieces per collection" + QUIET_DEFAULT
-    )
-    m21.add_argument(
-        "--workers", type=int, metavar="N", help="processes (default: all cores)" + QUIET_DEFAULT
-    )
+    m21.add_argument("--limit", type=int, metavar="N", help="at most N pieces per collection")
+    m21.add_argument("--workers", type=int, metavar="N", help="processes (default: all cores)")
     m21.set_defaults(func=run_music21)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 

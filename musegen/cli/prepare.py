@@ -7,7 +7,6 @@ import sys
 
 # Appended to help texts whose default (None/False) says nothing: formats to an empty string and
 # stops HelpFormatter from printing "(default: None)".
-QUIET_DEFAULT = "%(default).0s"
 
 EPILOG = """\
 examples:
@@ -54,14 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="learn a BPE vocabulary of N ids on the train split and encode with it"
-        + QUIET_DEFAULT,
+        help="learn a BPE vocabulary of N ids on the train split and encode with it",
     )
     parser.add_argument(
         "--max-files",
         type=int,
         metavar="N",
-        help="use only the first N files (sorted by path)" + QUIET_DEFAULT,
+        help="use only the first N files (sorted by path)",
     )
     parser.add_argument(
         "--min-notes",
@@ -84,9 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=defaults.test_fraction,
         help="share of files for test",
     )
-    parser.add_argument(
-        "--workers", type=int, metavar="N", help="processes (default: all cores)" + QUIET_DEFAULT
-    )
+    parser.add_argument("--workers", type=int, metavar="N", help="processes (default: all cores)")
     parser.add_argument(
         "--timeout",
         type=float,
@@ -97,10 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace OUT_DIR even if it holds something else or was made with other settings"
-        + QUIET_DEFAULT,
+        help="replace OUT_DIR even if it holds something else or was made with other settings",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar" + QUIET_DEFAULT)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
