@@ -15,7 +15,7 @@ import pytest
 import symusic
 from conftest import make_score, write_midi
 
-from musegen import corpus
+from musegen import corpus, corpus_pool
 from musegen.cli import main
 from musegen.corpus import PrepareOptions, hash_fraction, prepare, split_for
 from musegen.data import PreparedDataset
@@ -255,7 +255,7 @@ def test_uncertain_inputs_never_crash_and_summary_adds_up(bad_folder) -> None:
     assert any(line.strip().startswith("skipped (empty): 1") for line in lines)
 
 
-def _misbehave(path: str, min_notes: int, max_beats: int) -> corpus.FileResult:
+def _misbehave(path: str, min_notes: int, max_beats: int) -> corpus_pool.FileResult:
     """Stand-in for the worker's encoder: dies on 'crash', sleeps on 'slow' (forked workers
     inherit the monkeypatched module)."""
     path = Path(path).name
@@ -266,11 +266,11 @@ def _misbehave(path: str, min_notes: int, max_beats: int) -> corpus.FileResult:
     if "hang" in path:  # stuck where the per-file alarm cannot reach
         signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
         time.sleep(30)
-    return corpus.FileResult(notes=5, ids=np.arange(3, 30, dtype=np.uint32))
+    return corpus_pool.FileResult(notes=5, ids=np.arange(3, 30, dtype=np.uint32))
 
 
 def _run_misbehaving(tmp_path: Path, monkeypatch, names: tuple[str, ...]) -> dict[str, dict]:
-    monkeypatch.setattr(corpus, "_encode_checked", _misbehave)
+    monkeypatch.setattr(corpus_pool, "_encode_checked", _misbehave)
     for name in names:
         write_midi(tmp_path / "src" / f"{name}.mid", seed=len(name))
     opts = PrepareOptions(timeout_s=0.5, min_notes=1, **FAST)
@@ -289,7 +289,7 @@ def test_a_crashing_or_slow_file_is_skipped_not_fatal(tmp_path: Path, monkeypatc
 
 @pytest.mark.slow
 def test_a_file_hanging_in_native_code_is_skipped(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(corpus, "HANG_GRACE_S", 5.0)
+    monkeypatch.setattr(corpus_pool, "HANG_GRACE_S", 5.0)
     files = _run_misbehaving(tmp_path, monkeypatch, ("a", "b", "hang", "c", "d"))
     assert files["hang.mid"]["skipped"].startswith("timed out:")
 
