@@ -62,6 +62,10 @@ def save_pretrained(
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         save_tokenizer(tokenizer, tmp)
+        # mkdtemp (and safetensors) make owner-only files; a checkpoint is meant to be shared.
+        tmp.chmod(0o755)
+        for path in tmp.iterdir():
+            path.chmod(0o644)
         _swap_into_place(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -46,11 +46,14 @@ class GenerationSettings:
     bars: int | None = 4
     max_new_tokens: int | None = None
     seed: int | None = None
-    instruments: list[int] | None = None  # GM programs allowed for new notes; None = any
+    instruments: list[int] | None = None  # GM programs allowed for new notes; None = see below
     drums: bool = True
     constrained: bool = True
     keep_tempo: bool = True
     keep_time_signature: bool = True
+    # With ``instruments=None``, a continuation plays the prompt's instruments (drums only when
+    # the prompt has drums), as a composer expects; False lets the model bring in any instrument.
+    keep_instruments: bool = True
 
     def validate(self) -> None:
         """Raise MusegenError naming the first absurd setting, before any work is done."""
@@ -185,17 +188,18 @@ class Pipeline:
                 prepared.append(self._prompt_ids(prompt))
             except MusegenError as exc:
                 prepared.append(exc)
-        good = [ids for ids in prepared if not isinstance(ids, MusegenError)]
-        if not good:
-            return prepared  # type: ignore[return-value]
-        results = self._last(self._run(self._request(good, num_samples, settings), 0, None))
-        out: list[list[GenerationResult] | MusegenError] = []
-        for ids in prepared:
-            if isinstance(ids, MusegenError):
-                out.append(ids)
-            else:
-                out.append(results[:num_samples])
-                results = results[num_samples:]
+        groups: dict[tuple, list[int]] = {}  # prompts that share controls share a batch
+        for i, ids in enumerate(prepared):
+            if not isinstance(ids, MusegenError):
+                own = self._for_prompt(settings, ids)
+                groups.setdefault((tuple(own.instruments or ()), own.drums), []).append(i)
+        out: list[list[GenerationResult] | MusegenError] = list(prepared)  # type: ignore[arg-type]
+        for members in groups.values():
+            own = self._for_prompt(settings, prepared[members[0]])  # type: ignore[arg-type]
+            rows = [prepared[i] for i in members]
+            results = self._last(self._run(self._request(rows, num_samples, own), 0, None))
+            for k, i in enumerate(members):
+                out[i] = results[k * num_samples : (k + 1) * num_samples]
         return out
 
     def generate(
@@ -256,6 +260,17 @@ class Pipeline:
             raise MidiError(f"{name}: nothing left after tokenization (notes out of range?)")
         return ids
 
+    def _for_prompt(self, settings: GenerationSettings, ids: list[int]) -> GenerationSettings:
+        """Settings with the prompt's instruments filled in when ``keep_instruments`` asks."""
+        if not (settings.keep_instruments and settings.instruments is None and ids):
+            return settings
+        names = [self.tokenizer[int(i)] for i in ids if int(i) < len(self.tokenizer.vocab)]
+        programs = {int(n.split("_", 1)[1]) for n in names if n.startswith("Program_")}
+        pitched = sorted(p for p in programs if p >= 0)
+        if not pitched:  # no program tokens (or drums only): nothing to keep
+            return settings
+        return replace(settings, instruments=pitched, drums=settings.drums and -1 in programs)
+
     def _window(self, ids: list[int], grammar: Grammar, budget: int) -> list[int]:
         """The newest whole bars of ``ids`` that fit the context with room for new tokens."""
         limit = self.config.max_seq_len - min(budget, self.config.max_seq_len // 2) - 1
@@ -291,7 +306,8 @@ class Pipeline:
         overrides: dict[str, Any],
     ) -> _Request:
         settings = self._settings(settings, overrides, num_samples)
-        return self._request([self._prompt_ids(prompt)], num_samples, settings)
+        ids = self._prompt_ids(prompt)
+        return self._request([ids], num_samples, self._for_prompt(settings, ids))
 
     def _request(
         self, prompts: list[list[int]], num_samples: int, settings: GenerationSettings

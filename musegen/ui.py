@@ -93,7 +93,7 @@ def _controls_column() -> dict[str, gr.components.Component]:
             multiselect=True,
             value=[],
             label="Instruments allowed",
-            info="Empty: any instrument",
+            info="Empty: the prompt's instruments (any when starting from nothing)",
         )
         with gr.Row():
             drums = gr.Checkbox(value=True, label="Drums")

@@ -142,6 +142,30 @@ def test_threads_share_one_pipeline(pipe, midi_file):
     assert out[0] == out[1]
 
 
+def _programs(score) -> set[tuple[int, bool]]:
+    return {(t.program, t.is_drum) for t in score.tracks if t.notes}
+
+
+def test_continuation_keeps_the_prompts_instruments_unless_told(pipe):
+    """A random model would scatter notes over all 128 programs; the prompt's are kept."""
+    strings = make_score(bars=2, tracks=((40, False), (42, False)))
+    for seed in range(3):
+        [result] = pipe.continue_midi(strings, bars=1, seed=seed, max_new_tokens=48)
+        assert _programs(result.continuation) <= {(40, False), (42, False)}
+    chosen = pipe.continue_midi(strings, bars=1, seed=0, max_new_tokens=48, instruments=[0])[0]
+    assert _programs(chosen.continuation) <= {(0, False), (0, True)}  # drums=True by default
+    free = [
+        pipe.continue_midi(strings, bars=1, seed=s, max_new_tokens=48, keep_instruments=False)[0]
+        for s in range(3)
+    ]
+    assert set().union(*(_programs(r.continuation) for r in free)) - {(40, False), (42, False)}
+    mixed = pipe.continue_batch(
+        [strings, make_score(bars=2, tracks=((0, False),))], bars=1, seed=0, max_new_tokens=48
+    )
+    assert _programs(mixed[0][0].continuation) <= {(40, False), (42, False)}
+    assert _programs(mixed[1][0].continuation) <= {(0, False)}
+
+
 def test_continue_batch_reports_bad_prompts(pipe, midi_file, tmp_path):
     bad = tmp_path / "bad.mid"
     bad.write_bytes(b"MThd garbage")

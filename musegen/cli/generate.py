@@ -68,7 +68,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--instruments",
         type=str,
         default=None,
-        help="comma-separated GM programs allowed for new notes, e.g. 0,33 (default: any)",
+        help="comma-separated GM programs allowed for new notes, e.g. 0,33 "
+        "(default: the prompt's instruments; any when generating from nothing)",
+    )
+    p.add_argument(
+        "--any-instrument",
+        action="store_true",
+        help="let the continuation bring in instruments the prompt does not have",
     )
     p.add_argument("--no-drums", action="store_true", help="no drum notes in the continuation")
     p.add_argument("--unconstrained", action="store_true", help="turn grammar constraints off")
@@ -107,6 +113,7 @@ def settings_from(args: argparse.Namespace) -> GenerationSettings:
         constrained=not args.unconstrained,
         keep_tempo=not args.free_tempo,
         keep_time_signature=not args.free_time_signature,
+        keep_instruments=not args.any_instrument,
     )
     settings.validate()
     if args.num_samples < 1 or args.batch_size < 1:
