@@ -135,7 +135,7 @@ def likelihood(model, docs, settings: EvalSettings, pad_id: int) -> dict[str, fl
 
 
 # --- continuations -------------------------------------------------------------------------------
-def _token_error_rate(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> float:
+def token_error_rate(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> float:
     """miditok's error ratio over the new tokens only, judged in the context of the prompt."""
     if not new_ids:
         return 0.0
@@ -197,7 +197,7 @@ def continuations(pipeline, corpus: _Corpus, settings: EvalSettings) -> dict:
             tag = "constrained" if constrained else "unconstrained"
             add(
                 f"token_error_rate_{tag}",
-                _token_error_rate(tokenizer, result.prompt_ids, result.tokens),
+                token_error_rate(tokenizer, result.prompt_ids, result.tokens),
             )
             bar.update(1)
             if not constrained:
