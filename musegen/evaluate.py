@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import symusic
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from musegen import metrics
+from musegen.data import PreparedDataset, TokenSplit, iter_eval_windows
 from musegen.errors import MusegenError
+from musegen.optim import evaluate_windows
 from musegen.tokenizer import decode, encode, load_score, load_tokenizer, special_id
 
 
@@ -45,7 +46,7 @@ class EvalSettings:
 # --- the data under test -------------------------------------------------------------------------
 @dataclass
 class _Corpus:
-    documents: list[np.ndarray]  # token ids with BOS/EOS, in the checkpoint's tokenizer
+    split: TokenSplit  # documents (BOS … EOS) in the checkpoint's tokenizer
     train_tokens: np.ndarray | None  # for the memorization check (prepared datasets only)
     source: str
 
@@ -53,8 +54,6 @@ class _Corpus:
 def _load_corpus(data: Path, split: str, tokenizer) -> _Corpus:
     """A prepared dataset's split, or every MIDI file under a plain folder."""
     if (data / "manifest.json").is_file():
-        from musegen.data import PreparedDataset
-
         dataset = PreparedDataset.open(data)
         if load_tokenizer(dataset.tokenizer_path).vocab != tokenizer.vocab:
             raise MusegenError(
@@ -64,9 +63,8 @@ def _load_corpus(data: Path, split: str, tokenizer) -> _Corpus:
         chosen = dataset.split(split)
         if chosen.num_docs == 0:
             raise MusegenError(f"split {split!r} of {data} is empty; choose another with --split")
-        docs = [np.asarray(chosen.document(i), dtype=np.int64) for i in range(chosen.num_docs)]
         train = dataset.split("train")
-        return _Corpus(docs, np.asarray(train.tokens, dtype=np.int64), f"{data} [{split}]")
+        return _Corpus(chosen, np.asarray(train.tokens, dtype=np.int64), f"{data} [{split}]")
     if not data.is_dir():
         raise MusegenError(f"--data {data} is neither a prepared dataset nor a folder")
     files = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
@@ -83,53 +81,36 @@ def _load_corpus(data: Path, split: str, tokenizer) -> _Corpus:
             docs.append(np.array([bos, *ids, eos], dtype=np.int64))
     if not docs:
         raise MusegenError(f"none of the MIDI files under {data} could be tokenized")
-    return _Corpus(docs, None, str(data))
+    offsets = np.cumsum([0, *(len(d) for d in docs)], dtype=np.int64)
+    return _Corpus(TokenSplit(str(data), np.concatenate(docs), offsets), None, str(data))
 
 
 # --- likelihood ----------------------------------------------------------------------------------
-def _windows(docs: list[np.ndarray], seq_len: int, pad_id: int) -> Iterator[np.ndarray]:
-    """Non-overlapping windows of seq_len + 1 tokens, documents never mixed, short ones padded."""
-    for doc in docs:
-        for start in range(0, max(1, len(doc) - 1), seq_len):
-            chunk = doc[start : start + seq_len + 1]
-            if len(chunk) < 2:
-                continue
-            out = np.full(seq_len + 1, pad_id, dtype=np.int64)
-            out[: len(chunk)] = chunk
-            yield out
+def likelihood(model, split: TokenSplit, settings: EvalSettings, pad_id: int) -> dict[str, float]:
+    """NLL per token, perplexity and accuracy over non-overlapping windows of ``split``.
 
-
-@torch.no_grad()
-def likelihood(model, docs, settings: EvalSettings, pad_id: int) -> dict[str, float]:
+    The windows (:func:`musegen.data.iter_eval_windows`) and the sums
+    (:func:`musegen.optim.evaluate_windows`) are the ones validation uses during training.
+    """
     seq_len = settings.seq_len or model.config.max_seq_len
-    windows = list(_windows(docs, seq_len, pad_id))
-    if settings.max_windows is not None:
-        rng = np.random.default_rng(settings.seed)
-        if len(windows) > settings.max_windows:
-            keep = sorted(rng.choice(len(windows), settings.max_windows, replace=False))
-            windows = [windows[i] for i in keep]
-    total_nll, total_tokens, correct = 0.0, 0, 0
+    windows = list(iter_eval_windows(split, seq_len, pad_id, settings.max_windows))
+    sums = torch.zeros(3, dtype=torch.float64)
     bar = tqdm(total=len(windows), desc="NLL", unit="win", disable=not settings.progress)
-    for i in range(0, len(windows), settings.batch_size):
-        batch = torch.from_numpy(np.stack(windows[i : i + settings.batch_size]))
-        batch = batch.to(next(model.parameters()).device)
-        inputs, targets = batch[:, :-1], batch[:, 1:]
-        logits = model(inputs).float()
-        mask = targets != pad_id
-        nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-        total_nll += float(nll[mask].sum())
-        total_tokens += int(mask.sum())
-        correct += int(((logits.argmax(-1) == targets) & mask).sum())
-        bar.update(len(batch))
+    chunk = settings.batch_size * 8  # a progress update every few batches
+    for i in range(0, len(windows), chunk):
+        part = np.stack(windows[i : i + chunk])
+        sums += evaluate_windows(model, part, pad_id, settings.batch_size, nullcontext).cpu()
+        bar.update(len(part))
     bar.close()
+    loss, correct, total_tokens = sums.tolist()
     if not total_tokens:
         raise MusegenError("the evaluation split holds no tokens")
-    nll = total_nll / total_tokens
+    nll = loss / total_tokens
     return {
         "nll": nll,
         "perplexity": math.exp(nll),
         "token_accuracy": correct / total_tokens,
-        "tokens": total_tokens,
+        "tokens": int(total_tokens),
         "windows": len(windows),
     }
 
@@ -159,11 +140,11 @@ def _split_bars(score: symusic.Score, k: int, m: int) -> tuple[symusic.Score, sy
 def continuations(pipeline, corpus: _Corpus, settings: EvalSettings) -> dict:
     tokenizer = pipeline.tokenizer
     rng = np.random.default_rng(settings.seed)
-    order = rng.permutation(len(corpus.documents))
+    order = rng.permutation(corpus.split.num_docs)
     pairs = []
     for index in order:
         try:
-            score = decode(tokenizer, corpus.documents[index].tolist())
+            score = decode(tokenizer, corpus.split.document(int(index)).tolist())
         except Exception:
             continue
         split = _split_bars(score, settings.prompt_bars, settings.continuation_bars)
@@ -241,7 +222,7 @@ def evaluate(checkpoint: str | Path | None, data: str | Path, settings: EvalSett
         "checkpoint": str(pipeline.checkpoint_dir),
         "data": corpus.source,
         "settings": asdict(settings),
-        "likelihood": likelihood(pipeline.model, corpus.documents, settings, pad_id),
+        "likelihood": likelihood(pipeline.model, corpus.split, settings, pad_id),
     }
     if settings.num_prompts > 0:
         report["continuations"] = continuations(pipeline, corpus, settings)
