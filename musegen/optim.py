@@ -236,13 +236,6 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torc
     )
 
 
-def inference_attention() -> Any:
-    """See :func:`musegen.attention.inference_kernels` (the model applies it itself too)."""
-    from musegen.attention import inference_kernels
-
-    return inference_kernels()
-
-
 @torch.no_grad()
 def evaluate_windows(
     model: nn.Module, windows: Any, pad_id: int, batch_size: int, autocast: Any
@@ -258,7 +251,7 @@ def evaluate_windows(
     model.eval()
     for start in range(0, len(windows), batch_size):
         x = torch.as_tensor(windows[start : start + batch_size], device=device)
-        with autocast(), inference_attention():
+        with autocast():  # the model keeps no-grad CUDA attention off cuDNN itself
             logits = model(x[:, :-1])
         targets = x[:, 1:]
         real = targets != pad_id

@@ -426,8 +426,7 @@ class _Trainer:
         seeds = [self.cfg.seed + self.step]
         self.raw.eval()
         try:
-            with optim.inference_attention():
-                ids = sample(self.raw, [[bos]], processors, stopping, seeds, pad_id=self.pad)[0]
+            ids = sample(self.raw, [[bos]], processors, stopping, seeds, pad_id=self.pad)[0]
             ts.write_sample(self.run_dir, self.step, ids, tok)
         except Exception as exc:  # a courtesy file: a decoding problem is reported, not fatal
             self._say(f"sample at step {self.step} not saved ({type(exc).__name__}: {exc})")
