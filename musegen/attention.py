@@ -53,10 +53,12 @@ class AttnContext:
     mask: Tensor | None = None  # [B or 1, 1, Lq, Lk] float, 0 or -inf
     n_dist: int = 0  # rows of ``rel`` the gather reaches
     use_flex: bool = False
+    # decode regime: one new token per row against a full cache (mask: padded keys or None)
+    decode: bool = False
 
     @property
     def cached(self) -> bool:
-        return self.mask is not None
+        return self.mask is not None or self.decode
 
 
 # --- the skew: Q·Eᵀ (per distance) → bias per (query, key) ------------------------------------
@@ -170,9 +172,49 @@ def _cached_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx: 
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+# --- the decode regime: one token per row against a full cache (the generation hot path) ----
+def decode_relative_bias(q: Tensor, rel: Tensor, n_keys: int) -> Tensor:
+    """Bias ``[B, H, 1, n_keys]`` of a query that comes right after ``n_keys - 1`` cached keys.
+
+    Key ``j`` is at distance ``n_keys - 1 - j``, so the bias row is ``q·Eᵀ`` read backwards: a
+    flip instead of a distance index. Distances past the last row of ``rel`` reuse it.
+    """
+    B, H, _, D = q.shape
+    n = min(n_keys, rel.shape[1])
+    qe = torch.bmm(q.view(B, H, D).transpose(0, 1), rel[:, :n].transpose(1, 2))  # [H, B, n]
+    bias = qe.flip(-1).transpose(0, 1)  # [B, H, n]: oldest key first
+    if n < n_keys:
+        bias = torch.cat([bias[..., :1].expand(B, H, n_keys - n), bias], dim=-1)
+    return bias.unsqueeze(2)
+
+
+def _decode_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx: AttnContext):
+    """Softmax attention for ``Lq = 1``: three batched matmuls over views of the cache.
+
+    Measured faster than ``scaled_dot_product_attention`` here (its CPU kernel is tuned for
+    long query blocks), and it skips building a distance index and a mask every step.
+    """
+    B, H, _, D = q.shape
+    N = k.shape[2]
+    q = q * D**-0.5
+    bias = ctx.mask
+    if rel is not None:
+        rb = decode_relative_bias(q, rel, N)
+        bias = rb if bias is None else rb + bias
+    qf, kt = q.view(B * H, 1, D), k.reshape(B * H, N, D).transpose(1, 2)
+    if bias is None:
+        scores = torch.bmm(qf, kt)
+    else:
+        scores = torch.baddbmm(bias.expand(B, H, 1, N).reshape(B * H, 1, N), qf, kt)
+    out = torch.bmm(scores.softmax(-1), v.reshape(B * H, N, D))
+    return out.view(B, H, 1, D)
+
+
 # --- one function per kind ------------------------------------------------------------------
 def absolute_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx: AttnContext):
     """Plain causal attention (positions come from learned absolute embeddings)."""
+    if ctx.decode:
+        return _decode_attention(q, k, v, None, ctx)
     if ctx.cached:
         return _cached_attention(q, k, v, None, ctx)
     if ctx.key_valid is None:
@@ -187,6 +229,8 @@ def absolute_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx:
 
 def relative_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor, ctx: AttnContext):
     """Music Transformer relative attention (Huang et al. 2018), causal over the whole past."""
+    if ctx.decode:
+        return _decode_attention(q, k, v, rel, ctx)
     if ctx.cached:
         return _cached_attention(q, k, v, rel, ctx)
     if ctx.use_flex:

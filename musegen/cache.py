@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 # What rule a key slot follows (see musegen.attention.cached_mask).
@@ -46,6 +47,7 @@ class KVCache:
         self.dtype = dtype
         self.length = 0  # tokens seen so far (padding included)
         self.pad = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self.padded = False  # some row starts with padding
         self._n = 0
 
     def set_padding(self, padding_mask: Tensor | None, n: int) -> Tensor:
@@ -57,6 +59,7 @@ class KVCache:
             raise ValueError("padding_mask may mark padding only in the first chunk given a cache")
         if self.length == 0:
             self.pad = (~padding_mask).sum(1)
+            self.padded = bool(self.pad.any())
         return padding_mask
 
     def end(self) -> None:
@@ -84,6 +87,16 @@ class FullCache(KVCache):
         self.k: list[Tensor | None] = [None] * n_layers
         self.v: list[Tensor | None] = [None] * n_layers
         self.valid = torch.zeros(batch_size, 0, dtype=torch.bool, device=self.device)
+
+    def begin_token(self, dtype: torch.dtype) -> Tensor | None:
+        """``begin(1)`` for the decode hot path: the additive mask ``[B, 1, 1, N]`` of padded
+        keys, or ``None`` when no row was padded (then every key is visible)."""
+        self.valid = F.pad(self.valid, (0, 1), value=True)
+        self._n = 1
+        if not self.padded:
+            return None
+        mask = torch.zeros(self.valid.shape, dtype=dtype, device=self.device)
+        return mask.masked_fill_(~self.valid, float("-inf"))[:, None, None]
 
     def begin(self, n: int, padding_mask: Tensor | None = None) -> StepKeys:
         new_valid = self.set_padding(padding_mask, n)
