@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from musegen.config import preset
 from musegen.model import MusicTransformer
+from musegen.optim import keep_freed_memory
 from musegen.sampling import Stopping, build_processors, sample
 
 V = 512
@@ -103,17 +104,26 @@ def _rss_kb() -> int:
 
 
 def _scaling_child(kind: str, L: int, threads: int, queue) -> None:
+    """Peak memory from the first full-length step, time from the second (steady state, as in
+    training), with the trainer's allocator setting (optim.keep_freed_memory)."""
+    keep_freed_memory()
     torch.set_num_threads(threads)
     extra = dict(max_seq_len=L, max_relative_distance=max(L, 1024) if kind == "relative" else 1024)
     model = ours(kind, **extra).train()
     ids = torch.randint(0, V, (1, L))
+
+    def step() -> None:
+        model(ids).float().logsumexp(-1).mean().backward()
+        model.zero_grad(set_to_none=True)
+
     model(ids[:, :64]).sum().backward()  # warm-up, allocator settled
     model.zero_grad(set_to_none=True)
     base = _rss_kb()
-    t0 = time.perf_counter()
-    model(ids).float().logsumexp(-1).mean().backward()
-    elapsed = time.perf_counter() - t0
+    step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    step()
+    elapsed = time.perf_counter() - t0
     queue.put((elapsed / L * 1e3, max(peak - base, 0) / L))
 
 
@@ -151,6 +161,7 @@ def main() -> None:
     ]
     skip = set(a.skip.split(","))
     torch.set_num_threads(a.threads)
+    keep_freed_memory()  # as the trainer does on CPU
     print(f"threads={a.threads} fp32; indicative numbers (shared machine)")
     met = []
     if "gen" not in skip:
