@@ -53,7 +53,8 @@ class AttnContext:
     mask: Tensor | None = None  # [B or 1, 1, Lq, Lk] float, 0 or -inf
     n_dist: int = 0  # rows of ``rel`` the gather reaches
     use_flex: bool = False
-    # decode regime: one new token per row against a full cache (mask: padded keys or None)
+    # decode regime: one new token per row against a full cache (mask: padded keys or None);
+    # ``rel`` then arrives reversed along distance (see decode_relative_bias)
     decode: bool = False
 
     @property
@@ -173,16 +174,19 @@ def _cached_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx: 
 
 
 # --- the decode regime: one token per row against a full cache (the generation hot path) ----
-def decode_relative_bias(q: Tensor, rel: Tensor, n_keys: int) -> Tensor:
+def decode_relative_bias(q: Tensor, rel_reversed: Tensor, n_keys: int) -> Tensor:
     """Bias ``[B, H, 1, n_keys]`` of a query that comes right after ``n_keys - 1`` cached keys.
 
-    Key ``j`` is at distance ``n_keys - 1 - j``, so the bias row is ``q·Eᵀ`` read backwards: a
-    flip instead of a distance index. Distances past the last row of ``rel`` reuse it.
+    Key ``j`` is at distance ``n_keys - 1 - j``. With the table reversed (row ``i`` is distance
+    ``R - 1 - i``, made once per weight by the model) the rows for keys ``0 … n_keys - 1`` are
+    its last ``n_keys`` rows in order: one matmul, no distance index, no flip. Distances past
+    the last row of ``rel`` reuse it.
     """
     B, H, _, D = q.shape
-    n = min(n_keys, rel.shape[1])
-    qe = torch.bmm(q.view(B, H, D).transpose(0, 1), rel[:, :n].transpose(1, 2))  # [H, B, n]
-    bias = qe.flip(-1).transpose(0, 1)  # [B, H, n]: oldest key first
+    R = rel_reversed.shape[1]
+    n = min(n_keys, R)
+    table = rel_reversed[:, R - n :].transpose(1, 2)  # [H, D, n]
+    bias = torch.bmm(q.view(B, H, D).transpose(0, 1), table).transpose(0, 1)  # [B, H, n]
     if n < n_keys:
         bias = torch.cat([bias[..., :1].expand(B, H, n_keys - n), bias], dim=-1)
     return bias.unsqueeze(2)

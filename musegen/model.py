@@ -39,20 +39,32 @@ def decode_split(out_features: int, rows: int) -> int:
     return n
 
 
-class DecodeWeight:
+class WeightMemo:
+    """Tensors derived from a weight (and bias) for decoding, split or reversed copies, kept
+    until it changes: the key is the weight's storage, version counters and dtype, so
+    training, loading or moving the model never reads a stale copy."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.items: dict = {}
+
+    def get(self, name, build, weight: Tensor, bias: Tensor | None = None):
+        key = (weight.data_ptr(), weight._version, weight.dtype, bias is None or bias._version)
+        if key != self.key:
+            self.key, self.items = key, {}
+        if name not in self.items:
+            self.items[name] = build()
+        return self.items[name]
+
+
+class DecodeWeight(WeightMemo):
     """Copies of a ``[out, in]`` weight split into column blocks ``[n, in, out/n]``.
 
     Decoding one token multiplies a few rows by every weight: a matrix-vector product that
     MKL runs on one thread, and that takes most of a decode step. As a batched product over
     column blocks it runs on every core: on the 2-core machine here the six-layer model's
     products took 0.4-0.6 ms instead of 1.6-2.1 ms for one row (benchmarks/bench_model.py).
-    A copy is rebuilt whenever the weight changes (version counter, storage, dtype), so
-    training, loading or moving the model never reads a stale one.
     """
-
-    def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.splits: dict[int, tuple[Tensor, Tensor | None]] = {}
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         out_f, in_f = weight.shape
@@ -60,14 +72,12 @@ class DecodeWeight:
         n = decode_split(out_f, rows)
         if n == 1 or rows > DECODE_ROWS or x.device.type != "cpu" or torch.is_grad_enabled():
             return F.linear(x, weight, bias)
-        key = (weight.data_ptr(), weight._version, weight.dtype, bias is None or bias._version)
-        if key != self.key:
-            self.key, self.splits = key, {}
-        if n not in self.splits:
+
+        def build() -> tuple[Tensor, Tensor | None]:
             w = weight.detach().t().reshape(in_f, n, out_f // n).transpose(0, 1).contiguous()
-            b = None if bias is None else bias.detach().view(n, 1, out_f // n).clone()
-            self.splits[n] = (w, b)
-        w, b = self.splits[n]
+            return w, None if bias is None else bias.detach().view(n, 1, out_f // n).clone()
+
+        w, b = self.get(n, build, weight, bias)
         flat = x.reshape(1, rows, in_f).expand(n, rows, in_f)
         out = torch.bmm(flat, w) if b is None else torch.baddbmm(b, flat, w)  # [n, rows, out/n]
         return out.transpose(0, 1).reshape(*x.shape[:-1], out_f)
@@ -97,16 +107,21 @@ class SelfAttention(nn.Module):
         if config.attention != "absolute":
             shape = (config.n_heads, config.max_relative_distance, config.head_dim)
             self.rel = nn.Parameter(torch.randn(shape) * init_scale(config.head_dim))
+        self.memo = WeightMemo()
 
     def forward(self, x: Tensor, ctx: AttnContext, cache: KVCache | None, layer: int) -> Tensor:
         B, L, C = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv.forward(x).view(B, L, 3, self.n_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
         if cache is not None:
             k_all, v_all = cache.update(layer, k, v)
             if ctx.cached:
                 k, v = k_all, v_all
-        y = self.fn(q, k, v, self.rel, ctx)
-        return self.proj(y.transpose(1, 2).reshape(B, L, C))
+        rel = self.rel
+        if ctx.decode and rel is not None:  # decode reads distances far to near: see attention
+            rel = self.memo.get("reversed", lambda: self.rel.detach().flip(1), self.rel)
+        y = self.fn(q, k, v, rel, ctx)
+        return self.proj.forward(y.transpose(1, 2).reshape(B, L, C))
 
 
 class Block(nn.Module):
@@ -122,8 +137,15 @@ class Block(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, ctx: AttnContext, cache: KVCache | None, layer: int) -> Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), ctx, cache, layer))
-        return x + self.drop(self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh")))
+        # Sub-modules are run through ``.forward``: a one-token decode step makes ~60 such
+        # calls, and ``nn.Module.__call__``'s hook handling was a tenth of its time.
+        h = self.attn.forward(self.ln1.forward(x), ctx, cache, layer)
+        x = x + self._dropout(h)
+        h = self.out.forward(F.gelu(self.fc.forward(self.ln2.forward(x)), approximate="tanh"))
+        return x + self._dropout(h)
+
+    def _dropout(self, x: Tensor) -> Tensor:
+        return self.drop.forward(x) if self.training and self.drop.p > 0 else x
 
 
 class MusicTransformer(nn.Module):
@@ -258,4 +280,4 @@ class MusicTransformer(nn.Module):
         return mask
 
 
-__all__ = ["Block", "DecodeWeight", "Linear", "MusicTransformer", "SelfAttention"]
+__all__ = ["Block", "DecodeWeight", "Linear", "MusicTransformer", "SelfAttention", "WeightMemo"]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from musegen.cache import FullCache, RingCache
 from musegen.config import ATTENTION_KINDS, ModelConfig, preset
-from musegen.model import MusicTransformer
+from musegen.model import Linear, MusicTransformer
 
 V = 40
 
@@ -189,3 +190,51 @@ def test_flex_backend_model_matches_torch_backend_under_bf16_autocast(kind):
         logits = flex(ids)
         logits.float().sum().backward()
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_decode_products_match_linear_and_follow_weight_changes(rows):
+    """The split weight copies give F.linear's result and are rebuilt when the weight moves."""
+    torch.manual_seed(0)
+    layer = Linear(16, 64)
+    x = torch.randn(rows, 1, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+        layer.weight.mul_(2.0)  # an in-place update, as an optimiser step makes
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+        layer.load_state_dict({"weight": torch.ones(64, 16), "bias": torch.zeros(64)})
+        torch.testing.assert_close(layer(x), x.sum(-1, keepdim=True).expand(rows, 1, 64))
+    out = layer(x)  # with gradients: the plain product, and gradients flow
+    out.sum().backward()
+    assert layer.weight.grad is not None
+
+
+def test_decoding_after_a_training_step_uses_the_new_weights():
+    model = tiny("relative")
+    ids = torch.randint(0, V, (1, 12), generator=torch.Generator().manual_seed(4))
+
+    def decoded() -> torch.Tensor:
+        model.eval()
+        with torch.no_grad():
+            cache = model.new_cache(1)
+            model(ids[:, :-1], cache=cache)
+            return model(ids[:, -1:], cache=cache)[0, -1]
+
+    before = decoded()
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(ids).logsumexp(-1).mean().backward()
+    opt.step()
+    after = decoded()
+    with torch.no_grad():
+        full = model.eval()(ids)[0, -1]
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, full, atol=1e-4, rtol=1e-4)
+
+
+def test_training_keeps_freed_memory_on_glibc():
+    import sys
+
+    from musegen.optim import keep_freed_memory
+
+    assert keep_freed_memory() is (sys.platform == "linux")

@@ -18,6 +18,7 @@ from musegen.sampling import (
     TopK,
     TopP,
     build_processors,
+    draw,
     iter_sample,
     sample,
 )
@@ -70,6 +71,38 @@ def run(model, seeds, **kw):
     stopping = Stopping(max_new_tokens=kw.pop("n", 12))
     processors = kw.pop("processors", build_processors(1.0, 0, 0.95))
     return sample(model, PROMPTS, processors, stopping, seeds, pad_id=0, **kw)
+
+
+def test_draw_follows_the_distribution_and_never_picks_a_zero():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]])
+    gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    counts = torch.zeros(2, 6)
+    for _ in range(4000):
+        for row, t in enumerate(draw(probs, gens)):
+            counts[row, t] += 1
+    assert counts[:, [0, 2]].sum() == 0 and counts[0, 5] == 0
+    assert counts[1, 5] == 4000
+    torch.testing.assert_close(counts[0] / 4000, probs[0], atol=0.03, rtol=0)
+    # a row's draws depend only on its own generator, not on the rows beside it
+    pair = [torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)]
+    alone = [torch.Generator().manual_seed(7)]
+    assert [draw(probs, pair)[0] for _ in range(20)] == [
+        draw(probs[:1], alone)[0] for _ in range(20)
+    ]
+
+
+def test_draw_reports_rows_with_nothing_to_draw():
+    probs = torch.tensor([[0.0, 0.0, 0.0], [float("nan")] * 3, [0.2, 0.8, 0.0]])
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    drawn = draw(probs, gens)
+    assert drawn[:2] == [-1, -1] and drawn[2] in (0, 1)
+
+
+def test_a_fully_masked_row_is_a_clear_error():
+    model = MusicTransformer(preset("tiny", vocab_size=VOCAB)).eval()
+    nothing = AllowedTokens(torch.zeros(VOCAB, dtype=torch.bool))
+    with pytest.raises(ValueError, match="no token left to sample"):
+        sample(model, [[1, 2]], [nothing], Stopping(3), seeds=[0])
 
 
 def test_same_seed_same_output_different_seed_differs():
