@@ -27,6 +27,10 @@ from musegen.config import ModelConfig
 RELATIVE_BLOCK = 256
 
 
+# Above this many bytes of relative biases, training checkpoints each query block (see
+# musegen.attention._block_attention): 1 GiB is L = 8k at batch 1 for the 8-head models.
+RECOMPUTE_BYTES = 1 << 30
+
 # Rows up to which a no-grad CPU product uses a split weight copy (see DecodeWeight).
 DECODE_ROWS = 32
 
@@ -256,6 +260,10 @@ class MusicTransformer(nn.Module):
             cached_context(ctx, keys, self.tok_emb.weight.dtype)
         elif padding_mask is not None and not bool(padding_mask.all()):
             ctx.pad, ctx.key_valid = pad, padding_mask
+        bias_bytes = 2 * B * c.n_heads * L * L  # the kept biases of causal blocks, fp32
+        ctx.recompute = (
+            c.attention == "relative" and torch.is_grad_enabled() and bias_bytes > RECOMPUTE_BYTES
+        )
         ctx.use_flex = (
             c.attention_backend == "flex"
             and input_ids.is_cuda

@@ -238,3 +238,26 @@ def test_training_keeps_freed_memory_on_glibc():
     from musegen.optim import keep_freed_memory
 
     assert keep_freed_memory() is (sys.platform == "linux")
+
+
+def test_long_relative_training_recomputes_blocks_with_the_same_gradients(monkeypatch):
+    import musegen.attention as attention
+    import musegen.model as model_module
+
+    model = tiny("relative").train()
+    ids = torch.randint(0, V, (2, 40), generator=torch.Generator().manual_seed(5))
+
+    def grads() -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        model(ids).logsumexp(-1).mean().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = grads()
+    calls = []
+    real = attention.checkpoint
+    monkeypatch.setattr(attention, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(model_module, "RECOMPUTE_BYTES", 0)  # as if the sequence were long
+    recomputed = grads()
+    assert len(calls) == model.config.n_layers
+    for a, b in zip(plain, recomputed, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
