@@ -12,8 +12,8 @@ from issue 3 are met. ``transformers`` is a benchmark-only dependency.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import multiprocessing as mp
-import resource
 import time
 
 import torch
@@ -98,15 +98,39 @@ def train_tps(model, L: int, batch: int, steps: int, hf: bool = False) -> float:
     return batch * L * steps / (time.perf_counter() - t0)
 
 
-def _rss_kb() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() // 1024
+def _status_kb(field: str) -> int:
+    """A ``/proc/self/status`` figure in KiB (VmRSS now, VmHWM the peak).
+
+    ``getrusage``'s ``ru_maxrss`` is no use in a spawned child: Linux carries the parent's
+    high-water mark across ``fork``/``exec``, so every row would report the parent's size.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _scaling_child(kind: str, L: int, threads: int, queue) -> None:
-    """Peak memory from the first full-length step, time from the second (steady state, as in
-    training), with the trainer's allocator setting (optim.keep_freed_memory)."""
-    keep_freed_memory()
+def _reset_peak() -> None:
+    """Start VmHWM again from the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _scaling_child(kind: str, L: int, threads: int, measure: str, queue) -> None:
+    """One forward + backward at length ``L`` in a fresh process.
+
+    ``measure="time"``: the trainer's allocator setting (optim.keep_freed_memory), one
+    full-length step to warm up, then the timed step (steady state, as in training).
+    ``measure="memory"``: every block of 64 KiB or more gets its own mapping, so the peak RSS
+    follows the live tensors; with pooled heaps it also counts blocks the allocator holds
+    between the step's temporaries, which grows with ``L`` (fragmentation, not the model).
+    """
+    libc = ctypes.CDLL(None)
+    if measure == "time":
+        keep_freed_memory()
+    else:
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
     torch.set_num_threads(threads)
     extra = dict(max_seq_len=L, max_relative_distance=max(L, 1024) if kind == "relative" else 1024)
     model = ours(kind, **extra).train()
@@ -118,24 +142,30 @@ def _scaling_child(kind: str, L: int, threads: int, queue) -> None:
 
     model(ids[:, :64]).sum().backward()  # warm-up, allocator settled
     model.zero_grad(set_to_none=True)
-    base = _rss_kb()
+    if measure == "memory":
+        libc.malloc_trim(0)
+        base = _status_kb("VmRSS")
+        _reset_peak()
+        step()
+        queue.put((_status_kb("VmHWM") - base) / L)
+        return
     step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     step()
-    elapsed = time.perf_counter() - t0
-    queue.put((elapsed / L * 1e3, max(peak - base, 0) / L))
+    queue.put((time.perf_counter() - t0) / L * 1e3)
 
 
 def scaling_row(kind: str, L: int, threads: int) -> tuple[float, float]:
-    """(ms per token, peak KiB per token) in a fresh process, so peaks do not mix."""
+    """(ms per token, peak KiB per token), each from its own fresh process."""
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_scaling_child, args=(kind, L, threads, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    out = []
+    for measure in ("time", "memory"):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_scaling_child, args=(kind, L, threads, measure, queue))
+        proc.start()
+        out.append(queue.get())
+        proc.join()
+    return out[0], out[1]
 
 
 def main() -> None:
