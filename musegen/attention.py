@@ -183,7 +183,10 @@ def _cached_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx: 
     mask = ctx.mask
     if rel is not None:
         B, H, Lq, D = q.shape
-        qe = torch.matmul(q, (rel[:, : ctx.n_dist] * D**-0.5).transpose(-1, -2))
+        # one matmul per head over every (row, query): no copy of the table per row
+        q_heads = (q * D**-0.5).transpose(0, 1).reshape(H, B * Lq, D)
+        qe = torch.bmm(q_heads, rel[:, : ctx.n_dist].transpose(1, 2))  # [H, B*Lq, n_dist]
+        qe = qe.view(H, B, Lq, ctx.n_dist).transpose(0, 1)
         idx = ctx.dist_index.expand(B, H, Lq, -1)
         mask = qe.gather(-1, idx) + mask
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
