@@ -27,9 +27,10 @@ from musegen.config import ModelConfig
 RELATIVE_BLOCK = 256
 
 
-# Above this many bytes of relative biases, training checkpoints each query block (see
-# musegen.attention._block_attention): 1 GiB is L = 8k at batch 1 for the 8-head models.
-RECOMPUTE_BYTES = 1 << 30
+# Above this many bytes of relative biases per layer, training checkpoints each query block
+# (see musegen.attention._block_attention): for 8 heads, from L ≈ 5.8k at batch 1 and L ≈ 2k
+# at batch 8. Below it the kept biases cost less than recomputing them (benchmarks/bench_model).
+RECOMPUTE_BYTES = 512 << 20
 
 # Rows up to which a no-grad CPU product uses a split weight copy (see DecodeWeight).
 DECODE_ROWS = 32
