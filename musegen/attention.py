@@ -5,17 +5,21 @@ Every function has the signature ``fn(q, k, v, rel, ctx) -> out`` with ``q`` of 
 ``[H, R, D]`` (row ``d`` is distance ``d``; ``None`` for ``absolute``) and ``ctx`` an
 :class:`AttnContext` built once per forward pass and shared by all layers.
 
-Two regimes:
+Three regimes:
 
 * **aligned** (no cache: training, scoring): queries and keys are the same ``L`` positions. The
   relative bias ``q_i·E[i-j]`` comes from one matmul ``Q·Eᵀ`` per query block and the
   memory-efficient *skew* (a pad and a strided view, never an ``L×L×D`` tensor); it reaches the
   fused ``scaled_dot_product_attention`` as an additive float mask whose ``-inf`` entries carry the
   causal/window masks for free. ``local``/``sparse`` work block by block on a band of keys, so
-  time and memory grow linearly with ``L``.
-* **cached** (incremental decoding): a few queries against the keys kept by a
+  time and memory grow linearly with ``L``; long ``relative`` training recomputes each block's
+  bias in the backward pass (``ctx.recompute``).
+* **cached** (prompt chunks, ring-buffer steps): a few queries against the keys kept by a
   :mod:`musegen.cache` object. The bias is gathered from ``q·Eᵀ`` by a distance index and the
   mask is built from key positions; both are computed once per step in the context.
+* **decode** (one new token per row over a full cache, the generation hot path): key ``j`` is
+  at distance ``N-1-j``, so the bias is a slice of ``q·Eᵀ`` against the reversed table and the
+  only mask is padding; see :func:`decode_relative_bias`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from musegen.cache import FullCache, RingCache
 from musegen.config import ATTENTION_KINDS, ModelConfig, preset
-from musegen.model import Linear, MusicTransformer
+from musegen.decode_weights import Linear
+from musegen.model import MusicTransformer
 
 V = 40
 
