@@ -1,9 +1,10 @@
 """Speed and memory of MusicTransformer against Hugging Face GPT-2 of the same shape (CPU, fp32).
 
-    python benchmarks/bench_model.py            # the full issue-3 protocol (slow: ~30 min)
+    python benchmarks/bench_model.py            # the full issue-3 protocol (~15 min on 2 cores)
     python benchmarks/bench_model.py --quick    # reduced sizes, a few minutes
 
-Measures generation tokens/s with the KV cache and top-p sampling (batch 1 and 8), training
+Measures generation tokens/s with the KV cache and top-p sampling through musegen's own sampler
+(batch 1 and 8; GPT-2 through ``generate()``), training
 tokens/s (forward + backward + AdamW), and a scaling table (time and peak memory per token,
 forward + backward, batch 1) for relative/local/sparse. Prints the ratios and which targets
 from issue 3 are met. ``transformers`` is a benchmark-only dependency.
