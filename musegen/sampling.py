@@ -246,7 +246,7 @@ def iter_sample(
         for proc in processors:
             scores = proc(scores, ctx)
         drawn = draw(scores.softmax(-1), gens)
-        tokens = []
+        tokens, fresh = [], []
         for i in range(batch):
             t = drawn[i]
             if not done[i] and t < 0:
@@ -264,12 +264,14 @@ def iter_sample(
             new[i].append(t)
             ctx.tokens[i].append(t)
             tokens.append(t)
+            fresh.append(i)
             if grammar is not None:
                 grammar.advance(states[i], t)
                 done[i] = grammar.ends_after(states[i])
             if len(new[i]) >= stopping.max_new_tokens and not done[i]:
                 done[i] = budget[i] = True
-        seen[torch.arange(batch), torch.tensor(tokens)] = True
+        if fresh:
+            seen[torch.tensor(fresh), torch.tensor([tokens[i] for i in fresh])] = True
         step += 1
         yield Progress(new, list(done), states, step, hit_budget=budget)
         if not all(done):

@@ -161,3 +161,19 @@ def test_cuda_cached_and_uncached_greedy_agree_with_cpu():
     cached = run(model, [0, 0, 0], processors=greedy, n=16)
     assert cached == run(model, [0, 0, 0], processors=greedy, n=16, use_cache=False)
     assert cached == run(tiny(), [0, 0, 0], processors=greedy, n=16)
+
+
+def test_processors_see_every_sampled_token_as_seen():
+    torch.manual_seed(0)
+    model = MusicTransformer(preset("tiny", vocab_size=VOCAB)).eval()
+    snapshots = []
+
+    def record(logits, ctx):
+        snapshots.append(ctx.seen.clone())
+        return logits
+
+    out = sample(model, [[1, 2], [3]], [record], Stopping(6), seeds=[0, 1])
+    for row, tokens in enumerate(out):
+        for step, t in enumerate(tokens[:-1]):
+            assert snapshots[step + 1][row, t]  # seen from the next step on
+    assert snapshots[0][0, 1] and snapshots[0][0, 2] and snapshots[0][1, 3]
