@@ -9,6 +9,9 @@ such derived copies and rebuilds them whenever the weight changes.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -34,7 +37,9 @@ class WeightMemo:
         self.key: tuple | None = None
         self.items: dict = {}
 
-    def get(self, name, build, weight: Tensor, bias: Tensor | None = None):
+    def get(
+        self, name: Hashable, build: Callable[[], Any], weight: Tensor, bias: Tensor | None = None
+    ):
         key = (weight.data_ptr(), weight._version, weight.dtype, bias is None or bias._version)
         if key != self.key:
             self.key, self.items = key, {}
