@@ -26,20 +26,18 @@ import numpy as np
 
 from musegen import __version__
 from musegen.corpus_pool import FileResult, tokenize_files
+from musegen.data import FORMAT, FORMAT_VERSION, MANIFEST, split_files, token_dtype
 from musegen.errors import MusegenError
 from musegen.tokenizer import (
-    BOS,
-    EOS,
     TokenizerSettings,
     build_tokenizer,
+    check_bpe_vocab,
     save_tokenizer,
     settings_dict,
+    special_id,
     train_bpe,
 )
 
-FORMAT = "musegen-prepared"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
 MIDI_SUFFIXES = (".mid", ".midi")
 
@@ -71,11 +69,8 @@ class PrepareOptions:
             raise MusegenError("--min-notes must be at least 1")
         if self.workers is not None and self.workers < 1:
             raise MusegenError("--workers must be at least 1")
-        base = len(build_tokenizer(self.tokenizer)) if self.bpe_vocab is not None else 0
-        if self.bpe_vocab is not None and self.bpe_vocab <= base:
-            raise MusegenError(
-                f"--bpe-vocab {self.bpe_vocab} must be larger than the base vocabulary ({base})"
-            )
+        if self.bpe_vocab is not None:
+            check_bpe_vocab(build_tokenizer(self.tokenizer), self.bpe_vocab)
 
     def key(self) -> dict:
         """The settings that decide the result; a rerun with the same key replaces the data."""
@@ -210,16 +205,16 @@ def _write_splits(tmp: Path, entries: list[dict], results, bos: int, eos: int, d
     splits = {}
     for name in SPLITS:
         offsets = [0]
-        with open(tmp / f"{name}.bin", "wb") as fh:
+        path, index = split_files(tmp, name)
+        with open(path, "wb") as fh:
             for e in entries:
                 if e["split"] != name:
                     continue
-                ids = np.asarray(results[e["path"]].ids, dtype=np.int64)
-                doc = np.concatenate(([bos], ids, [eos])).astype(dtype)
+                doc = np.concatenate(([bos], results[e["path"]].ids, [eos])).astype(dtype)
                 doc.tofile(fh)
                 e["tokens"] = int(doc.size)
                 offsets.append(offsets[-1] + doc.size)
-        np.save(tmp / f"{name}.idx.npy", np.asarray(offsets, dtype=np.int64))
+        np.save(index, np.asarray(offsets, dtype=np.int64))
         splits[name] = {"documents": len(offsets) - 1, "tokens": int(offsets[-1])}
     return splits
 
@@ -280,10 +275,10 @@ def _prepare_into(tmp, src, paths, ignored, options: PrepareOptions, progress: b
             if results[e["path"]].reason is not None:
                 e["split"], e["skipped"] = None, results[e["path"]].reason
     vocab_size = len(tokenizer)
-    dtype = "uint16" if vocab_size <= 1 << 16 else "uint32"
-    bos, eos = int(tokenizer.vocab[BOS]), int(tokenizer.vocab[EOS])
-    splits = _write_splits(tmp, entries, results, bos, eos, np.dtype(dtype))
-    manifest = _manifest(src, entries, ignored, options, vocab_size, dtype, splits, tokenizer)
+    dtype = token_dtype(vocab_size)
+    special = {k: special_id(tokenizer, f"{k}_None") for k in ("PAD", "BOS", "EOS")}
+    splits = _write_splits(tmp, entries, results, special["BOS"], special["EOS"], dtype)
+    manifest = _manifest(src, entries, ignored, options, vocab_size, dtype.name, splits, special)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
@@ -296,7 +291,7 @@ def _counts(counter: Counter) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counter.items())) or "none"
 
 
-def _manifest(src, entries, ignored, options, vocab_size, dtype, splits, tokenizer) -> dict:
+def _manifest(src, entries, ignored, options, vocab_size, dtype, splits, special) -> dict:
     kept = [e for e in entries if e["split"] is not None]
     skipped = Counter(_reason_kind(e["skipped"]) for e in entries if e["skipped"])
     tokenizer_info = settings_dict(options.tokenizer) | {"bpe_vocab_size": options.bpe_vocab}
@@ -307,7 +302,7 @@ def _manifest(src, entries, ignored, options, vocab_size, dtype, splits, tokeniz
         "tokenizer": tokenizer_info,
         "vocab_size": vocab_size,
         "dtype": dtype,
-        "special_ids": {k: int(tokenizer.vocab[f"{k}_None"]) for k in ("PAD", "BOS", "EOS")},
+        "special_ids": special,
         "settings": options.key(),
         "splits": splits,
         "files": entries,

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from musegen.errors import MusegenError
+from musegen.data import token_dtype
+from musegen.errors import MusegenError, first_line
 from musegen.tokenizer import count_notes, encode, load_score, load_tokenizer
 
 # A pool that answers nothing for 2 × timeout + this long has a worker stuck in native code.
@@ -68,8 +69,8 @@ def _tokenize_one(key: str, path: str) -> tuple[str, FileResult]:
     except MusegenError as exc:
         return key, FileResult(reason=_midi_reason(str(exc)))
     except Exception as exc:  # miditok/symusic failure on odd content
-        text = (str(exc).splitlines() or [""])[0][:120]
-        return key, FileResult(reason=f"tokenizer error: {type(exc).__name__} {text}".strip())
+        reason = f"tokenizer error: {type(exc).__name__} {first_line(exc)}".strip()
+        return key, FileResult(reason=reason)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
@@ -85,9 +86,8 @@ def _encode_checked(path: str, min_notes: int, max_beats: int) -> FileResult:
     if beats > max_beats:
         return FileResult(notes, reason=f"too long: {beats:.0f} beats > {max_beats}")
     tokenizer = _WORKER["tokenizer"]
-    ids = np.asarray(encode(tokenizer, score), dtype=np.uint32)
-    if len(tokenizer) <= 1 << 16:  # half the memory and pickling while results are gathered
-        ids = ids.astype(np.uint16)
+    # the dataset's own dtype: half the memory and pickling while results are gathered
+    ids = np.asarray(encode(tokenizer, score), dtype=token_dtype(len(tokenizer)))
     if not tokenizer.is_trained and not np.isin(ids, _WORKER["note_ids"]).any():
         return FileResult(notes, reason="no notes: none in the tokenizer's pitch range")
     return FileResult(notes, ids)

@@ -9,7 +9,6 @@ end of one piece with the start of another.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,17 @@ from musegen.tokenizer import TOKENIZER_FILE
 
 FORMAT = "musegen-prepared"
 FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def split_files(directory: Path, name: str) -> tuple[Path, Path]:
+    """The token file and offset index of split ``name`` (written by musegen.corpus)."""
+    return directory / f"{name}.bin", directory / f"{name}.idx.npy"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The narrowest unsigned type that holds every id: half the memory below 65,536 ids."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
 @dataclass
@@ -61,9 +71,9 @@ class PreparedDataset:
         if not directory.is_dir():
             raise MusegenError(f"prepared dataset {directory} does not exist; {hint}")
         try:
-            manifest = json.loads((directory / "manifest.json").read_text())
+            manifest = json.loads((directory / MANIFEST).read_text())
         except (OSError, ValueError):
-            raise MusegenError(f"{directory} has no readable manifest.json; {hint}") from None
+            raise MusegenError(f"{directory} has no readable {MANIFEST}; {hint}") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise MusegenError(f"{directory} is not a musegen-prepared dataset; {hint}")
         if manifest.get("format_version") != FORMAT_VERSION:
@@ -73,9 +83,7 @@ class PreparedDataset:
             )
         missing = [TOKENIZER_FILE] if not (directory / TOKENIZER_FILE).is_file() else []
         for name in manifest.get("splits", {}):
-            missing += [
-                f for f in (f"{name}.bin", f"{name}.idx.npy") if not (directory / f).is_file()
-            ]
+            missing += [f.name for f in split_files(directory, name) if not f.is_file()]
         if missing or "splits" not in manifest:
             raise MusegenError(f"{directory} is incomplete (missing {', '.join(missing)}); {hint}")
         return cls(directory, manifest)
@@ -85,9 +93,9 @@ class PreparedDataset:
         if name not in self.manifest["splits"]:
             known = ", ".join(self.manifest["splits"])
             raise MusegenError(f"{self.directory} has no split {name!r} (it has {known})")
-        offsets = np.load(self.directory / f"{name}.idx.npy")
+        path, index = split_files(self.directory, name)
+        offsets = np.load(index)
         dtype = np.dtype(self.manifest["dtype"])
-        path = self.directory / f"{name}.bin"
         size = path.stat().st_size // dtype.itemsize
         if offsets.dtype != np.int64 or offsets.ndim != 1 or offsets[-1] != size:
             raise MusegenError(f"{path} does not match its index: prepare the dataset again")
@@ -277,9 +285,3 @@ def iter_eval_windows(
         window = np.full(seq_len + 1, pad_id, dtype=np.int64)
         window[: end - start] = split.tokens[start:end]
         yield window
-
-
-def window_count(split: TokenSplit, seq_len: int) -> int:
-    """How many windows :func:`iter_eval_windows` yields for ``split`` without a cap."""
-    lengths = np.diff(split.offsets)
-    return int(sum(max(math.ceil((n - 1) / seq_len), 1) for n in lengths))

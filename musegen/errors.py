@@ -15,3 +15,10 @@ class MidiError(MusegenError):
 
 class CheckpointError(MusegenError):
     """A checkpoint directory that is missing files or does not match what is asked of it."""
+
+
+def first_line(exc: BaseException, limit: int = 120) -> str:
+    """The first line of an exception's message, cut at ``limit`` characters ("" if none):
+    third-party errors can be long, multi-line or empty, and a report row is one line."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else ""

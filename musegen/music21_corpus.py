@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from musegen.errors import MusegenError
+from musegen.errors import MusegenError, first_line
 
 # Encodings music21 parses into notes; ``.rntxt`` files are harmonic analyses, not scores.
 SCORE_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn", ".abc")
@@ -63,15 +63,19 @@ def corpus_root() -> Path:
     return Path(_music21().corpus.__file__).parent
 
 
-def available_collections() -> list[str]:
-    """Every collection (top-level folder) of the bundled corpus holding score files."""
+def _score_relpaths() -> list[str]:
+    """Score files of the bundled corpus, as posix paths relative to its root."""
     root = corpus_root()
-    names = {
-        Path(p).relative_to(root).parts[0]
+    return [
+        Path(p).relative_to(root).as_posix()
         for p in _music21().corpus.getCorePaths()
         if Path(p).suffix.lower() in SCORE_SUFFIXES
-    }
-    return sorted(names, key=str.lower)
+    ]
+
+
+def available_collections() -> list[str]:
+    """Every collection (top-level folder) of the bundled corpus holding score files."""
+    return sorted({rel.split("/")[0] for rel in _score_relpaths()}, key=str.lower)
 
 
 def _abc_tune_count(path: Path) -> int:
@@ -98,11 +102,7 @@ def plan_tasks(collections: Iterable[str] | None = None, limit: int | None = Non
             )
     if limit is not None and limit < 1:
         raise MusegenError("--limit must be at least 1")
-    paths = _one_encoding_per_piece(
-        Path(p).relative_to(root).as_posix()
-        for p in _music21().corpus.getCorePaths()
-        if Path(p).suffix.lower() in SCORE_SUFFIXES
-    )
+    paths = _one_encoding_per_piece(_score_relpaths())
     tasks: list[Task] = []
     for collection in chosen:
         budget = limit
@@ -122,14 +122,13 @@ def _one_encoding_per_piece(relpaths: Iterable[str]) -> list[str]:
     A few pieces (e.g. Beethoven's op. 18 no. 1) ship as both MusicXML and Humdrum; both would
     map to the same output name and be near-duplicates that could leak across splits.
     """
+
+    def rank(rel: str) -> int:
+        return SCORE_SUFFIXES.index("." + rel.rsplit(".", 1)[1].lower())
+
     best: dict[str, str] = {}
-    for rel in relpaths:
-        stem, suffix = rel.rsplit(".", 1)
-        rank = SCORE_SUFFIXES.index("." + suffix.lower())
-        if stem not in best or rank < SCORE_SUFFIXES.index(
-            "." + best[stem].rsplit(".", 1)[1].lower()
-        ):
-            best[stem] = rel
+    for rel in sorted(relpaths, key=rank):  # stable: on a tie the first listed is kept
+        best.setdefault(rel.rsplit(".", 1)[0], rel)
     return sorted(best.values())
 
 
@@ -201,8 +200,7 @@ def _midi_bytes(score, translate) -> bytes:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160] if text else ''}".rstrip(": ")
+    return f"{type(exc).__name__}: {first_line(exc, 160)}".rstrip(": ")
 
 
 def build_corpus(
@@ -215,13 +213,15 @@ def build_corpus(
     """Convert the chosen collections into ``out_dir``, in parallel; write a JSON summary."""
     from tqdm import tqdm
 
+    if workers is not None and workers < 1:
+        raise MusegenError("--workers must be at least 1")
     _music21()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise MusegenError(f"{out} exists and is not a folder")
     tasks = plan_tasks(collections, limit)
     out.mkdir(parents=True, exist_ok=True)
-    workers = max(1, workers or os.cpu_count() or 1)
+    workers = workers or os.cpu_count() or 1
     root = corpus_root()
     # Largest files first, so a long quartet does not start last and hold up the end.
     order = sorted(tasks, key=lambda t: -(root / t.relpath).stat().st_size)

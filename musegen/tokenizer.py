@@ -14,7 +14,7 @@ from pathlib import Path
 import miditok
 import symusic
 
-from musegen.errors import MidiError, MusegenError
+from musegen.errors import MidiError, MusegenError, first_line
 
 TOKENIZER_KINDS: dict[str, type[miditok.MusicTokenizer]] = {
     "REMI": miditok.REMI,
@@ -98,14 +98,19 @@ def load_tokenizer(path: str | Path) -> miditok.MusicTokenizer:
         raise MusegenError(f"{path} is not a valid miditok tokenizer file ({exc})") from exc
 
 
-def train_bpe(
-    tokenizer: miditok.MusicTokenizer, midi_files: Iterable[Path], vocab_size: int
-) -> None:
-    """Learn a BPE vocabulary of ``vocab_size`` ids on ``midi_files`` (miditok's ``train``)."""
+def check_bpe_vocab(tokenizer: miditok.MusicTokenizer, vocab_size: int) -> None:
+    """A BPE vocabulary must be larger than the base vocabulary it merges."""
     if vocab_size <= len(tokenizer):
         raise MusegenError(
             f"--bpe-vocab {vocab_size} must be larger than the base vocabulary ({len(tokenizer)})"
         )
+
+
+def train_bpe(
+    tokenizer: miditok.MusicTokenizer, midi_files: Iterable[Path], vocab_size: int
+) -> None:
+    """Learn a BPE vocabulary of ``vocab_size`` ids on ``midi_files`` (miditok's ``train``)."""
+    check_bpe_vocab(tokenizer, vocab_size)
     tokenizer.train(vocab_size=vocab_size, model="BPE", files_paths=list(midi_files))
 
 
@@ -133,12 +138,12 @@ def load_score(source: str | Path | bytes | symusic.Score) -> symusic.Score:
     try:
         score = symusic.Score.from_midi(data)
     except Exception as exc:
-        raise MidiError(f"{name}: corrupt MIDI ({str(exc).splitlines()[0][:120]})") from None
+        raise MidiError(f"{name}: corrupt MIDI ({first_line(exc)})") from None
     return score
 
 
 def count_notes(score: symusic.Score) -> int:
-    return sum(len(track.notes) for track in score.tracks)
+    return score.note_num()
 
 
 def encode(tokenizer: miditok.MusicTokenizer, score: symusic.Score) -> list[int]:
@@ -174,6 +179,7 @@ __all__ = [
     "TOKENIZER_FILE",
     "TokenizerSettings",
     "build_tokenizer",
+    "check_bpe_vocab",
     "count_notes",
     "decode",
     "encode",

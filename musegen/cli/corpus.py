@@ -65,8 +65,6 @@ def run_music21(args: argparse.Namespace) -> int:
         collections = [c.strip() for c in args.collections.split(",") if c.strip()]
         if not collections:
             raise MusegenError("--collections is empty: name at least one collection")
-    if args.workers is not None and args.workers < 1:
-        raise MusegenError("--workers must be at least 1")
     report = build_corpus(
         args.out_dir, collections, args.limit, args.workers, progress=sys.stderr.isatty()
     )

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-# Appended to help texts whose default (None/False) says nothing: formats to an empty string and
-# stops HelpFormatter from printing "(default: None)".
-
 EPILOG = """\
 examples:
   musegen prepare data/music21_midi data/prepared
@@ -46,7 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "out_dir", metavar="OUT_DIR", help="folder to write the prepared dataset to"
     )
     parser.add_argument(
-        "--tokenizer", choices=list(TOKENIZER_KINDS), default="REMI", help="token scheme"
+        "--tokenizer",
+        choices=list(TOKENIZER_KINDS),
+        default=defaults.tokenizer.kind,
+        help="token scheme",
     )
     parser.add_argument(
         "--bpe-vocab",
