@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# What rule a key slot follows (see musegen.attention.cached_mask).
+# What rule a key slot follows (see musegen.attention.cached_context).
 LOCAL, SUMMARY, ANY = 0, 1, 2
 
 
@@ -49,6 +49,8 @@ class KVCache:
         self.pad = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.padded = False  # some row starts with padding
         self._n = 0
+        self.k: list[Tensor | None] = [None] * n_layers  # per layer [B, H, slots, D]
+        self.v: list[Tensor | None] = [None] * n_layers
 
     def set_padding(self, padding_mask: Tensor | None, n: int) -> Tensor:
         """Remember left padding (first chunk only); return this chunk's key validity [B, n]."""
@@ -71,7 +73,7 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in self._tensors())
 
     def _tensors(self) -> list[Tensor]:
-        raise NotImplementedError
+        return [t for t in self.k + self.v if t is not None]
 
     def _alloc(self, like: Tensor, slots: int) -> Tensor:
         B, H, _, D = like.shape
@@ -84,19 +86,14 @@ class FullCache(KVCache):
     def __init__(self, n_layers: int, batch_size: int, device=None, dtype=None, capacity=256):
         super().__init__(n_layers, batch_size, device, dtype)
         self.capacity = capacity
-        self.k: list[Tensor | None] = [None] * n_layers
-        self.v: list[Tensor | None] = [None] * n_layers
         self.valid = torch.zeros(batch_size, 0, dtype=torch.bool, device=self.device)
 
-    def begin_token(self, dtype: torch.dtype) -> Tensor | None:
-        """``begin(1)`` for the decode hot path: the additive mask ``[B, 1, 1, N]`` of padded
-        keys, or ``None`` when no row was padded (then every key is visible)."""
+    def begin_token(self) -> Tensor | None:
+        """``begin(1)`` for the decode hot path: which keys are real ``[B, N]``, or ``None``
+        when no row was padded (then every key is visible)."""
         self.valid = F.pad(self.valid, (0, 1), value=True)
         self._n = 1
-        if not self.padded:
-            return None
-        mask = torch.zeros(self.valid.shape, dtype=dtype, device=self.device)
-        return mask.masked_fill_(~self.valid, float("-inf"))[:, None, None]
+        return self.valid if self.padded else None
 
     def begin(self, n: int, padding_mask: Tensor | None = None) -> StepKeys:
         new_valid = self.set_padding(padding_mask, n)
@@ -128,9 +125,6 @@ class FullCache(KVCache):
                 new[:, :, : self.length] = store[layer][:, :, : self.length]
             store[layer] = new
 
-    def _tensors(self) -> list[Tensor]:
-        return [t for t in self.k + self.v if t is not None]
-
 
 class RingCache(KVCache):
     """The last ``window`` keys (ring buffer), plus ``summaries`` summary slots for ``sparse``."""
@@ -149,8 +143,6 @@ class RingCache(KVCache):
         self.window, self.stride = window, stride
         self.summaries = math.ceil(horizon / stride) + 1 if stride else 0
         slots = window + self.summaries
-        self.k: list[Tensor | None] = [None] * n_layers
-        self.v: list[Tensor | None] = [None] * n_layers
         self.index = torch.full((batch_size, slots), -1, dtype=torch.long, device=self.device)
         self.valid = torch.zeros(batch_size, slots, dtype=torch.bool, device=self.device)
         types = [LOCAL] * window + [SUMMARY] * self.summaries
@@ -161,21 +153,19 @@ class RingCache(KVCache):
         new_valid = self.set_padding(padding_mask, n)
         self._n, t0 = n, self.length
         q_index = torch.arange(t0, t0 + n, device=self.device)
-        B = self.batch_size
-        if n == 1:  # write first, then attend over the ring: no copy of the past
-            self._plan_writes(q_index, new_valid)
-            self._commit_meta(q_index, new_valid)
-            return StepKeys(q_index, self.index, self.valid, self.types, self.pad)
-        keys = StepKeys(
-            q_index=q_index,
-            k_index=torch.cat([self.index, q_index.expand(B, n)], dim=1),
-            k_valid=torch.cat([self.valid, new_valid], dim=1),
-            k_type=torch.cat([self.types, torch.full_like(q_index, ANY)]),
-            pad=self.pad,
-        )
+        keys = None
+        if n > 1:  # the chunk attends to the ring as it was, then to itself (copies, before
+            # the commit below overwrites slots); one token writes first and attends the ring
+            keys = StepKeys(
+                q_index=q_index,
+                k_index=torch.cat([self.index, q_index.expand(self.batch_size, n)], dim=1),
+                k_valid=torch.cat([self.valid, new_valid], dim=1),
+                k_type=torch.cat([self.types, torch.full_like(q_index, ANY)]),
+                pad=self.pad,
+            )
         self._plan_writes(q_index, new_valid)
         self._commit_meta(q_index, new_valid)
-        return keys
+        return keys or StepKeys(q_index, self.index, self.valid, self.types, self.pad)
 
     def _plan_writes(self, q_index: Tensor, new_valid: Tensor) -> None:
         """Which (row, chunk offset, slot) triples the layers must write this step."""
@@ -209,7 +199,7 @@ class RingCache(KVCache):
             self.v[layer] = self._alloc(v, self.index.shape[1])
         K, V = self.k[layer], self.v[layer]
         if k.shape[2] == 1 and len(self._writes) == 1:  # the lean per-token path
-            slot = int(self.length % self.window)
+            slot = self.length % self.window
             K[:, :, slot] = k[:, :, 0]
             V[:, :, slot] = v[:, :, 0]
             return K, V
@@ -218,9 +208,6 @@ class RingCache(KVCache):
             K[rows, :, slots] = k[rows, :, offs]
             V[rows, :, slots] = v[rows, :, offs]
         return out
-
-    def _tensors(self) -> list[Tensor]:
-        return [t for t in self.k + self.v if t is not None]
 
 
 __all__ = ["ANY", "LOCAL", "SUMMARY", "FullCache", "KVCache", "RingCache", "StepKeys"]

@@ -36,9 +36,12 @@ class LoadedCheckpoint:
 
     model: MusicTransformer
     tokenizer: Any
-    config: ModelConfig
     meta: dict = field(default_factory=dict)
     directory: Path = Path(".")
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
 
 
 def save_pretrained(
@@ -124,12 +127,13 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
             f"vocab_size={config.vocab_size}"
         )
     model = MusicTransformer(config)
-    _load_weights(model, directory / WEIGHTS_FILE)
+    load_weights(model, directory / WEIGHTS_FILE)
     model.to(device).eval()
-    return LoadedCheckpoint(model, tokenizer, config, meta, directory)
+    return LoadedCheckpoint(model, tokenizer, meta, directory)
 
 
-def _load_weights(model: MusicTransformer, path: Path) -> None:
+def load_weights(model: MusicTransformer, path: Path) -> None:
+    """Load a ``model.safetensors`` into ``model``, strictly, with errors naming the file."""
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
     try:
@@ -150,7 +154,7 @@ def _load_weights(model: MusicTransformer, path: Path) -> None:
                 f"{path}: tensor {name} has shape {tuple(tensor.shape)}, config.json implies "
                 f"{tuple(expected[name].shape)}"
             )
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    model.load_state_dict(state, strict=True)  # copies cast fp16 files to the model's fp32
 
 
-__all__ = ["LoadedCheckpoint", "load_pretrained", "read_meta", "save_pretrained"]
+__all__ = ["LoadedCheckpoint", "load_pretrained", "load_weights", "read_meta", "save_pretrained"]

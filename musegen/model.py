@@ -20,19 +20,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from musegen.attention import ATTENTION, AttnContext, cached_context, inference_kernels, init_scale
+from musegen.attention import (
+    ATTENTION,
+    AttnContext,
+    additive_mask,
+    cached_context,
+    inference_kernels,
+    init_scale,
+)
 from musegen.cache import FullCache, KVCache, RingCache
 from musegen.config import ModelConfig
 from musegen.decode_weights import DecodeWeight, Linear, WeightMemo
 
 # Query block of the aligned relative path: big enough to keep the fused kernel busy, small
-# enough to skip most of the causal upper triangle (measured in benchmarks/bench_model.py).
+# enough to skip most of the causal upper triangle (compare values with
+# `python benchmarks/bench_model.py --skip gen,scaling`).
 RELATIVE_BLOCK = 256
 
 
 # Above this many bytes of relative biases per layer, training checkpoints each query block
 # (see musegen.attention._block_attention): for 8 heads, from L ≈ 5.8k at batch 1 and L ≈ 2k
-# at batch 8. Below it the kept biases cost less than recomputing them (benchmarks/bench_model).
+# at batch 8. Recomputing costs a second pass over each block, so shorter sequences keep them.
 RECOMPUTE_BYTES = 512 << 20
 
 
@@ -190,7 +198,10 @@ class MusicTransformer(nn.Module):
                 "attention to generate longer pieces"
             )
         if cache is not None and L == 1 and start > 0 and self._decodes(cache, padding_mask):
-            ctx.decode, ctx.mask = True, cache.begin_token(self.tok_emb.weight.dtype)
+            valid = cache.begin_token()
+            ctx.decode = True
+            if valid is not None:
+                ctx.mask = additive_mask(valid, self.tok_emb.weight.dtype)[:, None, None]
             return ctx, start, pad
         if cache is not None:
             keys = cache.begin(L, padding_mask)

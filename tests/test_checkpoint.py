@@ -27,7 +27,6 @@ def ckpt_copy(tiny_checkpoint: Path, tmp_path: Path) -> Path:
 def test_round_trip_gives_the_same_logits(tiny_checkpoint: Path):
     loaded = load_pretrained(tiny_checkpoint)
     assert not loaded.model.training
-    assert loaded.config == loaded.model.config
     assert loaded.meta["model"] == loaded.config.to_dict()
     assert "musegen_version" in read_meta(tiny_checkpoint)
     torch.manual_seed(0)

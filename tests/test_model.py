@@ -233,14 +233,6 @@ def test_decoding_after_a_training_step_uses_the_new_weights():
     torch.testing.assert_close(after, full, atol=1e-4, rtol=1e-4)
 
 
-def test_training_keeps_freed_memory_on_glibc():
-    import sys
-
-    from musegen.optim import keep_freed_memory
-
-    assert keep_freed_memory() is (sys.platform == "linux")
-
-
 def test_long_relative_training_recomputes_blocks_with_the_same_gradients(monkeypatch):
     import musegen.attention as attention
     import musegen.model as model_module
