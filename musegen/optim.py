@@ -33,11 +33,10 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
         id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()
     }
     linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
-    decay, no_decay, seen = [], [], set()
-    for param in model.parameters():
-        if not param.requires_grad or id(param) in seen:
+    decay, no_decay = [], []
+    for param in model.parameters():  # each shared (tied) tensor once
+        if not param.requires_grad:
             continue
-        seen.add(id(param))
         wanted = id(param) in linear and id(param) not in embeddings
         (decay if wanted else no_decay).append(param)
     return [
@@ -92,11 +91,8 @@ def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, to
                 tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(index), {})[key] = value
-    groups = [{k: v for k, v in g.items()} for g in state["param_groups"]]
-    for group in groups:
-        if "betas" in group:
-            group["betas"] = list(group["betas"])
-    return tensors, {"param_groups": groups, "scalars": scalars}
+    # state_dict() gives fresh group dicts; JSON writes the betas tuple as a list
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
 def optimizer_from_tensors(

@@ -57,10 +57,6 @@ class TrainResult:
     def best_dir(self) -> Path:
         return self.run_dir / ts.BEST
 
-    @property
-    def latest_dir(self) -> Path:
-        return self.run_dir / ts.LATEST
-
     def summary(self) -> str:
         minutes = self.elapsed_s / 60
         took = f"{minutes:.1f} min" if minutes >= 2 else f"{self.elapsed_s:.0f} s"
@@ -173,13 +169,13 @@ class _Trainer:
 
     def _restore(self, train_split: Any) -> None:
         """Load weights, optimiser, counters, sampler and RNG state from ``latest``."""
-        from musegen.checkpoint import load_pretrained
+        from musegen.checkpoint import WEIGHTS_FILE, load_weights
 
         ctx, state = self.ctx, ts.load_resume_state(self.run_dir, self.fingerprint)
         if state is None:
             self._say(f"{self.run_dir} has no checkpoint yet: starting again from step 0")
         else:
-            self.raw.load_state_dict(load_pretrained(self.run_dir / ts.LATEST).model.state_dict())
+            load_weights(self.raw, self.run_dir / ts.LATEST / WEIGHTS_FILE)
             meta = state.meta
             optim.optimizer_from_tensors(self.optimizer, state.optimizer_tensors, meta["optimizer"])
             self.step = self.last_save = state.step
@@ -378,8 +374,10 @@ class _Trainer:
         )
 
     def _save_model(self, directory: Path, extra: dict[str, Any]) -> None:
+        from musegen.checkpoint import save_pretrained
+
         facts = {"step": self.step, "tokens": self.tokens, "dataset_fingerprint": self.fingerprint}
-        ts.save_model(directory, self.raw, self.tokenizer, {**facts, **extra})
+        save_pretrained(self.raw, self.tokenizer, directory, extra=ts.to_jsonable(facts | extra))
 
     def _save_latest(self) -> None:
         """``latest``: the checkpoint plus every rank's sampler and RNG state, swapped in whole."""

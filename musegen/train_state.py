@@ -33,9 +33,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from musegen.config import ModelConfig, preset
+from musegen.data import MANIFEST
 from musegen.errors import MusegenError
 from musegen.optim import DistContext
-from musegen.tokenizer import decode, load_tokenizer, score_to_midi_bytes
+from musegen.tokenizer import TOKENIZER_FILE, decode, load_tokenizer, score_to_midi_bytes
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -150,8 +151,8 @@ def dataset_fingerprint(data_dir: str | Path) -> dict[str, str]:
     """Hashes of the prepared corpus' tokenizer and manifest: a run may only resume on the same."""
     data_dir = Path(data_dir)
     return {
-        "tokenizer_sha256": _sha256(data_dir / "tokenizer.json"),
-        "manifest_sha256": _sha256(data_dir / "manifest.json"),
+        "tokenizer_sha256": _sha256(data_dir / TOKENIZER_FILE),
+        "manifest_sha256": _sha256(data_dir / MANIFEST),
     }
 
 
@@ -302,10 +303,13 @@ def restore_rng(state: dict[str, Any], device: torch.device) -> None:
 class TrainState:
     """Everything besides the weights that a resumed run needs."""
 
-    step: int
     meta: dict[str, Any]  # JSON part: counters, fingerprint, per-rank sampler/RNG, optimizer meta
     optimizer_tensors: dict[str, torch.Tensor]
     rank_tensors: list[dict[str, torch.Tensor]]
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
 
 
 def write_train_state(
@@ -348,7 +352,7 @@ def read_train_state(directory: Path) -> TrainState:
         if name.startswith("rank"):
             head, key = name.split(".", 1)
             rank_tensors[int(head[4:])][key] = value
-    return TrainState(int(meta["step"]), meta, optim, rank_tensors)
+    return TrainState(meta, optim, rank_tensors)
 
 
 def load_resume_state(run_dir: Path, fingerprint: dict[str, str]) -> TrainState | None:
@@ -431,13 +435,6 @@ def resolve_model_config(
             "model config; drop the model overrides or start a new run"
         )
     return stored
-
-
-def save_model(directory: Path, model: torch.nn.Module, tokenizer: Any, extra: dict) -> None:
-    """A normal checkpoint (loadable by ``load_pretrained``) with training facts in its meta."""
-    from musegen.checkpoint import save_pretrained
-
-    save_pretrained(model, tokenizer, directory, extra=to_jsonable(extra))
 
 
 def write_sample(run_dir: Path, step: int, ids: list[int], tokenizer: Any) -> Path:

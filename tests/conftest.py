@@ -64,6 +64,15 @@ def midi_folder(tmp_path: Path) -> Path:
     return root
 
 
+def train_args(data: Path, out: Path, **flags) -> list[str]:
+    """``musegen train`` arguments: ``seq_len=32`` → ``--seq-len 32``, ``quiet=True`` → ``--quiet``."""
+    args = ["train", "--data", str(data), "--out", str(out)]
+    for name, value in flags.items():
+        flag = "--" + name.replace("_", "-")
+        args += [flag] if value is True else [flag, str(value)]
+    return args
+
+
 # --- model checkpoint (musegen.checkpoint) -------------------------------------------------
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_midi
+from conftest import train_args, write_midi
 
 from musegen.checkpoint import load_pretrained
 from musegen.config import ModelConfig
@@ -55,48 +55,11 @@ def first_step_loss_per_rank(prepared: Path, model_config: ModelConfig) -> list[
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(prepared: Path, tmp_path: Path):
     out = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "musegen",
-        "train",
-        "--data",
-        str(prepared),
-        "--out",
-        str(out),
-        "--preset",
-        "tiny",
-        "--batch-size",
-        str(BATCH),
-        "--grad-accum",
-        str(ACCUM),
-        "--seq-len",
-        str(SEQ),
-        "--max-steps",
-        "6",
-        "--seed",
-        str(SEED),
-        "--eval-every",
-        "3",
-        "--save-every",
-        "3",
-        "--log-every",
-        "1",
-        "--eval-windows",
-        "6",
-        "--sample-tokens",
-        "8",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--no-augment",
-        "--quiet",
-    ]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    flags = dict(preset="tiny", batch_size=BATCH, grad_accum=ACCUM, seq_len=SEQ, max_steps=6)
+    flags |= dict(seed=SEED, eval_every=3, save_every=3, log_every=1, eval_windows=6)
+    flags |= dict(sample_tokens=8, device="cpu", threads=1, no_augment=True, quiet=True)
+    command = [*torchrun, "-m", "musegen", *train_args(prepared, out, **flags)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
