@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from musegen import metrics
-from musegen.data import PreparedDataset, TokenSplit, iter_eval_windows
+from musegen.data import MANIFEST, PreparedDataset, TokenSplit, iter_eval_windows
 from musegen.errors import MusegenError
 from musegen.optim import evaluate_windows
 from musegen.tokenizer import decode, encode, load_score, load_tokenizer, special_id
@@ -53,7 +53,7 @@ class _Corpus:
 
 def _load_corpus(data: Path, split: str, tokenizer) -> _Corpus:
     """A prepared dataset's split, or every MIDI file under a plain folder."""
-    if (data / "manifest.json").is_file():
+    if (data / MANIFEST).is_file():
         dataset = PreparedDataset.open(data)
         if load_tokenizer(dataset.tokenizer_path).vocab != tokenizer.vocab:
             raise MusegenError(
@@ -64,7 +64,7 @@ def _load_corpus(data: Path, split: str, tokenizer) -> _Corpus:
         if chosen.num_docs == 0:
             raise MusegenError(f"split {split!r} of {data} is empty; choose another with --split")
         train = dataset.split("train")
-        return _Corpus(chosen, np.asarray(train.tokens, dtype=np.int64), f"{data} [{split}]")
+        return _Corpus(chosen, train.tokens, f"{data} [{split}]")  # memmap, read when needed
     if not data.is_dir():
         raise MusegenError(f"--data {data} is neither a prepared dataset nor a folder")
     files = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
@@ -126,15 +126,19 @@ def token_error_rate(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> fl
     return max(0.0, errors_full - errors_prompt) / len(new_ids)
 
 
-def _split_bars(score: symusic.Score, k: int, m: int) -> tuple[symusic.Score, symusic.Score] | None:
+def _split_bars(
+    score: symusic.Score, k: int, m: int
+) -> tuple[symusic.Score, symusic.Score, int] | None:
+    """The first ``k`` bars, the next ``m`` (moved to time 0) and the bar length in ticks."""
     bar = metrics.bar_length(score)
     if score.end() < (k + m) * bar:
         return None
     prompt = score.clip(0, k * bar, clip_end=True)
-    real = score.clip(k * bar, (k + m) * bar, clip_end=True)
+    # from time 0, as the generated continuation is: bars k… of the piece are its bars 0…
+    real = score.clip(k * bar, (k + m) * bar, clip_end=True).shift_time(-k * bar)
     if not prompt.note_num() or not real.note_num():
         return None
-    return prompt, real
+    return prompt, real, bar
 
 
 def continuations(pipeline, corpus: _Corpus, settings: EvalSettings) -> dict:
@@ -164,7 +168,7 @@ def continuations(pipeline, corpus: _Corpus, settings: EvalSettings) -> dict:
         rows.setdefault(name, []).append(float(value))
 
     bar = tqdm(total=len(pairs) * 2, desc="continuations", disable=not settings.progress)
-    for i, (prompt, real) in enumerate(pairs):
+    for i, (prompt, real, bar_len) in enumerate(pairs):
         for constrained in (True, False):
             result = pipeline.continue_midi(
                 prompt,
@@ -190,7 +194,7 @@ def continuations(pipeline, corpus: _Corpus, settings: EvalSettings) -> dict:
                     metrics.pitch_class_histogram(generated), metrics.pitch_class_histogram(real)
                 ),
             )
-            real_density = metrics.notes_per_bar(real, real.start(), real.end())
+            real_density = metrics.notes_per_bar(real, 0, settings.continuation_bars * bar_len)
             gen_density = generated.note_num() / max(1, settings.continuation_bars)
             if real_density:
                 add("note_density_ratio", gen_density / real_density)

@@ -7,7 +7,7 @@ from conftest import make_score, write_midi
 
 from musegen import metrics
 from musegen.cli import main
-from musegen.evaluate import EvalSettings, evaluate
+from musegen.evaluate import EvalSettings, _split_bars, evaluate
 
 
 def test_pitch_class_statistics() -> None:
@@ -18,12 +18,22 @@ def test_pitch_class_statistics() -> None:
     assert hist[[1, 3, 6, 8, 10]].sum() == 0
     assert 0 < metrics.pitch_class_entropy(score) <= np.log2(7) + 1e-9
     assert metrics.histogram_distance(hist, hist) == 0
+    only_c, only_d = np.eye(12)[0], np.eye(12)[2]
+    assert metrics.histogram_distance(only_c, only_d) == pytest.approx(1.0)
 
 
 def test_groove_consistency_of_a_steady_beat_is_one() -> None:
     drums = make_score(bars=4, tracks=((0, True),))
     assert metrics.groove_consistency(drums) == pytest.approx(1.0)
     assert metrics.notes_per_bar(drums) == pytest.approx(8.0)
+
+
+def test_real_continuation_is_measured_from_its_own_first_bar() -> None:
+    drums = make_score(bars=6, tracks=((0, True),))
+    _, real, bar = _split_bars(drums, 2, 2)
+    assert real.start() < bar and real.end() <= 2 * bar
+    assert metrics.groove_consistency(real) == pytest.approx(1.0)
+    assert metrics.notes_per_bar(real, 0, 2 * bar) == pytest.approx(8.0)
 
 
 def test_shared_run_index_finds_planted_run() -> None:
