@@ -231,10 +231,12 @@ def _channels(score: symusic.Score) -> list[int]:
     return [next(drums) if t.is_drum else next(pitched) for t in score.tracks]
 
 
-def _events(score: symusic.Score, sample_rate: int) -> list[tuple[int, int, int, int, int]]:
+def _events(
+    score: symusic.Score, sample_rate: int, channels: list[int]
+) -> list[tuple[int, int, int, int, int]]:
     """(sample, order, channel, a, b) sorted; order puts offs before controls before ons."""
     events = []
-    for channel, track in zip(_channels(score), score.tracks, strict=True):
+    for channel, track in zip(channels, score.tracks, strict=True):
         for c in track.controls:
             events.append((round(c.time * sample_rate), 1, channel, c.number, c.value))
         for b in track.pitch_bends:
@@ -250,11 +252,12 @@ def _events(score: symusic.Score, sample_rate: int) -> list[tuple[int, int, int,
 
 def _play_events(synth, sfid: int, score: symusic.Score, sr: int, progress: bool) -> np.ndarray:
     score = score.to("second")
-    for channel, track in zip(_channels(score), score.tracks, strict=True):
+    channels = _channels(score)
+    for channel, track in zip(channels, score.tracks, strict=True):
         bank = 128 if track.is_drum else 0
         if synth.program_select(channel, sfid, bank, track.program) != 0:
             synth.program_select(channel, sfid, bank, 0)  # a kit/program this font lacks
-    events = _events(score, sr)
+    events = _events(score, sr, channels)
     total = (events[-1][0] if events else 0) + int(TAIL_SECONDS * sr)
     blocks: list[np.ndarray] = []
     done = 0

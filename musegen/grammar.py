@@ -32,9 +32,12 @@ MAX_ONSETS = 12
 UNSUPPORTED = ("use_chords", "use_rests", "use_sustain_pedals", "use_pitch_bends")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Controls:
-    """What the user constrains besides validity: instruments, drums, tempo/meter, bars."""
+    """What the user constrains besides validity: instruments, drums, tempo/meter, bars.
+
+    Frozen, hence hashable: the pipeline caches one grammar per set of controls.
+    """
 
     programs: frozenset[int] | None = None  # GM programs allowed for new notes (None = any)
     drums: bool = True
@@ -222,10 +225,13 @@ class Grammar:
         return False
 
     def ends_after(self, state: GrammarState) -> bool:
+        return self._reached(state)
+
+    @staticmethod
+    def _reached(state: GrammarState) -> bool:
+        """True once generation has started and made the requested number of bars."""
         return (
-            state.target is not None
-            and state.start_tick is not None
-            and (state.bars >= state.target)
+            state.target is not None and state.start_tick is not None and state.bars >= state.target
         )
 
     def bars_done(self, state: GrammarState) -> int:

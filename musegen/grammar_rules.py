@@ -41,12 +41,7 @@ class RemiGrammar(Grammar):
             state.tick = state.bar_tick + state.pos * self._ticks_per_unit(state.den)
 
     def _ends_before_base(self, state: GrammarState, b: int) -> bool:
-        return (
-            self.types[b] == "Bar"
-            and state.target is not None
-            and state.start_tick is not None
-            and state.bars >= state.target
-        )
+        return self.types[b] == "Bar" and self._reached(state)
 
     def ends_after(self, state: GrammarState) -> bool:
         return False
@@ -161,13 +156,15 @@ class MIDILikeGrammar(TSDGrammar):
             if self._program_ok(state.program):
                 types.append(self._pitch_type(state.program))
             if self._closable(state, state.program):
-                types.append(
-                    "DrumOff" if state.program == -1 and "DrumOff" in self.by_type else "NoteOff"
-                )
+                types.append(self._off_type(state.program))
             return tuple(types)
         if last == "Velocity" or last in OFF_TYPES:
             return self._event_end(state)
         return super().allowed_types(state)
+
+    def _off_type(self, program: int) -> str:
+        """The token type that ends a note of ``program``."""
+        return "DrumOff" if program == -1 and "DrumOff" in self.by_type else "NoteOff"
 
     def _complete(self) -> set[str]:
         return {"Velocity"}
@@ -180,8 +177,7 @@ class MIDILikeGrammar(TSDGrammar):
             tail.append(self.min_shift)
         program_id = {self.values[b]: b for b in self.by_type.get("Program", [])}
         for program, pitch in sorted(state.active):
-            off = "DrumOff" if program == -1 and "DrumOff" in self.by_type else "NoteOff"
-            token = f"{off}_{pitch}"
+            token = f"{self._off_type(program)}_{pitch}"
             if token in self.tokenizer.vocab:
                 if self.use_programs:
                     tail.append(program_id[program])

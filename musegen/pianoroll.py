@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import symusic
 from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -81,7 +82,8 @@ def bar_grid(score: symusic.Score, end_tick: int) -> BarGrid:
     return BarGrid(np.array(sorted(set(bars)), dtype=float), np.array(beats, dtype=float))
 
 
-def _source_score(source: str | Path | bytes | symusic.Score) -> symusic.Score:
+def load_tick_score(source: str | Path | bytes | symusic.Score) -> symusic.Score:
+    """The score of ``source`` (see :func:`load_score`) with its times in ticks."""
     score = load_score(source)
     return score if "Tick" in str(score.ttype) else score.to("tick")
 
@@ -103,7 +105,7 @@ def render_pianoroll(
         raise MusegenError(f"piano roll file {Path(path).name} must end in .png")
     if split_tick is not None and split_tick < 0:
         raise MusegenError(f"split tick {split_tick} must not be negative")
-    score = _source_score(source)
+    score = load_tick_score(source)
     fig = _figure(score, split_tick, title, width_px, height_px)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
@@ -210,7 +212,7 @@ def _draw_notes(ax, tracks, colours, grid: BarGrid, split, bars_per_px: float) -
             ],
             1,
         )
-        colour = np.array(_rgb(colours[id(track)]))
+        colour = np.array(to_rgb(colours[id(track)]))
         faces = np.column_stack([np.tile(colour, (len(start), 1)), alpha])
         edges = np.column_stack([np.tile(colour * 0.6, (len(start), 1)), np.minimum(alpha, 0.9)])
         thin = len(start) > 4 / bars_per_px  # dense: edges would blur into the fill
@@ -268,7 +270,7 @@ def _draw_drums(ax, drums, colours, grid: BarGrid, split, px_per_bar: float) -> 
         alpha = 0.45 + 0.55 * notes["velocity"] / 127
         if split is not None:
             alpha = np.where(x < split, alpha * PROMPT_ALPHA, alpha)
-        rgba = np.column_stack([np.tile(_rgb(colours[id(track)]), (len(x), 1)), alpha])
+        rgba = np.column_stack([np.tile(to_rgb(colours[id(track)]), (len(x), 1)), alpha])
         ax.scatter(x, y, s=size, marker="D", c=rgba, linewidths=0, zorder=3)
     ax.set_ylim(-0.7, len(used) - 0.3)
     ax.set_yticks(range(len(used)))
@@ -312,8 +314,3 @@ def _legend(fig: Figure, tracks, colours, title: str | None) -> None:
             handlelength=1.2,
             columnspacing=1.2,
         )
-
-
-def _rgb(hex_colour: str) -> tuple[float, float, float]:
-    h = hex_colour.lstrip("#")
-    return tuple(int(h[i : i + 2], 16) / 255 for i in (0, 2, 4))

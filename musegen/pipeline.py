@@ -99,13 +99,16 @@ class GenerationResult:
     continuation: symusic.Score
     prompt_end_tick: int
     prompt_tokens: int
-    new_tokens: int
     bars: int
     seed: int
     seconds: float
     finished: bool
     prompt_ids: list[int] = field(default_factory=list, repr=False)
     tokens: list[int] = field(default_factory=list, repr=False)  # the continuation's ids
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.tokens)
 
     def midi_bytes(self) -> bytes:
         return score_to_midi_bytes(self.score)
@@ -146,7 +149,7 @@ class Pipeline:
         self.checkpoint_dir, self.meta = checkpoint_dir, meta or {}
         vocab = tokenizer.vocab
         self.bos, self.pad = vocab.get("BOS_None"), vocab.get("PAD_None", 0)
-        self._grammars: dict[tuple, Grammar] = {}
+        self._grammars: dict[Controls, Grammar] = {}
         self._grammar_lock = threading.Lock()
 
     @classmethod
@@ -188,14 +191,15 @@ class Pipeline:
                 prepared.append(self._prompt_ids(prompt))
             except MusegenError as exc:
                 prepared.append(exc)
-        groups: dict[tuple, list[int]] = {}  # prompts that share controls share a batch
+        # Prompts that share controls share a batch, run with the first member's settings.
+        groups: dict[tuple, tuple[GenerationSettings, list[int]]] = {}
         for i, ids in enumerate(prepared):
             if not isinstance(ids, MusegenError):
                 own = self._for_prompt(settings, ids)
-                groups.setdefault((tuple(own.instruments or ()), own.drums), []).append(i)
+                key = (tuple(own.instruments or ()), own.drums)
+                groups.setdefault(key, (own, []))[1].append(i)
         out: list[list[GenerationResult] | MusegenError] = list(prepared)  # type: ignore[arg-type]
-        for members in groups.values():
-            own = self._for_prompt(settings, prepared[members[0]])  # type: ignore[arg-type]
+        for own, members in groups.values():
             rows = [prepared[i] for i in members]
             results = self._last(self._run(self._request(rows, num_samples, own), 0, None))
             for k, i in enumerate(members):
@@ -242,11 +246,10 @@ class Pipeline:
             settings.keep_time_signature,
             settings.bars,
         )
-        key = tuple(asdict(controls).values())
         with self._grammar_lock:
-            if key not in self._grammars:
-                self._grammars[key] = grammar_for(self.tokenizer, controls)
-            return self._grammars[key]
+            if controls not in self._grammars:
+                self._grammars[controls] = grammar_for(self.tokenizer, controls)
+            return self._grammars[controls]
 
     def _prompt_ids(self, prompt: str | Path | bytes | symusic.Score | None) -> list[int]:
         if prompt is None:
@@ -346,24 +349,20 @@ class Pipeline:
     def _run(
         self, request: _Request, every: int, stop_event: threading.Event | None
     ) -> Iterator[list[GenerationResult]]:
-        n = len(request.seeds)
-        states = [s.copy() for s in request.starts]
         steps = iter_sample(
             self.model,
             request.window,
             self._processors(request),
             Stopping(request.budget, request.grammar.eos, request.grammar),
             request.seeds,
-            states=states,
+            states=[s.copy() for s in request.starts],
             pad_id=self.pad,
             stop_event=stop_event,
         )
-        last: Progress | None = None
+        # The budget is ≥ 1 (validate()), so iter_sample yields at least once.
         for last in steps:
             if every and last.step % every == 0 and not all(last.finished):
                 yield self._results(request, last, partial=True)
-        if last is None:  # nothing to generate
-            last = Progress([[] for _ in range(n)], [True] * n, states, 0)
         yield self._results(request, last, partial=False)
 
     def _results(
@@ -379,23 +378,21 @@ class Pipeline:
     ) -> GenerationResult:
         s, grammar = request.settings, request.grammar
         tokens = grammar.finish(request.starts[k], new) if s.constrained else new
-        end_state = progress.states[k] if progress.states else request.starts[k]
+        end_state = progress.states[k]
         score = decode(self.tokenizer, request.full[k] + tokens)
         split = end_state.start_tick if end_state.start_tick is not None else score.end()
         continuation = score.clip(split, max(score.end(), split) + 1, clip_end=False)
         continuation = continuation.shift_time(-split)
-        budget_hit = progress.hit_budget[k] if progress.hit_budget else False
         finished = (
             not partial
             and not progress.stopped
-            and not (s.bars is not None and budget_hit and s.max_new_tokens is None)
+            and not (s.bars is not None and progress.hit_budget[k] and s.max_new_tokens is None)
         )
         return GenerationResult(
             score=score,
             continuation=continuation,
             prompt_end_tick=int(split),
             prompt_tokens=len(request.window[k]),
-            new_tokens=len(tokens),
             bars=grammar.bars_done(end_state),
             seed=request.seeds[k],
             seconds=time.perf_counter() - request.started,

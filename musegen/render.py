@@ -28,8 +28,8 @@ import symusic
 from musegen import audio_backends, synth
 from musegen.audio_backends import Engine, SoundFont
 from musegen.errors import MusegenError
-from musegen.pianoroll import render_pianoroll
-from musegen.tokenizer import count_notes, load_score
+from musegen.pianoroll import load_tick_score, render_pianoroll
+from musegen.tokenizer import count_notes
 
 log = logging.getLogger("musegen.render")
 
@@ -71,7 +71,7 @@ def render_audio(
     if not 8000 <= int(sample_rate) <= 192000:
         raise MusegenError(f"sample rate {sample_rate} Hz is out of range (8000–192000)")
     sample_rate = int(sample_rate)
-    score = _as_ticks(load_score(source))
+    score = load_tick_score(source)
     user_sf = audio_backends.user_soundfont(soundfont)
     if count_notes(score) == 0:
         log.info("score has no notes: writing %.1f s of silence", EMPTY_SECONDS)
@@ -82,8 +82,7 @@ def render_audio(
     audio, label = _render_first(
         _plan(backend if backend != "auto" else None, user_sf), score, sample_rate, progress, strict
     )
-    end_s = _end_seconds(score)
-    audio = normalise(trim(audio, sample_rate, end_s))
+    audio = normalise(trim(audio, sample_rate, synth.end_seconds(score)))
     duration = len(audio) / sample_rate
     log.info(
         "rendered %.1f s of audio with %s in %.2f CPU s",
@@ -112,15 +111,6 @@ def _render_first(plan, score, sample_rate: int, progress: bool, strict: bool):
     raise MusegenError("every renderer failed on this score; see the log for details")
 
 
-def _as_ticks(score: symusic.Score) -> symusic.Score:
-    return score if "Tick" in str(score.ttype) else score.to("tick")
-
-
-def _end_seconds(score: symusic.Score) -> float:
-    seconds = score.to("second")
-    return max((n.time + n.duration for t in seconds.tracks for n in t.notes), default=0.0)
-
-
 class _SynthEngine(Engine):
     name = SYNTH
     label = "built-in synth"
@@ -131,13 +121,12 @@ class _SynthEngine(Engine):
     def render(self, score, soundfont, sample_rate, progress):
         from tqdm import tqdm
 
-        notes = count_notes(score)
-        long = _end_seconds(score) >= 30
+        long = progress and synth.end_seconds(score) >= 30  # only then is the bar shown
         with tqdm(
-            total=notes,
+            total=count_notes(score),
             unit="note",
             desc="rendering (built-in synth)",
-            disable=not (progress and long),
+            disable=not long,
             leave=False,
         ) as bar:
             return synth.render_score(score, sample_rate, bar)
@@ -149,10 +138,9 @@ def _plan(backend: str | None, user_sf: SoundFont | None) -> list[tuple[Engine, 
         if user_sf is not None:
             log.warning("backend 'synth' uses no SoundFont; ignoring %s", user_sf.path)
         return [(_SynthEngine(), None)]
-    engines = [e for e in audio_backends.ENGINES if backend in (None, e.name)]
-    if backend is not None and not engines[0].available():
+    engines = [e for e in audio_backends.ENGINES if backend in (None, e.name) and e.available()]
+    if backend is not None and not engines:
         raise MusegenError(f"backend {backend!r} is not available here: {_install_hint(backend)}")
-    engines = [e for e in engines if e.available()]
     fonts = [user_sf] if user_sf is not None else audio_backends.discover_soundfonts()
     plan: list[tuple[Engine, SoundFont | None]] = []
     for engine in engines:

@@ -62,17 +62,31 @@ def test_bars_target_is_met_exactly(kind):
     assert late and max(n.start for n in late) < state.start_tick + 2 * bar_ticks
 
 
+@pytest.mark.parametrize("bpe", [False, True], ids=["base", "bpe"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_mask_agrees_with_the_scalar_rules(kind):
+def test_mask_agrees_with_the_scalar_rules(kind, bpe, tmp_path):
+    # Without BPE, mask() and allows() apply the same rules the same way; with BPE the mask
+    # walks each learned id through its base tokens instead, which is what this checks.
     tokenizer = build_tokenizer(TokenizerSettings(kind=kind))
+    if bpe:
+        files = [write_midi(tmp_path / f"p{i}.mid", bars=4, seed=i) for i in range(4)]
+        train_bpe(tokenizer, files, vocab_size=len(tokenizer) + 40)
     grammar = grammar_for(tokenizer)
+    assert grammar.bpe == bpe
     ids = encode(tokenizer, PROMPT)
+    bases = range(len(grammar.types))
+    alone = [grammar.single[b] for b in bases]  # the model id of each base token on its own
     rng = random.Random(0)
     for cut in rng.sample(range(1, len(ids)), 8):
         state = grammar.start(ids[:cut])
-        mask = grammar.mask([state])[0]
-        expected = [grammar.allows(state, b) for b in range(len(tokenizer))]
+        row = grammar.mask([state])[0]
+        mask = row[alone]
+        expected = [grammar.allows(state, b) for b in bases]
         assert mask.tolist() == expected
+        # A learned id is allowed only when its first base token is.
+        for i, parts in enumerate(grammar.expand):
+            if len(parts) > 1 and row[i]:
+                assert grammar.allows(state, parts[0]), i
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import symusic
 from conftest import make_score, write_midi
+from matplotlib.colors import to_rgb
 
 from musegen import pianoroll
 from musegen.errors import MidiError, MusegenError
@@ -21,7 +22,7 @@ def _decode(png: bytes) -> np.ndarray:
 
 
 def _pixels_near(image: np.ndarray, hex_colour: str, tol: float = 0.12) -> int:
-    target = np.array(pianoroll._rgb(hex_colour))
+    target = np.array(to_rgb(hex_colour))
     return int((np.abs(image - target).max(axis=-1) < tol).sum())
 
 
