@@ -18,7 +18,7 @@ import gradio as gr
 
 from musegen.pipeline import Pipeline
 from musegen.ui_events import Handlers
-from musegen.ui_generate import Composer
+from musegen.ui_generate import MAX_VARIATIONS, Composer, FormSettings
 from musegen.ui_session import (
     GM_INSTRUMENTS,
     MAX_UPLOAD_BYTES,
@@ -27,7 +27,6 @@ from musegen.ui_session import (
     list_examples,
 )
 
-MAX_VARIATIONS = 4
 # Every theme in Gradio 6 ships its fonts locally; Soft draws nothing from a CDN.
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="amber")
 CSS = """
@@ -72,32 +71,35 @@ def _prompt_column(examples: dict[str, Path]) -> dict[str, gr.components.Compone
 
 
 def _controls_column() -> dict[str, gr.components.Component]:
+    d = FormSettings()  # the defaults, defined once
     with gr.Column(scale=1):
         gr.Markdown("### 2 · Controls")
-        bars = gr.Slider(1, 16, value=4, step=1, label="Bars to generate")
+        bars = gr.Slider(1, 16, value=d.bars, step=1, label="Bars to generate")
         temperature = gr.Slider(
             0.1,
             2.0,
-            value=1.0,
+            value=d.temperature,
             step=0.05,
             label="Temperature",
             info="Lower is safer, higher is wilder",
         )
-        top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p (nucleus)")
-        top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k", info="0 turns it off")
+        top_p = gr.Slider(0.05, 1.0, value=d.top_p, step=0.01, label="Top-p (nucleus)")
+        top_k = gr.Slider(0, 200, value=d.top_k, step=1, label="Top-k", info="0 turns it off")
         with gr.Row():
-            seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", scale=2)
-            random_seed = gr.Checkbox(value=True, label="Random seed", scale=1)
+            seed = gr.Number(value=d.seed or 0, precision=0, minimum=0, label="Seed", scale=2)
+            random_seed = gr.Checkbox(value=d.seed is None, label="Random seed", scale=1)
         instruments = gr.Dropdown(
             choices=list(GM_INSTRUMENTS),
             multiselect=True,
-            value=[],
+            value=list(d.instruments),
             label="Instruments allowed",
             info="Empty: the prompt's instruments (any when starting from nothing)",
         )
         with gr.Row():
-            drums = gr.Checkbox(value=True, label="Drums")
-            variations = gr.Slider(1, MAX_VARIATIONS, value=1, step=1, label="Variations")
+            drums = gr.Checkbox(value=d.drums, label="Drums")
+            variations = gr.Slider(
+                1, MAX_VARIATIONS, value=d.variations, step=1, label="Variations"
+            )
         with gr.Row():
             generate = gr.Button("Generate", variant="primary", elem_id="generate")
             stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -153,14 +155,17 @@ def _result_slot(i: int) -> dict[str, gr.components.Component]:
 
 def _api_block(handlers: Handlers) -> None:
     """Hidden components behind ``/continue``, the endpoint for gradio_client and scripts."""
+    d = FormSettings()
     with gr.Column(visible=False):
         midi = gr.File(label="MIDI prompt", file_types=[".mid", ".midi"])
-        bars = gr.Number(value=4, precision=0, label="bars")
-        temperature = gr.Number(value=1.0, label="temperature")
-        top_p = gr.Number(value=0.95, label="top_p")
-        top_k = gr.Number(value=0, precision=0, label="top_k")
-        seed = gr.Number(value=-1, precision=0, label="seed (negative: random)")
-        variations = gr.Number(value=1, precision=0, label="variations")
+        bars = gr.Number(value=d.bars, precision=0, label="bars")
+        temperature = gr.Number(value=d.temperature, label="temperature")
+        top_p = gr.Number(value=d.top_p, label="top_p")
+        top_k = gr.Number(value=d.top_k, precision=0, label="top_k")
+        seed = gr.Number(
+            value=-1 if d.seed is None else d.seed, precision=0, label="seed (negative: random)"
+        )
+        variations = gr.Number(value=d.variations, precision=0, label="variations")
         out_midi = gr.File(label="MIDI (prompt + continuation)")
         out_wav = gr.File(label="WAV")
         out_png = gr.File(label="piano roll PNG")
@@ -200,8 +205,10 @@ def build_app(
         status = gr.Markdown("", elem_classes="musegen-status", elem_id="status")
         gr.Markdown("### 3 · Results")
         slots = _result_slots()
-        handlers = Handlers(composer, examples, prompt, controls, slots, status, max_upload_bytes)
-        handlers.wire(state)
+        handlers = Handlers(
+            composer, examples, state, prompt, controls, slots, status, max_upload_bytes
+        )
+        handlers.wire()
         _api_block(handlers)
         demo.unload(handlers.session_closed)
     demo.musegen_composer = composer  # for tests and cleanup at exit

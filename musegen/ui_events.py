@@ -46,6 +46,7 @@ class Handlers:
         self,
         composer: Composer,
         examples: dict[str, Path],
+        state: gr.State,
         prompt: Components,
         controls: Components,
         slots: list[Components],
@@ -54,18 +55,17 @@ class Handlers:
     ) -> None:
         self.composer = composer
         self.examples = examples
+        self.state = state
         self.prompt = prompt
         self.controls = controls
         self.slots = slots
         self.status = status
         self.max_upload_bytes = max_upload_bytes
-        self.state: gr.State | None = None  # set by wire()
 
     # ----- wiring -------------------------------------------------------------------------
-    def wire(self, state: gr.State) -> None:
+    def wire(self) -> None:
         """Connect every button and field of the page to its handler."""
-        p, c = self.prompt, self.controls
-        self.state = state
+        p, c, state = self.prompt, self.controls, self.state
         prompt_out = [state, p["info"], p["roll"], self.status, p["upload"], p["example"]]
         hidden = {"api_visibility": "undocumented"}
         p["upload"].upload(self.on_upload, [state, p["upload"]], prompt_out, **hidden)
@@ -76,7 +76,7 @@ class Handlers:
             slot["again"].click(self._continue_from(i), [state], prompt_out, **hidden)
         outputs = [state, self.status, c["seed"], c["generate"]]
         for slot in self.slots:
-            outputs += [slot[k] for k in ("group", "summary", "roll", "audio", "files", "again")]
+            outputs += list(slot.values())
         c["generate"].click(
             self.on_generate,
             inputs=[state],
@@ -151,13 +151,14 @@ class Handlers:
             yield from self._generate(state, settings, _key(request), progress)
         except MusegenError as exc:
             gr.Warning(str(exc))
-            yield {self.status: f"⚠️ {exc}", **enable}
+            yield {self.status: f"⚠️ {exc}", **enable, **self._clear_slots()}
         except Exception as exc:  # a failed generation must leave the app serving
             log.exception("generation failed")
             gr.Warning(f"generation failed: {exc}")
             yield {
                 self.status: f"⚠️ Generation failed: {exc}. Try again or change the settings.",
                 **enable,
+                **self._clear_slots(),
             }
 
     def _generate(
@@ -171,7 +172,7 @@ class Handlers:
             **self._reset_slots(settings.variations),
         }
         name = state.prompt_name
-        stem = self.examples[name].stem if name in self.examples else name or "musegen"
+        stem = self.examples[name].stem if name in self.examples else name
         for step in self.composer.stream(prompt, settings, key, stem):
             progress(step.fraction, desc=step.status)
             if step.variations is None:
@@ -186,16 +187,21 @@ class Handlers:
                 **self._show_results(step.variations),
             }
 
-    def _reset_slots(self, n: int) -> dict:
+    def _reset_slots(self, n: int, note: str = " — generating…") -> dict:
+        """Empty result slots, the first ``n`` shown, each titled with ``note``."""
         out = {}
         for i, slot in enumerate(self.slots):
             out[slot["group"]] = gr.update(visible=i < n)
-            out[slot["summary"]] = f"**Variation {i + 1}** — generating…"
+            out[slot["summary"]] = f"**Variation {i + 1}**{note}"
             out[slot["roll"]] = None
             out[slot["audio"]] = None
             out[slot["files"]] = None
             out[slot["again"]] = gr.update(interactive=False)
         return out
+
+    def _clear_slots(self) -> dict:
+        """The slots as the page first shows them (after a failure: no stale "generating…")."""
+        return self._reset_slots(1, note="")
 
     def _show_previews(self, step: Progress) -> dict:
         return {self.slots[i]["roll"]: str(path) for i, path in enumerate(step.previews)}
@@ -239,10 +245,8 @@ class Handlers:
                 seed=None if seed is None or seed < 0 else int(seed),
                 variations=int(variations),
             )
-            name = Path(midi).name if midi else "prompt"
-            found = self.composer.continue_once(
-                check_prompt(data, name), controls, _key(request), name
-            )
+            # read_upload has already checked the MIDI (errors name the file); no second parse.
+            found = self.composer.continue_once(data, controls, _key(request), Path(midi).name)
         except MusegenError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         except Exception as exc:

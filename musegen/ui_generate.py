@@ -8,7 +8,6 @@ Stop click ends that session's generation and keeps what was produced.
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from musegen.ui_session import Workspace, programs_for, safe_stem
 
 PREVIEW_INTERVAL_S = 0.8  # piano-roll redraws while streaming; more often only costs CPU
 STREAM_EVERY_TOKENS = 32
+MAX_VARIATIONS = 4  # result slots on the page
 
 
 @dataclass
@@ -35,7 +35,7 @@ class FormSettings:
     temperature: float = 1.0
     top_p: float = 0.95
     top_k: int = 0
-    seed: int | None = None  # None: draw a random one (and show it)
+    seed: int | None = None  # None: the pipeline draws one (the page shows result.seed)
     instruments: list[str] = field(default_factory=list)
     drums: bool = True
     variations: int = 1
@@ -55,25 +55,24 @@ class FormSettings:
         )
 
     def settings(self, max_new_tokens: int | None = None) -> GenerationSettings:
-        """Validated pipeline settings; a random seed is drawn here so it can be shown.
+        """Validated pipeline settings (a seed of None is drawn by the pipeline).
 
         ``max_new_tokens`` is the server's cap per request (the pipeline stops at whichever of
         bars and tokens comes first).
         """
-        seed = self.seed if self.seed is not None else secrets.randbelow(2**31 - 1)
         settings = GenerationSettings(
             temperature=float(self.temperature),
             top_k=int(self.top_k or 0),
             top_p=float(self.top_p),
             bars=int(self.bars),
-            seed=int(seed),
+            seed=None if self.seed is None else int(self.seed),
             instruments=programs_for(self.instruments),
             drums=bool(self.drums),
             max_new_tokens=max_new_tokens,
         )
         settings.validate()
-        if not 1 <= int(self.variations) <= 4:
-            raise MusegenError("variations must be between 1 and 4")
+        if not 1 <= int(self.variations) <= MAX_VARIATIONS:
+            raise MusegenError(f"variations must be between 1 and {MAX_VARIATIONS}")
         return settings
 
 
@@ -85,7 +84,6 @@ class Variation:
     midi_path: Path
     wav_path: Path
     png_path: Path
-    renderer: str
     seed: int
     midi_bytes: bytes
     summary: str  # one plain line: seed, tokens, bars, time, how the audio was made
@@ -103,7 +101,7 @@ class Progress:
 
 def renderer_phrase(renderer: str) -> str:
     """Page text saying how the audio was made."""
-    if "built-in" in renderer.lower() or renderer.lower() == "synth":
+    if "built-in" in renderer.lower():
         return "played by the built-in synth (no SoundFont renderer available)"
     return f"rendered with {renderer}"
 
@@ -165,7 +163,7 @@ class Composer:
         last_preview = 0.0
         results: list[GenerationResult] = []
         steps = self.pipeline.stream(
-            prompt, int(controls.variations), settings, every=self.stream_every, stop_event=stop
+            prompt, controls.variations, settings, every=self.stream_every, stop_event=stop
         )
         for step, results in enumerate(steps):
             now = time.monotonic()
@@ -202,15 +200,19 @@ class Composer:
         yield Progress([v.png_path for v in variations], status, 1.0, variations)
 
     def continue_once(
-        self, prompt: symusic.Score | None, controls: FormSettings, key: str, name: str = "musegen"
+        self,
+        prompt: bytes | symusic.Score | None,
+        controls: FormSettings,
+        key: str,
+        name: str = "musegen",
     ) -> list[Variation]:
-        """The non-streaming path (the ``continue`` API): all variations, saved as files."""
+        """The non-streaming path (the ``continue`` API): all variations, saved as files.
+
+        ``prompt`` is MIDI bytes or a Score; None starts from nothing.
+        """
         settings = controls.settings(self.max_new_tokens)
         directory = self.workspace.new_request_dir(key)
-        if prompt is None:
-            results = self.pipeline.generate(int(controls.variations), settings)
-        else:
-            results = self.pipeline.continue_midi(prompt, int(controls.variations), settings)
+        results = self.pipeline.continue_midi(prompt, controls.variations, settings)
         if not results:
             raise MusegenError("the model produced nothing; try again with another seed")
         return [self.save(r, directory, i, safe_stem(name)) for i, r in enumerate(results)]
@@ -245,7 +247,6 @@ class Composer:
             midi_path,
             wav_path,
             png_path,
-            rendered.renderer,
             result.seed,
             midi_bytes,
             summary,

@@ -22,7 +22,7 @@ import pretty_midi
 import symusic
 
 from musegen.errors import MidiError
-from musegen.tokenizer import count_notes, load_score, score_to_midi_bytes
+from musegen.tokenizer import count_notes, load_score
 
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
 EXAMPLES_DIR = Path(__file__).parent / "examples"
@@ -105,7 +105,6 @@ def programs_for(names: list[str] | None) -> list[int] | None:
 class SessionState:
     """What one browser tab remembers between clicks. Small and deep-copyable (bytes only)."""
 
-    key: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     prompt: bytes | None = None
     prompt_name: str = ""
     history: list[tuple[bytes | None, str]] = field(default_factory=list)
@@ -196,5 +195,4 @@ __all__ = [
     "programs_for",
     "read_upload",
     "safe_stem",
-    "score_to_midi_bytes",
 ]

@@ -85,8 +85,9 @@ def call(client, midi: Path, seed: int = 7, bars: int = 1, variations: int = 1):
     )
 
 
-def check_outputs(prompt: Path, outputs) -> None:
-    """MIDI that opens in pretty_midi with notes after the prompt, a non-silent WAV, a PNG."""
+def check_outputs(prompt: Path, outputs, seed: int) -> None:
+    """MIDI that opens in pretty_midi with notes after the prompt, a non-silent WAV, a PNG,
+    and a status naming ``seed`` as the returned variation's."""
     midi_path, wav_path, png_path, status = outputs
     prompt_end = pretty_midi.PrettyMIDI(str(prompt)).get_end_time()
     midi = pretty_midi.PrettyMIDI(midi_path)
@@ -97,7 +98,7 @@ def check_outputs(prompt: Path, outputs) -> None:
     assert float(np.sqrt(np.mean(np.square(audio)))) > 1e-3
     with Image.open(png_path) as image:
         assert image.format == "PNG" and image.width > 100
-    assert "seed" in status and Path(midi_path).suffix == ".mid"
+    assert f"returned variation 1: seed {seed} · " in status and Path(midi_path).suffix == ".mid"
 
 
 # ----- session plumbing ---------------------------------------------------------------------
@@ -176,7 +177,7 @@ def test_stream_previews_then_files_and_stop_keeps_results(pipeline, tmp_path: P
     assert last.status.startswith("Stopped early") and len(last.variations) == 2
     for v in last.variations:
         assert v.midi_path.name.startswith("my_song_v") and v.wav_path.stat().st_size > 1000
-        assert "seed" in v.summary and "stopped early" in v.summary
+        assert v.summary.startswith(f"seed {v.seed} · ") and "stopped early" in v.summary
         score = load_score(v.midi_bytes)
         assert score.end() / score.tpq >= prompt.end() / prompt.tpq
     assert {v.seed for v in last.variations} == {3, 4}
@@ -193,10 +194,50 @@ def test_bad_settings_are_user_errors(pipeline, tmp_path: Path):
         composer.continue_once(None, FormSettings(variations=9), "k")
 
 
+class FailingPipeline:
+    """Stands in for the model: every generation fails with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def stream(self, *args, **kwargs):
+        raise self.error
+
+
+@pytest.mark.filterwarnings("ignore:(no luck|generation failed):UserWarning")
+@pytest.mark.parametrize("error", [MusegenError("no luck"), RuntimeError("crashed")])
+def test_failed_generation_clears_the_result_slots(error: Exception, tmp_path: Path):
+    """After a failure no slot is left saying "generating…" and Generate works again."""
+    import gradio as gr
+
+    from musegen import ui
+    from musegen.ui_events import CONTROL_NAMES, Handlers
+    from musegen.ui_generate import Composer
+
+    composer = Composer(FailingPipeline(error), workspace=Workspace(tmp_path / "ws"))
+    with gr.Blocks():
+        state = gr.State(SessionState())
+        prompt = ui._prompt_column({})
+        controls = ui._controls_column()
+        slots = ui._result_slots()
+        status = gr.Markdown("")
+        handlers = Handlers(composer, {}, state, prompt, controls, slots, status, UPLOAD_LIMIT)
+    form = {name: controls[name].value for name in CONTROL_NAMES}
+    outputs = list(handlers.on_generate(SessionState(), None, lambda *a, **k: None, **form))
+    assert any("generating…" in str(v) for v in outputs[0].values()), "the slots were reset"
+    last = outputs[-1]
+    assert str(error) in last[status]
+    assert last[controls["generate"]]["interactive"] is True
+    for i, slot in enumerate(slots):
+        assert last[slot["summary"]] == f"**Variation {i + 1}**"
+        assert last[slot["group"]]["visible"] == (i == 0)
+        assert last[slot["roll"]] is None and last[slot["files"]] is None
+
+
 # ----- the served app -----------------------------------------------------------------------
 def test_continue_endpoint_returns_midi_wav_png(client, midi_file: Path):
     outputs = call(client, midi_file, seed=11)
-    check_outputs(midi_file, outputs)
+    check_outputs(midi_file, outputs, 11)
     assert "seed 11" in outputs[3]
 
 
@@ -215,7 +256,7 @@ def test_bad_uploads_return_errors_and_app_keeps_serving(client, midi_file: Path
     big.write_bytes(score_to_midi_bytes(make_score()) + bytes(UPLOAD_LIMIT))
     with pytest.raises(Exception, match=r"(?i)size|large|limit"):
         call(client, big)
-    check_outputs(midi_file, call(client, midi_file, seed=5))
+    check_outputs(midi_file, call(client, midi_file, seed=5), 5)
 
 
 def test_server_paths_are_refused_as_uploads(served):
@@ -245,8 +286,8 @@ def test_four_concurrent_sessions_all_succeed(served, tmp_path: Path):
     clients = [Client(served[0], verbose=False) for _ in prompts]
     with ThreadPoolExecutor(4) as pool:
         outputs = list(pool.map(lambda i: call(clients[i], prompts[i], seed=100 + i), range(4)))
-    for prompt, out in zip(prompts, outputs, strict=True):
-        check_outputs(prompt, out)
+    for i, (prompt, out) in enumerate(zip(prompts, outputs, strict=True)):
+        check_outputs(prompt, out, 100 + i)
     assert len({out[0] for out in outputs}) == 4, "each session gets its own files"
     assert [f"seed {100 + i}" in out[3] for i, out in enumerate(outputs)] == [True] * 4
 

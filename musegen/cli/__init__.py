@@ -11,6 +11,7 @@ import argparse
 import importlib
 import importlib.util
 import sys
+from pathlib import Path
 
 from musegen import __version__
 from musegen.errors import MusegenError
@@ -49,6 +50,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         ):
             return text
         return f"{text} (default: %(default)s)"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` and ``--device``, the same for every command that loads a model."""
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint directory (default: $MUSEGEN_CHECKPOINT, else the shipped model)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cuda")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from musegen.cli import HelpFormatter
+    from musegen.cli import HelpFormatter, add_model_arguments
 
     parser = subparsers.add_parser(
         "app",
@@ -35,18 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=HelpFormatter,
     )
-    add_app_arguments(parser)
-    parser.set_defaults(func=run)
-
-
-def add_app_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options shared by ``musegen app`` and ``python app.py``."""
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="checkpoint directory; without it, $MUSEGEN_CHECKPOINT or the shipped one",
-    )
+    # ``python app.py`` passes its arguments through to this parser.
+    add_model_arguments(parser)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network"
     )
@@ -74,7 +64,7 @@ def add_app_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="cap on new tokens per request, to keep a shared server responsive",
     )
-    parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cuda")
+    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

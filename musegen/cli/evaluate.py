@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from musegen.cli import HelpFormatter
+from musegen.cli import HelpFormatter, add_model_arguments
 
 EPILOG = """\
 examples:
@@ -27,12 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=HelpFormatter,
     )
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="checkpoint directory (default: the shipped default model)",
-    )
+    add_model_arguments(p)
     p.add_argument(
         "--data",
         type=Path,
@@ -64,7 +59,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
         "--json", type=Path, default=None, help="also write the report here (default: print only)"
     )

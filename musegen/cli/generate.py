@@ -14,10 +14,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import symusic
 from tqdm import tqdm
 
 from musegen.errors import MusegenError
-from musegen.pipeline import GenerationResult, GenerationSettings, Pipeline, default_checkpoint
+from musegen.pipeline import GenerationResult, GenerationSettings, Pipeline
+from musegen.plots import read_metrics
 from musegen.tokenizer import score_to_midi_bytes
 
 MANIFEST = "manifest.jsonl"
@@ -35,7 +37,7 @@ seed, settings, checkpoint, token counts, seconds) and one per prompt that could
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from musegen.cli import HelpFormatter
+    from musegen.cli import HelpFormatter, add_model_arguments
 
     p = subparsers.add_parser(
         "generate",
@@ -44,12 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=HelpFormatter,
     )
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help=f"checkpoint directory (default: $MUSEGEN_CHECKPOINT or {default_checkpoint()})",
-    )
+    add_model_arguments(p)
     p.add_argument("--prompt", type=Path, help="a MIDI file, or a folder searched recursively")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--num-samples", type=int, default=1, help="continuations per prompt")
@@ -86,7 +83,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--continuation-only", action="store_true", help="write only the new part")
     p.add_argument("--audio", action="store_true", help="also write a .wav of each output")
     p.add_argument("--pianoroll", action="store_true", help="also write a .png piano roll")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     p.set_defaults(func=run)
 
 
@@ -142,18 +138,6 @@ def stem_of(prompt: Path | None, root: Path | None) -> str:
     return "__".join(rel.with_suffix("").parts)
 
 
-def read_manifest(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash: ignore it, the output will be redone
-    return rows
-
-
 def atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
@@ -168,15 +152,17 @@ def append_line(path: Path, row: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def _extras(result: GenerationResult, midi_path: Path, args: argparse.Namespace) -> None:
-    """The .wav and .png beside a .mid, when asked for (written to a temp name, then renamed)."""
-    score = result.continuation if args.continuation_only else result.score
+def _extras(
+    result: GenerationResult, score: symusic.Score, midi_path: Path, args: argparse.Namespace
+) -> None:
+    """The .wav and .png of ``score`` (what the .mid holds) beside the .mid, when asked for.
+
+    Each is written to a temp name, then renamed.
+    """
     split = None if args.continuation_only else result.prompt_end_tick
     if args.pianoroll:
-        try:
-            from musegen.render import render_pianoroll
-        except ImportError:
-            from musegen.pianoroll import render_pianoroll
+        from musegen.pianoroll import render_pianoroll
+
         atomic_write(midi_path.with_suffix(".png"), render_pianoroll(score, split_tick=split))
     if args.audio:
         from musegen.render import render_audio, write_audio
@@ -196,7 +182,8 @@ class _Run:
         self.checkpoint = str(pipeline.checkpoint_dir or args.checkpoint or "")
         self.done = {
             row["output"]
-            for row in read_manifest(self.manifest)
+            # a line cut by a crash is skipped: its output is redone
+            for row in read_metrics(self.manifest)
             if row.get("output")
             and row.get("settings") == settings.to_dict()
             and row.get("checkpoint") == self.checkpoint
@@ -216,7 +203,7 @@ class _Run:
             score = result.continuation if self.args.continuation_only else result.score
             path = self.out / name
             atomic_write(path, score_to_midi_bytes(score))
-            _extras(result, path, self.args)
+            _extras(result, score, path, self.args)
             append_line(
                 self.manifest,
                 {
