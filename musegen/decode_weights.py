@@ -28,6 +28,12 @@ def decode_split(out_features: int, rows: int) -> int:
     return n
 
 
+def _version(t: Tensor) -> int:
+    """In-place change counter; tensors made under ``torch.inference_mode`` have none (they
+    cannot be modified outside it), so for them only storage and dtype are compared."""
+    return -1 if t.is_inference() else t._version
+
+
 class WeightMemo:
     """Tensors derived from a weight (and bias) for decoding, split or reversed copies, kept
     until it changes: the key is the weight's storage, version counters and dtype, so
@@ -40,7 +46,7 @@ class WeightMemo:
     def get(
         self, name: Hashable, build: Callable[[], Any], weight: Tensor, bias: Tensor | None = None
     ):
-        key = (weight.data_ptr(), weight._version, weight.dtype, bias is None or bias._version)
+        key = (weight.data_ptr(), _version(weight), weight.dtype, bias is None or _version(bias))
         if key != self.key:
             self.key, self.items = key, {}
         if name not in self.items:
@@ -54,7 +60,8 @@ class DecodeWeight(WeightMemo):
     Decoding one token multiplies a few rows by every weight: a matrix-vector product that
     MKL runs on one thread, and that takes most of a decode step. As a batched product over
     column blocks it runs on every core: on the 2-core machine here the six-layer model's
-    products took 0.4-0.6 ms instead of 1.6-2.1 ms for one row (benchmarks/bench_model.py).
+    products took 0.60 ms instead of 0.92 ms for one row, 1.30 instead of 1.95 for eight
+    (``python benchmarks/bench_decode.py``, products).
     """
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -254,3 +254,13 @@ def test_long_relative_training_recomputes_blocks_with_the_same_gradients(monkey
     assert len(calls) == model.config.n_layers
     for a, b in zip(plain, recomputed, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_a_model_built_under_inference_mode_decodes_like_its_forward():
+    ids = torch.randint(0, V, (2, 10), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        model = tiny("relative")
+        cache = model.new_cache(2)
+        model(ids[:, :-1], cache=cache)
+        step = model(ids[:, -1:], cache=cache)[:, -1]
+        torch.testing.assert_close(step, model(ids)[:, -1], atol=1e-4, rtol=1e-4)
