@@ -223,8 +223,9 @@ def decode_relative_bias(q: Tensor, rel_reversed: Tensor, n_keys: int) -> Tensor
 def _decode_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx: AttnContext):
     """Softmax attention for ``Lq = 1``: three batched matmuls over views of the cache.
 
-    Measured faster than ``scaled_dot_product_attention`` here (its CPU kernel is tuned for
-    long query blocks), and it skips building a distance index and a mask every step.
+    A little faster than ``scaled_dot_product_attention`` here for one query over the cache
+    (``python benchmarks/bench_decode.py``, step), and it skips building a distance index and
+    a mask every step.
     """
     B, H, _, D = q.shape
     N = k.shape[2]

@@ -151,7 +151,8 @@ def draw(probs: torch.Tensor, gens: Sequence[torch.Generator]) -> list[int]:
     with nothing to draw (every probability zero or NaN).
 
     One uniform per row, then a single cumulative sum and binary search for the batch:
-    ``torch.multinomial`` row by row cost about 190 µs a step at batch 8 here, this about 25.
+    ``torch.multinomial`` row by row cost about 190 µs a step at batch 8 here, this about 50
+    (``python benchmarks/bench_decode.py``, draw).
     Ids of probability zero are never drawn (the search finds the first cumulative sum above
     the uniform; the last positive id when rounding lands on the total).
     """
