@@ -6,15 +6,15 @@
 Sections (the reference of each ratio is measured in the same run):
 
 * ``products``: the six-layer benchmark model's weight products for one decode step, through
-  ``F.linear`` and through the split copies of :mod:`musegen.decode_weights`, for 1 and 8 rows.
+  ``F.linear`` and through the split copies of :mod:`musegen.model.linear`, for 1 and 8 rows.
 * ``draw``: one sampling draw for 8 rows, per-row ``torch.multinomial`` against
-  :func:`musegen.sampling.draw`.
+  :func:`musegen.generation.sampling.draw`.
 * ``step``: a batch-8 decode step (256-token prompt, 512 new tokens): the prefill, the mean
   step, and the attention alone over the real cache at 512 keys (musegen's three matmuls, and
   ``scaled_dot_product_attention``) against a plain ``sum`` over the same key/value tensors
   (the rate at which this machine can read them).
 * ``alloc``: one ``local`` forward + backward at ``--alloc-len`` tokens, first and second step,
-  with glibc's default allocator and with :func:`musegen.optim.keep_freed_memory` (user, system
+  with glibc's default allocator and with :func:`musegen.training.optim.keep_freed_memory` (user, system
   and wall seconds), each in a fresh process.
 """
 
@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from bench_model import V, ours  # the same six-layer model as the speed comparison
 
-from musegen.decode_weights import Linear
-from musegen.optim import keep_freed_memory
-from musegen.sampling import draw
+from musegen.generation.sampling import draw
+from musegen.model.linear import Linear
+from musegen.training.optim import keep_freed_memory
 
 
 def median_ms(fn: Callable[[], object], reps: int = 200) -> float:

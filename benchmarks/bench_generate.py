@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import make_score
 
 from musegen.config import preset
-from musegen.model import MusicTransformer
+from musegen.model.transformer import MusicTransformer
 from musegen.pipeline import Pipeline
 from musegen.tokenizer import TokenizerSettings, build_tokenizer, encode
 

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from musegen.config import preset
-from musegen.model import MusicTransformer
-from musegen.optim import keep_freed_memory
-from musegen.sampling import Stopping, build_processors, sample
+from musegen.generation.sampling import Stopping, build_processors, sample
+from musegen.model.transformer import MusicTransformer
+from musegen.training.optim import keep_freed_memory
 
 V = 512
 

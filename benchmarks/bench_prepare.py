@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from musegen.corpus import PrepareOptions, prepare, scan
+from musegen.data.prepare import PrepareOptions, prepare, scan
 from musegen.tokenizer import build_tokenizer, encode, load_score
 
 

@@ -18,8 +18,8 @@ import time
 
 import symusic
 
-from musegen.pianoroll import render_pianoroll
-from musegen.render import available_backends, render_audio
+from musegen.render.audio import available_backends, render_audio
+from musegen.render.pianoroll import render_pianoroll
 
 TARGET = 20.0
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 import musegen
 from musegen.config import ModelConfig
 from musegen.errors import CheckpointError, MusegenError
-from musegen.model import MusicTransformer
+from musegen.model.transformer import MusicTransformer
 from musegen.tokenizer import TOKENIZER_FILE, load_tokenizer, save_tokenizer
 
 CONFIG_FILE = "config.json"

@@ -13,7 +13,7 @@ from typing import Any
 
 from musegen.errors import MusegenError
 
-# The closed set of attention mechanisms; musegen.attention has one function per name.
+# The closed set of attention mechanisms; musegen.model.attention has one function per name.
 ATTENTION_KINDS = ("absolute", "relative", "local", "sparse")
 # How attention is computed: plain torch everywhere, or FlexAttention (CUDA only, fused).
 ATTENTION_BACKENDS = ("torch", "flex")
@@ -21,7 +21,7 @@ ATTENTION_BACKENDS = ("torch", "flex")
 
 @dataclass
 class ModelConfig:
-    """Shape of a :class:`musegen.model.MusicTransformer`.
+    """Shape of a :class:`musegen.model.transformer.MusicTransformer`.
 
     ``max_seq_len`` is the longest context seen in training (and the absolute-position table
     size). ``relative`` attention clips distances at ``max_relative_distance``; ``local`` and

@@ -21,10 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from musegen import metrics
-from musegen.data import MANIFEST, PreparedDataset, TokenSplit, iter_eval_windows
+from musegen.data.dataset import MANIFEST, PreparedDataset, TokenSplit, iter_eval_windows
 from musegen.errors import MusegenError
-from musegen.optim import evaluate_windows
 from musegen.tokenizer import decode, encode, load_score, load_tokenizer, special_id
+from musegen.training.optim import evaluate_windows
 
 
 @dataclass
@@ -89,8 +89,8 @@ def _load_corpus(data: Path, split: str, tokenizer) -> _Corpus:
 def likelihood(model, split: TokenSplit, settings: EvalSettings, pad_id: int) -> dict[str, float]:
     """NLL per token, perplexity and accuracy over non-overlapping windows of ``split``.
 
-    The windows (:func:`musegen.data.iter_eval_windows`) and the sums
-    (:func:`musegen.optim.evaluate_windows`) are the ones validation uses during training.
+    The windows (:func:`musegen.data.dataset.iter_eval_windows`) and the sums
+    (:func:`musegen.training.optim.evaluate_windows`) are the ones validation uses during training.
     """
     seq_len = settings.seq_len or model.config.max_seq_len
     windows = list(iter_eval_windows(split, seq_len, pad_id, settings.max_windows))

@@ -20,8 +20,14 @@ import symusic
 import torch
 
 from musegen.errors import CheckpointError, MidiError, MusegenError
-from musegen.grammar import Controls, Grammar, GrammarState, grammar_for
-from musegen.sampling import AllowedTokens, Progress, Stopping, build_processors, iter_sample
+from musegen.generation.grammar import Controls, Grammar, GrammarState, grammar_for
+from musegen.generation.sampling import (
+    AllowedTokens,
+    Progress,
+    Stopping,
+    build_processors,
+    iter_sample,
+)
 from musegen.tokenizer import count_notes, decode, encode, load_score, score_to_midi_bytes
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "musegen-music21"

@@ -79,7 +79,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved, randomly initialised ``tiny`` model with the default REMI tokenizer."""
     from musegen.checkpoint import save_pretrained
     from musegen.config import preset
-    from musegen.model import MusicTransformer
+    from musegen.model.transformer import MusicTransformer
     from musegen.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()

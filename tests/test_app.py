@@ -18,9 +18,7 @@ import soundfile
 from conftest import make_score, write_midi
 from PIL import Image
 
-from musegen.errors import MidiError, MusegenError
-from musegen.tokenizer import load_score, score_to_midi_bytes
-from musegen.ui_session import (
+from musegen.app.session import (
     GM_INSTRUMENTS,
     SessionState,
     Workspace,
@@ -30,6 +28,8 @@ from musegen.ui_session import (
     read_upload,
     safe_stem,
 )
+from musegen.errors import MidiError, MusegenError
+from musegen.tokenizer import load_score, score_to_midi_bytes
 
 # gradio's queue calls a pandas option pandas 3 deprecates; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
@@ -54,7 +54,7 @@ def pipeline(tiny_checkpoint: Path):
 @pytest.fixture(scope="module")
 def served(pipeline, tmp_path_factory: pytest.TempPathFactory):
     """The app on a free local port: (url, workspace)."""
-    from musegen import ui
+    from musegen.app import blocks as ui
 
     workspace = Workspace(tmp_path_factory.mktemp("workspace"))
     demo = ui.build_app(
@@ -164,7 +164,7 @@ def test_workspace_gives_unique_dirs_and_cleans_up(tmp_path: Path):
 
 # ----- generation without a server ----------------------------------------------------------
 def test_stream_previews_then_files_and_stop_keeps_results(pipeline, tmp_path: Path):
-    from musegen.ui_generate import Composer, FormSettings
+    from musegen.app.composer import Composer, FormSettings
 
     composer = Composer(pipeline, workspace=Workspace(tmp_path / "ws"), stream_every=8)
     prompt = make_score(bars=1, tracks=((0, False), (0, True)))
@@ -185,7 +185,7 @@ def test_stream_previews_then_files_and_stop_keeps_results(pipeline, tmp_path: P
 
 
 def test_bad_settings_are_user_errors(pipeline, tmp_path: Path):
-    from musegen.ui_generate import Composer, FormSettings
+    from musegen.app.composer import Composer, FormSettings
 
     composer = Composer(pipeline, workspace=Workspace(tmp_path / "ws"))
     with pytest.raises(MusegenError, match="temperature"):
@@ -210,9 +210,9 @@ def test_failed_generation_clears_the_result_slots(error: Exception, tmp_path: P
     """After a failure no slot is left saying "generating…" and Generate works again."""
     import gradio as gr
 
-    from musegen import ui
-    from musegen.ui_events import CONTROL_NAMES, Handlers
-    from musegen.ui_generate import Composer
+    from musegen.app import blocks as ui
+    from musegen.app.composer import Composer
+    from musegen.app.events import CONTROL_NAMES, Handlers
 
     composer = Composer(FailingPipeline(error), workspace=Workspace(tmp_path / "ws"))
     with gr.Blocks():

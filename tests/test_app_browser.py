@@ -31,9 +31,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
-    from musegen import ui
+    from musegen.app import blocks as ui
+    from musegen.app.session import Workspace
     from musegen.pipeline import Pipeline
-    from musegen.ui_session import Workspace
 
     checkpoint = os.environ.get("MUSEGEN_SCREENSHOT_CHECKPOINT") or tiny_checkpoint
     workspace = Workspace(tmp_path_factory.mktemp("workspace"))

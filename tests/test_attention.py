@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from musegen.attention import ATTENTION, AttnContext, skewed_band_bias
 from musegen.config import ATTENTION_KINDS
+from musegen.model.attention import ATTENTION, AttnContext, skewed_band_bias
 
 
 def naive_relative_logits(q, k, rel):
@@ -123,7 +123,7 @@ def test_sparse_sees_far_summaries_local_does_not():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kind", ["relative", "local", "sparse"])
 def test_flex_backend_matches_reference(kind):
-    from musegen.attention import _flex_attention
+    from musegen.model.attention import _flex_attention
 
     q, k, v, rel = (
         t.detach().float().cuda().requires_grad_() for t in make_inputs(L=256, D=16, R=64)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from musegen.checkpoint import load_pretrained, read_meta, save_pretrained
 from musegen.config import preset
 from musegen.errors import CheckpointError
-from musegen.model import MusicTransformer
+from musegen.model.transformer import MusicTransformer
 from musegen.tokenizer import build_tokenizer
 
 

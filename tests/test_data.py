@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from conftest import make_score, write_midi
 
-from musegen.corpus import PrepareOptions, prepare
-from musegen.data import (
+from musegen.data.dataset import (
     Augmentation,
     PreparedDataset,
     TokenSplit,
     WindowSampler,
     iter_eval_windows,
 )
+from musegen.data.prepare import PrepareOptions, prepare
 from musegen.errors import MusegenError
 from musegen.tokenizer import (
     TokenizerSettings,

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from musegen.cache import FullCache, RingCache
 from musegen.config import ATTENTION_KINDS, ModelConfig, preset
-from musegen.decode_weights import Linear
-from musegen.model import MusicTransformer
+from musegen.model.cache import FullCache, RingCache
+from musegen.model.linear import Linear
+from musegen.model.transformer import MusicTransformer
 
 V = 40
 
@@ -234,8 +234,8 @@ def test_decoding_after_a_training_step_uses_the_new_weights():
 
 
 def test_long_relative_training_recomputes_blocks_with_the_same_gradients(monkeypatch):
-    import musegen.attention as attention
-    import musegen.model as model_module
+    import musegen.model.attention as attention
+    import musegen.model.transformer as model_module
 
     model = tiny("relative").train()
     ids = torch.randint(0, V, (2, 40), generator=torch.Generator().manual_seed(5))

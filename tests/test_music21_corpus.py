@@ -12,10 +12,10 @@ import pytest
 pytest.importorskip("music21")
 
 from musegen.cli import main
-from musegen.corpus import PrepareOptions, prepare
-from musegen.data import PreparedDataset
+from musegen.data.dataset import PreparedDataset
+from musegen.data.music21 import available_collections, build_corpus, plan_tasks
+from musegen.data.prepare import PrepareOptions, prepare
 from musegen.errors import MusegenError
-from musegen.music21_corpus import available_collections, build_corpus, plan_tasks
 from musegen.tokenizer import count_notes, decode, load_score, load_tokenizer
 
 # Piano (Joplin, Chopin), four-voice chorales (Bach) and a string quartet (Mozart).

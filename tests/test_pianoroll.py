@@ -12,9 +12,9 @@ import symusic
 from conftest import make_score, write_midi
 from matplotlib.colors import to_rgb
 
-from musegen import pianoroll
 from musegen.errors import MidiError, MusegenError
-from musegen.render import render_pianoroll
+from musegen.render import pianoroll
+from musegen.render.audio import render_pianoroll
 
 
 def _decode(png: bytes) -> np.ndarray:

@@ -15,10 +15,11 @@ import pytest
 import symusic
 from conftest import write_midi
 
-from musegen import corpus, corpus_pool
 from musegen.cli import main
-from musegen.corpus import PrepareOptions, prepare, split_for
-from musegen.data import PreparedDataset
+from musegen.data import pool as corpus_pool
+from musegen.data import prepare as corpus
+from musegen.data.dataset import PreparedDataset
+from musegen.data.prepare import PrepareOptions, prepare, split_for
 from musegen.errors import MusegenError
 from musegen.tokenizer import TokenizerSettings, count_notes, decode, load_tokenizer
 

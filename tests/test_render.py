@@ -13,10 +13,11 @@ import soundfile
 import symusic
 from conftest import make_score, write_midi
 
-from musegen import audio_backends, synth
 from musegen.cli import main
 from musegen.errors import MidiError, MusegenError
-from musegen.render import (
+from musegen.render import engines as audio_backends
+from musegen.render import synth
+from musegen.render.audio import (
     RenderedAudio,
     available_backends,
     normalise,
@@ -90,7 +91,7 @@ def test_drums_alone_are_audible(backend: str) -> None:
 
 
 def test_default_backend_uses_best_engine_and_logs(song, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="musegen.render")
+    caplog.set_level(logging.INFO, logger="musegen.render.audio")
     out = render_audio(song)
     best = available_backends()[0]
     assert out.renderer.lower().startswith({"synth": "built-in"}.get(best, best))

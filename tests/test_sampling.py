@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from musegen.config import preset
-from musegen.model import MusicTransformer
-from musegen.sampling import (
+from musegen.generation.sampling import (
     AllowedTokens,
     RepetitionPenalty,
     StepContext,
@@ -22,6 +21,7 @@ from musegen.sampling import (
     iter_sample,
     sample,
 )
+from musegen.model.transformer import MusicTransformer
 
 VOCAB = 40
 

@@ -21,16 +21,16 @@ import pytest
 import torch
 from conftest import train_args, write_midi
 
-from musegen import optim
-from musegen import train_state as ts
 from musegen.checkpoint import load_pretrained
 from musegen.cli import main
 from musegen.cli.train import read_config_file, split_settings
 from musegen.config import preset
-from musegen.corpus import PrepareOptions, prepare
+from musegen.data.prepare import PrepareOptions, prepare
 from musegen.errors import MusegenError
-from musegen.plots import plot_metrics, read_metrics, truncate_metrics
-from musegen.train import TrainConfig, TrainingDiverged, train
+from musegen.training import optim
+from musegen.training import state as ts
+from musegen.training.loop import TrainConfig, TrainingDiverged, train
+from musegen.training.plots import plot_metrics, read_metrics, truncate_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 # Constant learning rate: a run stopped at step N and resumed to M matches one run to M.
@@ -254,7 +254,7 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 
 
 def test_weight_decay_only_on_linear_weights():
-    from musegen.model import MusicTransformer
+    from musegen.model.transformer import MusicTransformer
 
     model = MusicTransformer(preset("tiny", vocab_size=64))
     decay, no_decay = optim.parameter_groups(model, 0.1)
@@ -270,7 +270,7 @@ def test_weight_decay_only_on_linear_weights():
 
 
 def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path):
-    from musegen.model import MusicTransformer
+    from musegen.model.transformer import MusicTransformer
 
     model = MusicTransformer(preset("tiny", vocab_size=64))
     opt = optim.build_optimizer(model, 1e-3, 0.1, (0.9, 0.95), torch.device("cpu"))
@@ -355,6 +355,6 @@ def test_help_documents_multi_node_torchrun(capsys):
 
 
 def test_training_keeps_freed_memory_on_glibc():
-    from musegen.optim import keep_freed_memory
+    from musegen.training.optim import keep_freed_memory
 
     assert keep_freed_memory() is (sys.platform == "linux")

@@ -15,12 +15,12 @@ from conftest import train_args, write_midi
 
 from musegen.checkpoint import load_pretrained
 from musegen.config import ModelConfig
-from musegen.corpus import PrepareOptions, prepare
-from musegen.data import PreparedDataset, WindowSampler
-from musegen.model import MusicTransformer
-from musegen.optim import token_loss
-from musegen.plots import read_metrics
-from musegen.train import TrainConfig, train
+from musegen.data.dataset import PreparedDataset, WindowSampler
+from musegen.data.prepare import PrepareOptions, prepare
+from musegen.model.transformer import MusicTransformer
+from musegen.training.loop import TrainConfig, train
+from musegen.training.optim import token_loss
+from musegen.training.plots import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED, BATCH, SEQ, ACCUM = 5, 4, 32, 2

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.soundfont is not None and not args.soundfont.is_file():
         raise MusegenError(f"--soundfont {args.soundfont}: file not found")
 
-    from musegen import ui
+    from musegen.app import blocks as ui
     from musegen.pipeline import Pipeline
 
     pipeline = Pipeline.from_pretrained(args.checkpoint, device=args.device)

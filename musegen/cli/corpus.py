@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_music21(args: argparse.Namespace) -> int:
-    from musegen.music21_corpus import available_collections, build_corpus
+    from musegen.data.music21 import available_collections, build_corpus
 
     if args.collections == "list":
         print("\n".join(available_collections()))

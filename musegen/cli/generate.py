@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from musegen.errors import MusegenError
 from musegen.pipeline import GenerationResult, GenerationSettings, Pipeline
-from musegen.plots import read_metrics
 from musegen.tokenizer import score_to_midi_bytes
+from musegen.training.plots import read_metrics
 
 MANIFEST = "manifest.jsonl"
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -161,11 +161,11 @@ def _extras(
     """
     split = None if args.continuation_only else result.prompt_end_tick
     if args.pianoroll:
-        from musegen.pianoroll import render_pianoroll
+        from musegen.render.pianoroll import render_pianoroll
 
         atomic_write(midi_path.with_suffix(".png"), render_pianoroll(score, split_tick=split))
     if args.audio:
-        from musegen.render import render_audio, write_audio
+        from musegen.render.audio import render_audio, write_audio
 
         tmp = midi_path.with_name(f".{midi_path.stem}.tmp.wav")
         write_audio(render_audio(score), tmp)

@@ -21,7 +21,7 @@ with a reason. The dataset is written under a temporary name and renamed when co
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from musegen.cli import HelpFormatter
-    from musegen.corpus import PrepareOptions
+    from musegen.data.prepare import PrepareOptions
     from musegen.tokenizer import TOKENIZER_KINDS
 
     defaults = PrepareOptions()
@@ -100,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from musegen.corpus import PrepareOptions, prepare, summary_lines
+    from musegen.data.prepare import PrepareOptions, prepare, summary_lines
     from musegen.tokenizer import TokenizerSettings
 
     options = PrepareOptions(

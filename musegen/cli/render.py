@@ -78,9 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from musegen.audio_backends import read_soundfont
-    from musegen.pianoroll import bar_grid
-    from musegen.render import render_audio, render_pianoroll, write_audio
+    from musegen.render.audio import render_audio, render_pianoroll, write_audio
+    from musegen.render.engines import read_soundfont
+    from musegen.render.pianoroll import bar_grid
     from musegen.tokenizer import load_score
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

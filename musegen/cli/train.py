@@ -2,8 +2,8 @@
 
 Settings are layered, later wins: the preset, a ``--config`` file, the explicit flags, then
 ``--set key=value``. Every :class:`~musegen.config.ModelConfig` and
-:class:`~musegen.train.TrainConfig` field can be set; ``--resume`` starts from the settings saved
-in ``RUN_DIR/run.json`` and applies only what is given again on the command line.
+:class:`~musegen.training.loop.TrainConfig` field can be set; ``--resume`` starts from the
+settings saved in ``RUN_DIR/run.json`` and applies only what is given again on the command line.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from musegen.train import train
+    from musegen.training.loop import train
 
     train_config, model_config = build_configs(args)
     result = train(train_config, model_config)
@@ -184,7 +184,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Sort ``key: value`` pairs into (training fields, model fields); unknown keys are errors."""
     from musegen.config import ModelConfig
-    from musegen.train import TrainConfig
+    from musegen.training.loop import TrainConfig
 
     model_fields = set(ModelConfig.__dataclass_fields__)
     train_fields = TrainConfig.field_names()
@@ -226,8 +226,8 @@ def gather_settings(args: argparse.Namespace) -> dict[str, Any]:
 def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     """(TrainConfig, ModelConfig or None) from the parsed command line."""
     from musegen.config import ModelConfig, preset
-    from musegen.train import TrainConfig
-    from musegen.train_state import read_run
+    from musegen.training.loop import TrainConfig
+    from musegen.training.state import read_run
 
     train_over, model_over = split_settings(gather_settings(args))
     train_over.update(out=args.out, resume=args.resume, overwrite=args.overwrite)

@@ -2,7 +2,7 @@
 
 :class:`Composer` is the one object the Blocks talk to for anything that touches the model. It
 holds the shared pipeline (loaded once; the pipeline's own lock serialises the model), the
-per-request :class:`~musegen.ui_session.Workspace`, and one stop flag per browser session so a
+per-request :class:`~musegen.app.session.Workspace`, and one stop flag per browser session so a
 Stop click ends that session's generation and keeps what was produced.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 
 import symusic
 
+from musegen.app.session import Workspace, programs_for, safe_stem
 from musegen.errors import MusegenError
 from musegen.pipeline import GenerationResult, GenerationSettings, Pipeline
-from musegen.render import render_audio, render_pianoroll, write_audio
-from musegen.ui_session import Workspace, programs_for, safe_stem
+from musegen.render.audio import render_audio, render_pianoroll, write_audio
 
 PREVIEW_INTERVAL_S = 0.8  # piano-roll redraws while streaming; more often only costs CPU
 STREAM_EVERY_TOKENS = 32

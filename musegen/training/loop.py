@@ -3,8 +3,9 @@
 One code path serves a laptop run and ``torchrun --nproc_per_node=N -m musegen train``: under
 torchrun each rank draws its own windows, gradients are averaged by DistributedDataParallel and
 only rank 0 writes. The run directory layout, :class:`TrainConfig` and resume logic live in
-:mod:`musegen.train_state`; device, precision, optimiser and schedule in :mod:`musegen.optim`;
-metrics and the learning-curve plot in :mod:`musegen.plots`.
+:mod:`musegen.training.state`; device, precision, optimiser and schedule in
+:mod:`musegen.training.optim`;
+metrics and the learning-curve plot in :mod:`musegen.training.plots`.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from musegen import optim
-from musegen import train_state as ts
 from musegen.config import ModelConfig
 from musegen.errors import MusegenError
-from musegen.optim import DistContext, init_distributed
-from musegen.plots import StepWindow, append_metrics, plot_metrics, truncate_metrics
 from musegen.tokenizer import special_id
-from musegen.train_state import TrainConfig
+from musegen.training import optim
+from musegen.training import state as ts
+from musegen.training.optim import DistContext, init_distributed
+from musegen.training.plots import StepWindow, append_metrics, plot_metrics, truncate_metrics
+from musegen.training.state import TrainConfig
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train"]
 
@@ -94,7 +95,7 @@ class _Trainer:
     """One run: built from the config and the run directory, then looped to a stop condition."""
 
     def __init__(self, config: TrainConfig, model_config: ModelConfig | None, ctx: DistContext):
-        from musegen.model import MusicTransformer
+        from musegen.model.transformer import MusicTransformer
 
         self.cfg, self.ctx, self.device, self.run_dir = config, ctx, ctx.device, Path(config.out)
         self.amp_dtype = optim.configure_precision(ctx.device, config.precision, config.threads)
@@ -143,7 +144,7 @@ class _Trainer:
             )
 
     def _make_sampler(self, split: Any, seed: int) -> Any:
-        from musegen.data import Augmentation, WindowSampler
+        from musegen.data.dataset import Augmentation, WindowSampler
 
         cfg, augmentation = self.cfg, None
         if cfg.augment and self.tokenizer.is_trained:
@@ -160,7 +161,7 @@ class _Trainer:
         """This rank's share of the fixed validation windows (ranks split them, then sum)."""
         if split is None or self.cfg.eval_windows == 0:
             return None
-        from musegen.data import iter_eval_windows
+        from musegen.data.dataset import iter_eval_windows
 
         rows = list(iter_eval_windows(split, self.seq_len, self.pad, self.cfg.eval_windows))
         if not rows:
@@ -412,7 +413,7 @@ class _Trainer:
         """A short sample at this step, so a user can listen to progress; never stops training."""
         if not self.cfg.sample_tokens:
             return
-        from musegen.sampling import AllowedTokens, Stopping, Temperature, sample
+        from musegen.generation.sampling import AllowedTokens, Stopping, Temperature, sample
 
         tok = self.tokenizer
         allowed = torch.arange(self.model_config.vocab_size) < len(tok)

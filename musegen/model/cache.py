@@ -1,6 +1,6 @@
 """Key/value caches for incremental decoding: explicit objects, testable alone.
 
-A decoding step has three phases, driven by :class:`musegen.model.MusicTransformer`:
+A decoding step has three phases, driven by :class:`musegen.model.transformer.MusicTransformer`:
 ``begin(n)`` says ``n`` tokens arrive and returns :class:`StepKeys` (which keys the step's
 queries will see, their positions and validity: the model turns that into one mask per step),
 ``update(layer, k, v)`` stores a layer's new keys/values and returns the keys/values to attend
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# What rule a key slot follows (see musegen.attention.cached_context).
+# What rule a key slot follows (see musegen.model.attention.cached_context).
 LOCAL, SUMMARY, ANY = 0, 1, 2
 
 

@@ -15,7 +15,7 @@ Three regimes:
   time and memory grow linearly with ``L``; long ``relative`` training recomputes each block's
   bias in the backward pass (``ctx.recompute``).
 * **cached** (prompt chunks, ring-buffer steps): a few queries against the keys kept by a
-  :mod:`musegen.cache` object. The bias is gathered from ``q·Eᵀ`` by a distance index and the
+  :mod:`musegen.model.cache` object. The bias is gathered from ``q·Eᵀ`` by a distance index and the
   mask is built from key positions; both are computed once per step in the context.
 * **decode** (one new token per row over a full cache, the generation hot path): key ``j`` is
   at distance ``N-1-j``, so the bias is a slice of ``q·Eᵀ`` against the reversed table and the
@@ -299,12 +299,12 @@ def allowed(kind: str, dist: Tensor, k_real: Tensor, window: int, stride: int, h
 def cached_context(ctx: AttnContext, keys, dtype: torch.dtype) -> AttnContext:
     """Fill ``ctx`` with one step's distance index and additive mask (shared by all layers).
 
-    ``keys`` is a :class:`musegen.cache.StepKeys`. Ring slots of type LOCAL follow the window
+    ``keys`` is a :class:`musegen.model.cache.StepKeys`. Ring slots of type LOCAL follow the window
     rule only and SUMMARY slots the summary rule only, so a key kept in both is never counted
     twice; ANY (fresh or full-cache keys) follows the kind's whole rule. A padding query still
     sees itself, so no row is empty.
     """
-    from musegen.cache import LOCAL, SUMMARY
+    from musegen.model.cache import LOCAL, SUMMARY
 
     dist = keys.q_index[None, :, None] - keys.k_index[:, None, :]  # [B, Lq, Nk]
     k_real = (keys.k_index - keys.pad[:, None])[:, None, :]

@@ -15,12 +15,12 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from musegen.app.composer import Composer, FormSettings, Progress, Variation
+from musegen.app.session import SessionState, check_prompt, describe_score, read_upload
 from musegen.errors import MusegenError
-from musegen.render import render_pianoroll
-from musegen.ui_generate import Composer, FormSettings, Progress, Variation
-from musegen.ui_session import SessionState, check_prompt, describe_score, read_upload
+from musegen.render.audio import render_pianoroll
 
-log = logging.getLogger("musegen.ui")
+log = logging.getLogger("musegen.app.blocks")
 Components = dict[str, Any]
 CONTROL_NAMES = (
     "bars",

@@ -1,7 +1,7 @@
 """The Gradio app: pick or upload a prompt, set the controls, hear and download continuations.
 
-:func:`build_app` lays out the page and wires it to a :class:`~musegen.ui_generate.Composer`
-(the shared model and per-request files) and :mod:`musegen.ui_session` (prompts, undo, temp
+:func:`build_app` lays out the page and wires it to a :class:`~musegen.app.composer.Composer`
+(the shared model and per-request files) and :mod:`musegen.app.session` (prompts, undo, temp
 folders); :func:`launch` starts it with analytics off and an offline theme. Tests build the app
 around a tiny model; ``app.py`` and ``musegen app`` around the shipped checkpoint.
 """
@@ -16,16 +16,16 @@ from pathlib import Path
 
 import gradio as gr
 
-from musegen.pipeline import Pipeline
-from musegen.ui_events import Handlers
-from musegen.ui_generate import MAX_VARIATIONS, Composer, FormSettings
-from musegen.ui_session import (
+from musegen.app.composer import MAX_VARIATIONS, Composer, FormSettings
+from musegen.app.events import Handlers
+from musegen.app.session import (
     GM_INSTRUMENTS,
     MAX_UPLOAD_BYTES,
     SessionState,
     Workspace,
     list_examples,
 )
+from musegen.pipeline import Pipeline
 
 # Every theme in Gradio 6 ships its fonts locally; Soft draws nothing from a CDN.
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="amber")

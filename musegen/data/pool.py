@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musegen.data import token_dtype
+from musegen.data.dataset import token_dtype
 from musegen.errors import MusegenError, first_line
 from musegen.tokenizer import count_notes, encode, load_score, load_tokenizer
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from musegen.grammar import Grammar, GrammarState
+from musegen.generation.grammar import Grammar, GrammarState
 
 # Attention kinds whose cache cannot grow past max_seq_len: the loop slides by re-prefilling.
 BOUNDED_KINDS = ("absolute", "relative")

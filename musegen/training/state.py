@@ -33,10 +33,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from musegen.config import ModelConfig, preset
-from musegen.data import MANIFEST
+from musegen.data.dataset import MANIFEST
 from musegen.errors import MusegenError
-from musegen.optim import DistContext
 from musegen.tokenizer import TOKENIZER_FILE, decode, load_tokenizer, score_to_midi_bytes
+from musegen.training.optim import DistContext
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -368,7 +368,7 @@ def load_resume_state(run_dir: Path, fingerprint: dict[str, str]) -> TrainState 
 # --- inputs and outputs of a run -----------------------------------------------------------------
 def open_prepared(data_dir: str | Path) -> tuple[Any, Any, Any]:
     """(tokenizer, train split, val split or ``None``) of a prepared corpus, with clear errors."""
-    from musegen.data import PreparedDataset
+    from musegen.data.dataset import PreparedDataset
 
     dataset = PreparedDataset.open(data_dir)
     tokenizer = load_tokenizer(dataset.tokenizer_path)

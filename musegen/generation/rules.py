@@ -1,4 +1,5 @@
-"""The rules of each tokenizer family, on top of the state machine in :mod:`musegen.grammar`.
+"""The rules of each tokenizer family, on top of the state machine in
+:mod:`musegen.generation.grammar`.
 
 REMI: Bar → Position → (Tempo) → Program → Pitch → Velocity → Duration, positions strictly
 increasing inside a bar. TSD: TimeShift instead of Bar/Position, with bars tracked from the
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from musegen.grammar import (
+from musegen.generation.grammar import (
     NOTE_TYPES,
     OFF_TYPES,
     Grammar,

@@ -25,7 +25,7 @@ from musegen.errors import MidiError
 from musegen.tokenizer import count_notes, load_score
 
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
-EXAMPLES_DIR = Path(__file__).parent / "examples"
+EXAMPLES_DIR = Path(__file__).parents[1] / "examples"
 GM_INSTRUMENTS: tuple[str, ...] = tuple(pretty_midi.INSTRUMENT_MAP)
 MAX_UNDO = 20
 

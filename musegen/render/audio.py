@@ -25,13 +25,14 @@ import numpy as np
 import soundfile
 import symusic
 
-from musegen import audio_backends, synth
-from musegen.audio_backends import Engine, SoundFont
 from musegen.errors import MusegenError
-from musegen.pianoroll import load_tick_score, render_pianoroll
+from musegen.render import engines as audio_backends
+from musegen.render import synth
+from musegen.render.engines import Engine, SoundFont
+from musegen.render.pianoroll import load_tick_score, render_pianoroll
 from musegen.tokenizer import count_notes
 
-log = logging.getLogger("musegen.render")
+log = logging.getLogger("musegen.render.audio")
 
 SYNTH = "synth"
 BACKENDS = ("fluidsynth", "midirenderer", SYNTH)

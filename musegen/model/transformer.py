@@ -1,14 +1,14 @@
 """The music transformer: token embedding → pre-norm blocks → final norm → tied head.
 
 A readable nanoGPT-style decoder. Attention is looked up by ``config.attention`` in
-:data:`musegen.attention.ATTENTION`; only ``absolute`` learns position embeddings, the other
+:data:`musegen.model.attention.ATTENTION`; only ``absolute`` learns position embeddings, the other
 kinds learn per-layer relative embeddings ``[heads, max_relative_distance, head_dim]``.
 
 ``forward(ids, cache=None, padding_mask=None)``: with a cache, ``ids`` are the next tokens after
 those the cache has seen (prefill a prompt, then one token at a time); ``padding_mask`` marks
 real tokens (True) and LEFT padding (False) so prompts of different lengths share a batch.
 One-token steps over a full cache take the attention's decode regime, and the linear layers
-multiply small no-grad CPU batches by split weight copies (:mod:`musegen.decode_weights`).
+multiply small no-grad CPU batches by split weight copies (:mod:`musegen.model.linear`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from musegen.attention import (
+from musegen.config import ModelConfig
+from musegen.model.attention import (
     ATTENTION,
     AttnContext,
     additive_mask,
@@ -28,9 +29,8 @@ from musegen.attention import (
     inference_kernels,
     init_scale,
 )
-from musegen.cache import FullCache, KVCache, RingCache
-from musegen.config import ModelConfig
-from musegen.decode_weights import DecodeWeight, Linear, WeightMemo
+from musegen.model.cache import FullCache, KVCache, RingCache
+from musegen.model.linear import DecodeWeight, Linear, WeightMemo
 
 # Query block of the aligned relative path: big enough to keep the fused kernel busy, small
 # enough to skip most of the causal upper triangle (compare values with
@@ -39,7 +39,7 @@ RELATIVE_BLOCK = 256
 
 
 # Above this many bytes of relative biases per layer, training checkpoints each query block
-# (see musegen.attention._block_attention): for 8 heads, from L ≈ 5.8k at batch 1 and L ≈ 2k
+# (see musegen.model.attention._block_attention): for 8 heads, from L ≈ 5.8k at batch 1 and L ≈ 2k
 # at batch 8. Recomputing costs a second pass over each block, so shorter sequences keep them.
 RECOMPUTE_BYTES = 512 << 20
 

@@ -1,6 +1,6 @@
 """``prepare``: a folder of MIDI files → training-ready token arrays, split by content hash.
 
-Layout of a prepared dataset (read back by :mod:`musegen.data`)::
+Layout of a prepared dataset (read back by :mod:`musegen.data.dataset`)::
 
     manifest.json          every input file's fate, totals, tokenizer settings
     tokenizer.json         the tokenizer the ids belong to (BPE included)
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from musegen import __version__
-from musegen.corpus_pool import FileResult, tokenize_files
-from musegen.data import FORMAT, FORMAT_VERSION, MANIFEST, split_files, token_dtype
+from musegen.data.dataset import FORMAT, FORMAT_VERSION, MANIFEST, split_files, token_dtype
+from musegen.data.pool import FileResult, tokenize_files
 from musegen.errors import MusegenError
 from musegen.tokenizer import (
     TokenizerSettings,

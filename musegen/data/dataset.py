@@ -1,6 +1,6 @@
 """Training-time access to a prepared dataset: memory-mapped splits, random windows, augmentation.
 
-A dataset written by ``musegen prepare`` (see :mod:`musegen.corpus` for the layout) is opened
+A dataset written by ``musegen prepare`` (see :mod:`musegen.data.prepare` for the layout) is opened
 without loading its tokens: each split is an ``np.memmap`` plus an offsets array, and
 :class:`WindowSampler` draws fixed-length windows inside documents, so a window never mixes the
 end of one piece with the start of another.
@@ -24,7 +24,7 @@ MANIFEST = "manifest.json"
 
 
 def split_files(directory: Path, name: str) -> tuple[Path, Path]:
-    """The token file and offset index of split ``name`` (written by musegen.corpus)."""
+    """The token file and offset index of split ``name`` (written by musegen.data.prepare)."""
     return directory / f"{name}.bin", directory / f"{name}.idx.npy"
 
 

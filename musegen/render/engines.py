@@ -2,9 +2,9 @@
 
 Each engine's Python package is optional: an engine whose import fails is simply not offered,
 so a plain ``pip install`` still renders through midirenderer (a self-contained wheel) or, with
-nothing at all, the built-in synth in :mod:`musegen.synth`. Engines take a score whose times
+nothing at all, the built-in synth in :mod:`musegen.render.synth`. Engines take a score whose times
 are in ticks and return float32 stereo audio at the requested sample rate; loudness and
-trimming are the facade's job (:mod:`musegen.render`).
+trimming are the facade's job (:mod:`musegen.render.audio`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import symusic
 from musegen.errors import MusegenError
 from musegen.tokenizer import score_to_midi_bytes
 
-log = logging.getLogger("musegen.render")
+log = logging.getLogger("musegen.render.audio")
 
 ENV_SOUNDFONT = "MUSEGEN_SOUNDFONT"
 # General MIDI SoundFonts that Linux distributions and Homebrew install, best first.

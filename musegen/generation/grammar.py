@@ -379,7 +379,7 @@ class Grammar:
 
 def grammar_for(tokenizer: miditok.MusicTokenizer, controls: Controls | None = None) -> Grammar:
     """The grammar of ``tokenizer``'s family, or a MusegenError naming the unsupported one."""
-    from musegen.grammar_rules import GRAMMARS
+    from musegen.generation.rules import GRAMMARS
 
     name = type(tokenizer).__name__
     if name not in GRAMMARS:
