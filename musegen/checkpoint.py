@@ -9,7 +9,6 @@ so a crash never leaves half a checkpoint and an existing one is replaced whole.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 import musegen
 from musegen.config import ModelConfig
 from musegen.errors import CheckpointError, MusegenError
+from musegen.files import replace_dir
 from musegen.model.transformer import MusicTransformer
 from musegen.tokenizer import TOKENIZER_FILE, load_tokenizer, save_tokenizer
 
@@ -69,27 +69,11 @@ def save_pretrained(
         tmp.chmod(0o755)
         for path in tmp.iterdir():
             path.chmod(0o644)
-        _swap_into_place(tmp, directory)
+        replace_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
-
-
-def _swap_into_place(tmp: Path, directory: Path) -> None:
-    """Rename ``tmp`` to ``directory``; an old checkpoint is moved aside first, then deleted."""
-    old = None
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        os.replace(directory, old)
-    try:
-        os.replace(tmp, directory)
-    except BaseException:
-        if old is not None:
-            os.replace(old, directory)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_meta(directory: str | Path) -> dict:

@@ -13,8 +13,6 @@ from typing import Any
 
 from musegen.errors import MusegenError
 
-# The closed set of attention mechanisms; musegen.model.attention has one function per name.
-ATTENTION_KINDS = ("absolute", "relative", "local", "sparse")
 # How attention is computed: plain torch everywhere, or FlexAttention (CUDA only, fused).
 ATTENTION_BACKENDS = ("torch", "flex")
 
@@ -24,9 +22,11 @@ class ModelConfig:
     """Shape of a :class:`musegen.model.transformer.MusicTransformer`.
 
     ``max_seq_len`` is the longest context seen in training (and the absolute-position table
-    size). ``relative`` attention clips distances at ``max_relative_distance``; ``local`` and
-    ``sparse`` attend to the last ``window`` tokens, and ``sparse`` also to every
-    ``sparse_stride``-th earlier position (the Sparse Transformer's "summary" columns).
+    size). ``attention`` names a kind registered in :mod:`musegen.model.attention`, which says
+    which of the other fields it reads and validates them: ``relative`` attention clips
+    distances at ``max_relative_distance``; ``local`` and ``sparse`` attend to the last
+    ``window`` tokens, and ``sparse`` also to every ``sparse_stride``-th earlier position (the
+    Sparse Transformer's "summary" columns).
     """
 
     vocab_size: int = 512
@@ -56,10 +56,11 @@ class ModelConfig:
         for name in positive:
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.attention not in ATTENTION_KINDS:
-            raise ValueError(
-                f"ModelConfig.attention={self.attention!r} is not one of {ATTENTION_KINDS}"
-            )
+        # The registry imports torch and the model package, which imports this module: it is
+        # looked up when a config is validated, not when this module loads.
+        from musegen.model.attention import get_kind
+
+        spec = get_kind(self.attention)  # ValueError naming the kind and the known ones
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"ModelConfig.attention_backend={self.attention_backend!r} is not one of "
@@ -71,30 +72,7 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
-        if self.attention != "absolute" and self.max_relative_distance <= 0:
-            raise ValueError(
-                f"attention={self.attention!r} needs max_relative_distance > 0, "
-                f"got {self.max_relative_distance}"
-            )
-        if self.attention in ("local", "sparse"):
-            if self.window <= 0:
-                raise ValueError(f"attention={self.attention!r} needs window > 0")
-            if self.window > self.max_relative_distance:
-                raise ValueError(
-                    f"window={self.window} exceeds max_relative_distance="
-                    f"{self.max_relative_distance}: positions inside the window would share "
-                    "a clipped relative embedding; raise max_relative_distance or shrink window"
-                )
-        if self.attention == "sparse" and not 0 < self.sparse_stride <= self.window:
-            raise ValueError(
-                f"attention='sparse' needs 0 < sparse_stride <= window, got "
-                f"sparse_stride={self.sparse_stride}, window={self.window}"
-            )
-        if self.attention_backend == "flex" and self.attention == "absolute":
-            raise ValueError(
-                "attention_backend='flex' is for relative/local/sparse attention; "
-                "absolute attention already uses fused scaled_dot_product_attention"
-            )
+        spec.validate(self)  # the kind's own fields, and whether it has a flex form
 
     # --- JSON round trip -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -160,6 +138,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         sparse_stride=256,
     ),
 }
+
+
+def __getattr__(name: str) -> Any:
+    """``ATTENTION_KINDS``: the registered attention kinds, read from the registry on use."""
+    if name == "ATTENTION_KINDS":
+        from musegen.model.attention import kind_names
+
+        return kind_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:

@@ -24,7 +24,6 @@ from musegen import metrics
 from musegen.data.dataset import MANIFEST, PreparedDataset, TokenSplit, iter_eval_windows
 from musegen.errors import MusegenError
 from musegen.tokenizer import decode, encode, load_score, load_tokenizer, special_id
-from musegen.training.optim import evaluate_windows
 
 
 @dataclass
@@ -90,7 +89,7 @@ def likelihood(model, split: TokenSplit, settings: EvalSettings, pad_id: int) ->
     """NLL per token, perplexity and accuracy over non-overlapping windows of ``split``.
 
     The windows (:func:`musegen.data.dataset.iter_eval_windows`) and the sums
-    (:func:`musegen.training.optim.evaluate_windows`) are the ones validation uses during training.
+    (:func:`musegen.metrics.evaluate_windows`) are the ones validation uses during training.
     """
     seq_len = settings.seq_len or model.config.max_seq_len
     windows = list(iter_eval_windows(split, seq_len, pad_id, settings.max_windows))
@@ -99,7 +98,9 @@ def likelihood(model, split: TokenSplit, settings: EvalSettings, pad_id: int) ->
     chunk = settings.batch_size * 8  # a progress update every few batches
     for i in range(0, len(windows), chunk):
         part = np.stack(windows[i : i + chunk])
-        sums += evaluate_windows(model, part, pad_id, settings.batch_size, nullcontext).cpu()
+        sums += metrics.evaluate_windows(
+            model, part, pad_id, settings.batch_size, nullcontext
+        ).cpu()
         bar.update(len(part))
     bar.close()
     loss, correct, total_tokens = sums.tolist()

@@ -1,15 +1,59 @@
-"""Musical statistics of scores and a memorization check, as pure functions.
+"""What is measured about a model and its music: likelihood, musical statistics, memorization.
 
-The definitions follow the objective metrics used by the Multitrack Music Transformer and FIGARO
-evaluations (after MusPy): pitch-class histograms and entropy, groove consistency, note density.
+:func:`token_loss` and :func:`evaluate_windows` are the one definition of next-token
+likelihood: the trainer's objective and validation, and ``musegen evaluate``'s NLL, all use them,
+so their numbers are comparable. The musical statistics follow the objective metrics used by the
+Multitrack Music Transformer and FIGARO evaluations (after MusPy): pitch-class histograms and
+entropy, groove consistency, note density.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import symusic
+import torch
+from torch import nn
+
+
+# --- likelihood ----------------------------------------------------------------------------------
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Summed next-token cross-entropy in fp32 over every target that is not PAD."""
+    return nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=pad_id, reduction="sum"
+    )
+
+
+@torch.no_grad()
+def evaluate_windows(
+    model: nn.Module, windows: Any, pad_id: int, batch_size: int, autocast: Any
+) -> torch.Tensor:
+    """``[loss sum, correct predictions, real targets]`` (float64) over ``windows[N, L+1]``.
+
+    ``autocast`` is a zero-argument callable returning a context manager. The model is put back
+    in training mode afterwards.
+    """
+    device = next(model.parameters()).device
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(windows), batch_size):
+        x = torch.as_tensor(windows[start : start + batch_size], device=device)
+        with autocast():  # the model keeps no-grad CUDA attention off cuDNN itself
+            logits = model(x[:, :-1])
+        targets = x[:, 1:]
+        real = targets != pad_id
+        correct = ((logits.argmax(-1) == targets) & real).sum()
+        sums += torch.stack(
+            [token_loss(logits, targets, pad_id).double(), correct.double(), real.sum().double()]
+        )
+    model.train(was_training)
+    return sums
+
+
+# --- musical statistics --------------------------------------------------------------------------
 
 
 def pitched_notes(score: symusic.Score) -> list[tuple[int, int]]:

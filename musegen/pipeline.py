@@ -8,11 +8,10 @@ KV cache; grammar masks are cached per control set and are read-only once built)
 from __future__ import annotations
 
 import os
-import secrets
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,8 @@ import symusic
 import torch
 
 from musegen.errors import CheckpointError, MidiError, MusegenError
-from musegen.generation.grammar import Controls, Grammar, GrammarState, grammar_for
+from musegen.generation.grammar import Controls, Grammar, GrammarState
+from musegen.generation.rules import grammar_for
 from musegen.generation.sampling import (
     AllowedTokens,
     Progress,
@@ -28,6 +28,7 @@ from musegen.generation.sampling import (
     build_processors,
     iter_sample,
 )
+from musegen.generation.settings import GenerationSettings, controls_for
 from musegen.tokenizer import count_notes, decode, encode, load_score, score_to_midi_bytes
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "musegen-music21"
@@ -39,62 +40,6 @@ TOKENS_PER_BAR_CAP = 512
 def default_checkpoint() -> Path:
     """``$MUSEGEN_CHECKPOINT`` when set, else the checkpoint shipped in the repository."""
     return Path(os.environ.get("MUSEGEN_CHECKPOINT") or DEFAULT_CHECKPOINT)
-
-
-@dataclass
-class GenerationSettings:
-    """Everything a user may choose about one generation request."""
-
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 0.95
-    repetition_penalty: float = 1.0
-    bars: int | None = 4
-    max_new_tokens: int | None = None
-    seed: int | None = None
-    instruments: list[int] | None = None  # GM programs allowed for new notes; None = see below
-    drums: bool = True
-    constrained: bool = True
-    keep_tempo: bool = True
-    keep_time_signature: bool = True
-    # With ``instruments=None``, a continuation plays the prompt's instruments (drums only when
-    # the prompt has drums), as a composer expects; False lets the model bring in any instrument.
-    keep_instruments: bool = True
-
-    def validate(self) -> None:
-        """Raise MusegenError naming the first absurd setting, before any work is done."""
-        if not self.temperature > 0 or self.temperature == float("inf"):
-            raise MusegenError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise MusegenError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise MusegenError(f"top_k must be ≥ 0 (0 turns it off), got {self.top_k}")
-        if not self.repetition_penalty > 0:
-            raise MusegenError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if self.bars is not None and self.bars <= 0:
-            raise MusegenError(f"bars must be ≥ 1, got {self.bars}")
-        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
-            raise MusegenError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
-        if self.bars is None and self.max_new_tokens is None:
-            raise MusegenError("give bars or max_new_tokens so generation knows when to stop")
-        if self.seed is not None and not 0 <= int(self.seed) < 2**63:
-            raise MusegenError(f"seed must be a non-negative integer, got {self.seed}")
-        if self.instruments is not None:
-            bad = [p for p in self.instruments if not 0 <= int(p) <= 127]
-            if bad:
-                raise MusegenError(f"instruments must be GM programs 0-127, got {bad}")
-            if not self.instruments and not self.drums:
-                raise MusegenError("no instruments and no drums: allow at least one of them")
-
-    def with_overrides(self, **overrides: Any) -> GenerationSettings:
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise MusegenError(f"unknown generation setting(s): {', '.join(unknown)}")
-        return replace(self, **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -175,22 +120,27 @@ class Pipeline:
     def continue_midi(
         self,
         prompt: str | Path | bytes | symusic.Score,
-        num_samples: int = 1,
+        num_samples: int | None = None,
         settings: GenerationSettings | None = None,
         **overrides: Any,
     ) -> list[GenerationResult]:
-        """``num_samples`` continuations of ``prompt`` (a path, MIDI bytes or a Score)."""
+        """``num_samples`` continuations of ``prompt`` (a path, MIDI bytes or a Score).
+
+        ``num_samples`` (None: ``settings.num_samples``) and any keyword override a field of
+        :class:`~musegen.generation.settings.GenerationSettings`.
+        """
         return self._last(self.stream(prompt, num_samples, settings, every=0, **overrides))
 
     def continue_batch(
         self,
         prompts: list[str | Path | bytes | symusic.Score],
-        num_samples: int = 1,
+        num_samples: int | None = None,
         settings: GenerationSettings | None = None,
         **overrides: Any,
     ) -> list[list[GenerationResult] | MusegenError]:
         """Several prompts in one batch; a bad prompt gets its error instead of results."""
         settings = self._settings(settings, overrides, num_samples)
+        num_samples = settings.num_samples
         prepared: list[list[int] | MusegenError] = []
         for prompt in prompts:
             try:
@@ -207,21 +157,24 @@ class Pipeline:
         out: list[list[GenerationResult] | MusegenError] = list(prepared)  # type: ignore[arg-type]
         for own, members in groups.values():
             rows = [prepared[i] for i in members]
-            results = self._last(self._run(self._request(rows, num_samples, own), 0, None))
+            results = self._last(self._run(self._request(rows, own), 0, None))
             for k, i in enumerate(members):
                 out[i] = results[k * num_samples : (k + 1) * num_samples]
         return out
 
     def generate(
-        self, num_samples: int = 1, settings: GenerationSettings | None = None, **overrides: Any
+        self,
+        num_samples: int | None = None,
+        settings: GenerationSettings | None = None,
+        **overrides: Any,
     ) -> list[GenerationResult]:
-        """``num_samples`` pieces from nothing."""
+        """``num_samples`` pieces from nothing (None: ``settings.num_samples``)."""
         return self._last(self.stream(None, num_samples, settings, every=0, **overrides))
 
     def stream(
         self,
         prompt: str | Path | bytes | symusic.Score | None = None,
-        num_samples: int = 1,
+        num_samples: int | None = None,
         settings: GenerationSettings | None = None,
         every: int = 32,
         stop_event: threading.Event | None = None,
@@ -244,14 +197,7 @@ class Pipeline:
 
     def grammar(self, settings: GenerationSettings) -> Grammar:
         """The (cached) grammar for these controls; also the bar tracker when unconstrained."""
-        programs = frozenset(settings.instruments) if settings.instruments is not None else None
-        controls = Controls(
-            programs,
-            settings.drums,
-            settings.keep_tempo,
-            settings.keep_time_signature,
-            settings.bars,
-        )
+        controls = controls_for(settings)
         with self._grammar_lock:
             if controls not in self._grammars:
                 self._grammars[controls] = grammar_for(self.tokenizer, controls)
@@ -298,29 +244,26 @@ class Pipeline:
 
     @staticmethod
     def _settings(
-        settings: GenerationSettings | None, overrides: dict[str, Any], num_samples: int
+        settings: GenerationSettings | None, overrides: dict[str, Any], num_samples: int | None
     ) -> GenerationSettings:
-        settings = (settings or GenerationSettings()).with_overrides(**overrides)
-        settings.validate()
-        if not 1 <= int(num_samples) <= 256:
-            raise MusegenError(f"num_samples must be between 1 and 256, got {num_samples}")
-        seed = int(settings.seed) if settings.seed is not None else secrets.randbelow(2**31 - 1)
-        return replace(settings, seed=seed)
+        """The request's settings: ``settings`` (default: the defaults) with ``overrides`` and
+        ``num_samples`` (None: the settings' own) applied, validated, with a seed drawn if none."""
+        if num_samples is not None:
+            overrides = {**overrides, "num_samples": num_samples}
+        return (settings or GenerationSettings()).with_overrides(**overrides).with_seed()
 
     def _prepare(
         self,
         prompt: Any,
-        num_samples: int,
+        num_samples: int | None,
         settings: GenerationSettings | None,
         overrides: dict[str, Any],
     ) -> _Request:
         settings = self._settings(settings, overrides, num_samples)
         ids = self._prompt_ids(prompt)
-        return self._request([ids], num_samples, self._for_prompt(settings, ids))
+        return self._request([ids], self._for_prompt(settings, ids))
 
-    def _request(
-        self, prompts: list[list[int]], num_samples: int, settings: GenerationSettings
-    ) -> _Request:
+    def _request(self, prompts: list[list[int]], settings: GenerationSettings) -> _Request:
         started = time.perf_counter()
         grammar = self.grammar(settings)
         budget = settings.max_new_tokens or settings.bars * TOKENS_PER_BAR_CAP
@@ -332,7 +275,7 @@ class Pipeline:
             if not cut:
                 raise MusegenError("this tokenizer has no BOS token, so generation needs a prompt")
             start = grammar.start(ids)
-            for k in range(num_samples):
+            for k in range(settings.num_samples):
                 full.append(ids)
                 window.append(cut)
                 starts.append(start.copy())
@@ -392,7 +335,7 @@ class Pipeline:
         finished = (
             not partial
             and not progress.stopped
-            and not (s.bars is not None and progress.hit_budget[k] and s.max_new_tokens is None)
+            and not (s.bars and progress.hit_budget[k] and not s.max_new_tokens)
         )
         return GenerationResult(
             score=score,

@@ -23,6 +23,9 @@ TOKENIZER_KINDS: dict[str, type[miditok.MusicTokenizer]] = {
 }
 TOKENIZER_FILE = "tokenizer.json"
 PAD, BOS, EOS = "PAD_None", "BOS_None", "EOS_None"
+# Fill-in-the-middle sentinels (see musegen.data.infill): the span's given part starts after
+# SPAN, the music after the span after SUFFIX, the generated part after FILL, and END closes it.
+INFILL_TOKENS = ("Infill_Span", "Infill_Suffix", "Infill_Fill", "Infill_End")
 
 
 @dataclass
@@ -42,6 +45,8 @@ class TokenizerSettings:
     pitch_range: tuple[int, int] = (21, 109)
     # Positions per beat for note onsets/durations: 8 per beat in the first 4 beats, then 4.
     beat_res: list[tuple[int, int, int]] = field(default_factory=lambda: [(0, 4, 8), (4, 12, 4)])
+    # Add the four infilling sentinels to the vocabulary (models trained before had none).
+    infill: bool = True
 
     def validate(self) -> None:
         if self.kind not in TOKENIZER_KINDS:
@@ -61,7 +66,7 @@ class TokenizerSettings:
             use_tempos=self.use_tempos,
             num_tempos=self.num_tempos,
             use_time_signatures=self.use_time_signatures,
-            special_tokens=["PAD", "BOS", "EOS", "MASK"],
+            special_tokens=["PAD", "BOS", "EOS", "MASK", *(INFILL_TOKENS if self.infill else ())],
         )
 
 
@@ -142,8 +147,21 @@ def load_score(source: str | Path | bytes | symusic.Score) -> symusic.Score:
     return score
 
 
+def load_tick_score(source: str | Path | bytes | symusic.Score) -> symusic.Score:
+    """The score of ``source`` (see :func:`load_score`) with its times in ticks."""
+    score = load_score(source)
+    return score if "Tick" in str(score.ttype) else score.to("tick")
+
+
 def count_notes(score: symusic.Score) -> int:
     return score.note_num()
+
+
+def end_seconds(score: symusic.Score) -> float:
+    """When the last note of a score ends, in seconds through its tempo map (0.0 without notes)."""
+    if "Second" not in str(score.ttype):
+        score = score.to("second")
+    return max((n.time + n.duration for t in score.tracks for n in t.notes), default=0.0)
 
 
 def encode(tokenizer: miditok.MusicTokenizer, score: symusic.Score) -> list[int]:
@@ -171,11 +189,17 @@ def special_id(tokenizer: miditok.MusicTokenizer, token: str) -> int:
     return int(tokenizer.vocab[token])
 
 
+def supports_infill(tokenizer: miditok.MusicTokenizer) -> bool:
+    """Whether the vocabulary has the infilling sentinels (tokenizers made before it do not)."""
+    return all(token in tokenizer.vocab for token in INFILL_TOKENS)
+
+
 def settings_dict(settings: TokenizerSettings) -> dict:
     return asdict(settings)
 
 
 __all__ = [
+    "INFILL_TOKENS",
     "TOKENIZER_FILE",
     "TokenizerSettings",
     "build_tokenizer",
@@ -183,10 +207,13 @@ __all__ = [
     "count_notes",
     "decode",
     "encode",
+    "end_seconds",
     "load_score",
+    "load_tick_score",
     "load_tokenizer",
     "save_tokenizer",
     "score_to_midi_bytes",
     "special_id",
+    "supports_infill",
     "train_bpe",
 ]

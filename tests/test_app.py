@@ -164,11 +164,13 @@ def test_workspace_gives_unique_dirs_and_cleans_up(tmp_path: Path):
 
 # ----- generation without a server ----------------------------------------------------------
 def test_stream_previews_then_files_and_stop_keeps_results(pipeline, tmp_path: Path):
-    from musegen.app.composer import Composer, FormSettings
+    from musegen.app.composer import Composer
+    from musegen.generation.settings import GenerationSettings
 
     composer = Composer(pipeline, workspace=Workspace(tmp_path / "ws"), stream_every=8)
     prompt = make_score(bars=1, tracks=((0, False), (0, True)))
-    steps = composer.stream(prompt, FormSettings(bars=8, seed=3, variations=2), "tab1", "my song")
+    settings = GenerationSettings(bars=8, seed=3, num_samples=2)
+    steps = composer.stream(prompt, settings, "tab1", "my song")
     first = next(steps)
     assert first.variations is None and len(first.previews) == 2
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in first.previews)
@@ -185,13 +187,14 @@ def test_stream_previews_then_files_and_stop_keeps_results(pipeline, tmp_path: P
 
 
 def test_bad_settings_are_user_errors(pipeline, tmp_path: Path):
-    from musegen.app.composer import Composer, FormSettings
+    from musegen.app.composer import Composer
+    from musegen.generation.settings import GenerationSettings
 
     composer = Composer(pipeline, workspace=Workspace(tmp_path / "ws"))
     with pytest.raises(MusegenError, match="temperature"):
-        next(composer.stream(None, FormSettings(temperature=0), "k"))
+        next(composer.stream(None, GenerationSettings(temperature=0), "k"))
     with pytest.raises(MusegenError, match="variations"):
-        composer.continue_once(None, FormSettings(variations=9), "k")
+        composer.continue_once(None, GenerationSettings(num_samples=9), "k")
 
 
 class FailingPipeline:

@@ -9,7 +9,8 @@ import torch
 from conftest import make_score, write_midi
 
 from musegen.errors import MusegenError
-from musegen.generation.grammar import Controls, grammar_for
+from musegen.generation.grammar import Controls
+from musegen.generation.rules import grammar_for
 from musegen.tokenizer import TokenizerSettings, build_tokenizer, decode, encode, train_bpe
 
 KINDS = ("REMI", "TSD", "MIDILike")

@@ -14,7 +14,7 @@ from matplotlib.colors import to_rgb
 
 from musegen.errors import MidiError, MusegenError
 from musegen.render import pianoroll
-from musegen.render.audio import render_pianoroll
+from musegen.render.pianoroll import render_pianoroll
 
 
 def _decode(png: bytes) -> np.ndarray:

@@ -27,10 +27,12 @@ from musegen.cli.train import read_config_file, split_settings
 from musegen.config import preset
 from musegen.data.prepare import PrepareOptions, prepare
 from musegen.errors import MusegenError
+from musegen.files import read_jsonl
 from musegen.training import optim
 from musegen.training import state as ts
-from musegen.training.loop import TrainConfig, TrainingDiverged, train
-from musegen.training.plots import plot_metrics, read_metrics, truncate_metrics
+from musegen.training.config import TrainConfig
+from musegen.training.loop import TrainingDiverged, train
+from musegen.training.plots import plot_metrics, truncate_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 # Constant learning rate: a run stopped at step N and resumed to M matches one run to M.
@@ -70,9 +72,7 @@ def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
 
 def train_losses(run_dir: Path) -> dict[int, float]:
     return {
-        r["step"]: r["loss"]
-        for r in read_metrics(run_dir / "metrics.jsonl")
-        if r["kind"] == "train"
+        r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"
     }
 
 
@@ -103,7 +103,7 @@ def test_loss_drops_and_run_dir_is_complete(prepared: Path, tmp_path: Path):
     first, last = losses[5], losses[30]
     assert last < 0.8 * first, f"loss did not drop clearly: {first:.3f} -> {last:.3f}"
     assert result.steps == 30 and result.tokens == 30 * 8 * 32 and result.tokens_per_s > 0
-    evals = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "eval"]
+    evals = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [15, 30]
     for r in evals:
         assert r["val_ppl"] == pytest.approx(math.exp(r["val_loss"]))
@@ -326,7 +326,7 @@ def test_metrics_truncate_and_plot(tmp_path):
     lines.append({"kind": "eval", "step": 4, "val_loss": 4.7})
     path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"kind": "tr')
     truncate_metrics(path, 4)
-    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3, 4, 4]
+    assert [r["step"] for r in read_jsonl(path)] == [1, 2, 3, 4, 4]
     assert plot_metrics(path, tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")
     assert plot_metrics(tmp_path / "none.jsonl", tmp_path / "none.png") is None
 

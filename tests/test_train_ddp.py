@@ -17,10 +17,11 @@ from musegen.checkpoint import load_pretrained
 from musegen.config import ModelConfig
 from musegen.data.dataset import PreparedDataset, WindowSampler
 from musegen.data.prepare import PrepareOptions, prepare
+from musegen.files import read_jsonl
+from musegen.metrics import token_loss
 from musegen.model.transformer import MusicTransformer
-from musegen.training.loop import TrainConfig, train
-from musegen.training.optim import token_loss
-from musegen.training.plots import read_metrics
+from musegen.training.config import TrainConfig
+from musegen.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED, BATCH, SEQ, ACCUM = 5, 4, 32, 2
@@ -65,7 +66,7 @@ def test_torchrun_two_processes_on_cpu(prepared: Path, tmp_path: Path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("musegen train: 6 steps") == 1  # only rank 0 reports
 
-    records = read_metrics(out / "metrics.jsonl")
+    records = read_jsonl(out / "metrics.jsonl")
     train_steps = [r["step"] for r in records if r["kind"] == "train"]
     assert train_steps == [1, 2, 3, 4, 5, 6]  # one writer: no duplicated lines
     assert [r["step"] for r in records if r["kind"] == "eval"] == [3, 6]
@@ -108,6 +109,5 @@ def test_torchrun_two_processes_on_cpu(prepared: Path, tmp_path: Path):
     )
     result = train(config)
     assert result.steps == 8
-    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"][
-        -2:
-    ] == [7, 8]
+    train_steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert train_steps[-2:] == [7, 8]

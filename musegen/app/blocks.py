@@ -16,7 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from musegen.app.composer import MAX_VARIATIONS, Composer, FormSettings
+from musegen.app.composer import MAX_VARIATIONS, Composer
 from musegen.app.events import Handlers
 from musegen.app.session import (
     GM_INSTRUMENTS,
@@ -25,6 +25,7 @@ from musegen.app.session import (
     Workspace,
     list_examples,
 )
+from musegen.generation.settings import SETTINGS, Setting
 from musegen.pipeline import Pipeline
 
 # Every theme in Gradio 6 ships its fonts locally; Soft draws nothing from a CDN.
@@ -70,52 +71,60 @@ def _prompt_column(examples: dict[str, Path]) -> dict[str, gr.components.Compone
     }
 
 
+def setting_component(setting: Setting, api: bool = False) -> gr.components.Component:
+    """The component for one generation setting, built from its row of the settings table.
+
+    On the page (``api=False``) a number with a slider range is a slider; behind ``/continue``
+    every number is a plain field (the settings check the range, with a one-line error), and
+    the label is the setting's name, as scripts call it.
+    """
+    spec = setting.spec
+    label = setting.name if api else spec.label
+    if setting.kind == "bool":
+        return gr.Checkbox(value=setting.default, label=label, info=spec.help)
+    if setting.kind == "programs":
+        return gr.Dropdown(
+            choices=[(name, program) for program, name in enumerate(GM_INSTRUMENTS)],
+            multiselect=True,
+            value=list(setting.default or []),
+            allow_custom_value=api,  # out-of-range programs get the settings' own message
+            label=label,
+            info=spec.help,
+        )
+    if spec.page and not api:
+        low, high, step = spec.page
+        if setting.name == "num_samples":
+            high = MAX_VARIATIONS  # one result slot each
+        return gr.Slider(low, high, value=setting.default, step=step, label=label, info=spec.help)
+    minimum = spec.low if spec.low is not None and not spec.low_open and not api else None
+    precision = 0 if setting.kind == "int" else None
+    return gr.Number(
+        value=setting.default, precision=precision, minimum=minimum, label=label, info=spec.help
+    )
+
+
 def _controls_column() -> dict[str, gr.components.Component]:
-    d = FormSettings()  # the defaults, defined once
+    """The form: one component per generation setting (the rarer ones folded away), the
+    page's Random-seed box, Generate and Stop."""
+    controls: dict[str, gr.components.Component] = {}
     with gr.Column(scale=1):
         gr.Markdown("### 2 · Controls")
-        bars = gr.Slider(1, 16, value=d.bars, step=1, label="Bars to generate")
-        temperature = gr.Slider(
-            0.1,
-            2.0,
-            value=d.temperature,
-            step=0.05,
-            label="Temperature",
-            info="Lower is safer, higher is wilder",
-        )
-        top_p = gr.Slider(0.05, 1.0, value=d.top_p, step=0.01, label="Top-p (nucleus)")
-        top_k = gr.Slider(0, 200, value=d.top_k, step=1, label="Top-k", info="0 turns it off")
+        for setting in (s for s in SETTINGS if not s.spec.advanced):
+            if setting.name != "seed":
+                controls[setting.name] = setting_component(setting)
+                continue
+            with gr.Row():
+                controls["seed"] = setting_component(setting)
+                # A fresh seed per click (what pressing Generate again should do); the seed
+                # used is written back into the Seed field, so untick to repeat a result.
+                controls["random_seed"] = gr.Checkbox(value=True, label="Random seed")
+        with gr.Accordion("More settings", open=False):
+            for setting in (s for s in SETTINGS if s.spec.advanced):
+                controls[setting.name] = setting_component(setting)
         with gr.Row():
-            seed = gr.Number(value=d.seed or 0, precision=0, minimum=0, label="Seed", scale=2)
-            random_seed = gr.Checkbox(value=d.seed is None, label="Random seed", scale=1)
-        instruments = gr.Dropdown(
-            choices=list(GM_INSTRUMENTS),
-            multiselect=True,
-            value=list(d.instruments),
-            label="Instruments allowed",
-            info="Empty: the prompt's instruments (any when starting from nothing)",
-        )
-        with gr.Row():
-            drums = gr.Checkbox(value=d.drums, label="Drums")
-            variations = gr.Slider(
-                1, MAX_VARIATIONS, value=d.variations, step=1, label="Variations"
-            )
-        with gr.Row():
-            generate = gr.Button("Generate", variant="primary", elem_id="generate")
-            stop = gr.Button("Stop", variant="stop", elem_id="stop")
-    return {
-        "bars": bars,
-        "temperature": temperature,
-        "top_p": top_p,
-        "top_k": top_k,
-        "seed": seed,
-        "random_seed": random_seed,
-        "instruments": instruments,
-        "drums": drums,
-        "variations": variations,
-        "generate": generate,
-        "stop": stop,
-    }
+            controls["generate"] = gr.Button("Generate", variant="primary", elem_id="generate")
+            controls["stop"] = gr.Button("Stop", variant="stop", elem_id="stop")
+    return controls
 
 
 def _result_slots() -> list[dict[str, gr.components.Component]]:
@@ -155,17 +164,9 @@ def _result_slot(i: int) -> dict[str, gr.components.Component]:
 
 def _api_block(handlers: Handlers) -> None:
     """Hidden components behind ``/continue``, the endpoint for gradio_client and scripts."""
-    d = FormSettings()
     with gr.Column(visible=False):
         midi = gr.File(label="MIDI prompt", file_types=[".mid", ".midi"])
-        bars = gr.Number(value=d.bars, precision=0, label="bars")
-        temperature = gr.Number(value=d.temperature, label="temperature")
-        top_p = gr.Number(value=d.top_p, label="top_p")
-        top_k = gr.Number(value=d.top_k, precision=0, label="top_k")
-        seed = gr.Number(
-            value=-1 if d.seed is None else d.seed, precision=0, label="seed (negative: random)"
-        )
-        variations = gr.Number(value=d.variations, precision=0, label="variations")
+        values = {s.name: setting_component(s, api=True) for s in SETTINGS}
         out_midi = gr.File(label="MIDI (prompt + continuation)")
         out_wav = gr.File(label="WAV")
         out_png = gr.File(label="piano roll PNG")
@@ -173,11 +174,13 @@ def _api_block(handlers: Handlers) -> None:
         trigger = gr.Button("continue")
     trigger.click(
         handlers.api_continue,
-        inputs=[midi, bars, temperature, top_p, top_k, seed, variations],
+        inputs=[midi],
+        inputs_kwargs=values,  # a parameter per setting, in the settings table's order
         outputs=[out_midi, out_wav, out_png, out_status],
         api_name="continue",
-        api_description="Continue a MIDI prompt. Returns (MIDI, WAV, PNG, status) of the first "
-        "variation; the status lists the seeds of all.",
+        api_description="Continue a MIDI prompt with any generation setting (each defaults as "
+        "on the CLI and the page). Returns (MIDI, WAV, PNG, status) of the first variation; "
+        "the status lists the seeds of all.",
     )
 
 

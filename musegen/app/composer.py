@@ -11,69 +11,31 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import symusic
 
-from musegen.app.session import Workspace, programs_for, safe_stem
+from musegen.app.session import Workspace, safe_stem
 from musegen.errors import MusegenError
-from musegen.pipeline import GenerationResult, GenerationSettings, Pipeline
-from musegen.render.audio import render_audio, render_pianoroll, write_audio
+from musegen.generation.settings import NAMES, GenerationSettings
+from musegen.pipeline import GenerationResult, Pipeline
+from musegen.render.audio import render_audio, write_audio
+from musegen.render.pianoroll import render_pianoroll
 
 PREVIEW_INTERVAL_S = 0.8  # piano-roll redraws while streaming; more often only costs CPU
 STREAM_EVERY_TOKENS = 32
 MAX_VARIATIONS = 4  # result slots on the page
 
 
-@dataclass
-class FormSettings:
-    """The form's generation controls, as the page sends them."""
-
-    bars: int = 4
-    temperature: float = 1.0
-    top_p: float = 0.95
-    top_k: int = 0
-    seed: int | None = None  # None: the pipeline draws one (the page shows result.seed)
-    instruments: list[str] = field(default_factory=list)
-    drums: bool = True
-    variations: int = 1
-
-    @classmethod
-    def from_form(cls, form: dict[str, Any]) -> FormSettings:
-        """From the page's fields (Gradio sends numbers as floats, an empty multiselect as [])."""
-        return cls(
-            bars=int(form["bars"]),
-            temperature=float(form["temperature"]),
-            top_p=float(form["top_p"]),
-            top_k=int(form["top_k"]),
-            seed=None if form["random_seed"] else int(form["seed"] or 0),
-            instruments=list(form["instruments"] or []),
-            drums=bool(form["drums"]),
-            variations=int(form["variations"]),
-        )
-
-    def settings(self, max_new_tokens: int | None = None) -> GenerationSettings:
-        """Validated pipeline settings (a seed of None is drawn by the pipeline).
-
-        ``max_new_tokens`` is the server's cap per request (the pipeline stops at whichever of
-        bars and tokens comes first).
-        """
-        settings = GenerationSettings(
-            temperature=float(self.temperature),
-            top_k=int(self.top_k or 0),
-            top_p=float(self.top_p),
-            bars=int(self.bars),
-            seed=None if self.seed is None else int(self.seed),
-            instruments=programs_for(self.instruments),
-            drums=bool(self.drums),
-            max_new_tokens=max_new_tokens,
-        )
-        settings.validate()
-        if not 1 <= int(self.variations) <= MAX_VARIATIONS:
-            raise MusegenError(f"variations must be between 1 and {MAX_VARIATIONS}")
-        return settings
+def form_settings(form: dict[str, Any]) -> GenerationSettings:
+    """Settings from the page's form: one value per setting (by field name) plus the page's
+    ``random_seed`` box, which draws a fresh seed per click when ticked."""
+    values = {name: form[name] for name in NAMES if name in form}
+    if form.get("random_seed"):
+        values["seed"] = None
+    return GenerationSettings.from_values(values)
 
 
 @dataclass
@@ -125,6 +87,17 @@ class Composer:
         self._stops: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
+    def checked(self, settings: GenerationSettings) -> GenerationSettings:
+        """``settings`` within what this server offers: at most :data:`MAX_VARIATIONS` (the
+        result slots on the page) and the server's token cap, if any, per request."""
+        if not 1 <= settings.num_samples <= MAX_VARIATIONS:
+            raise MusegenError(
+                f"variations (num_samples) must be between 1 and {MAX_VARIATIONS}, "
+                f"got {settings.num_samples}"
+            )
+        caps = [n for n in (settings.max_new_tokens, self.max_new_tokens) if n]
+        return replace(settings, max_new_tokens=min(caps) if caps else 0)
+
     def stop(self, key: str) -> bool:
         """Ask session ``key``'s running generation to finish now; False if none is running."""
         with self._lock:
@@ -135,16 +108,20 @@ class Composer:
         return True
 
     def stream(
-        self, prompt: symusic.Score | None, controls: FormSettings, key: str, name: str = "musegen"
+        self,
+        prompt: symusic.Score | None,
+        settings: GenerationSettings,
+        key: str,
+        name: str = "musegen",
     ) -> Iterator[Progress]:
-        """Generate ``controls.variations`` continuations, yielding previews, then the files."""
-        settings = controls.settings(self.max_new_tokens)
+        """Generate ``settings.num_samples`` continuations, yielding previews, then the files."""
+        settings = self.checked(settings)
         directory = self.workspace.new_request_dir(key)
         stop = threading.Event()
         with self._lock:
             self._stops[key] = stop
         try:
-            yield from self._stream(prompt, controls, settings, directory, stop, safe_stem(name))
+            yield from self._stream(prompt, settings, directory, stop, safe_stem(name))
         finally:
             with self._lock:
                 if self._stops.get(key) is stop:
@@ -153,7 +130,6 @@ class Composer:
     def _stream(
         self,
         prompt: symusic.Score | None,
-        controls: FormSettings,
         settings: GenerationSettings,
         directory: Path,
         stop: threading.Event,
@@ -163,7 +139,7 @@ class Composer:
         last_preview = 0.0
         results: list[GenerationResult] = []
         steps = self.pipeline.stream(
-            prompt, controls.variations, settings, every=self.stream_every, stop_event=stop
+            prompt, settings=settings, every=self.stream_every, stop_event=stop
         )
         for step, results in enumerate(steps):
             now = time.monotonic()
@@ -176,13 +152,13 @@ class Composer:
             ]
             done = min((r.bars for r in results), default=0)
             tokens = max((r.new_tokens for r in results), default=0)
-            fraction = done / max(settings.bars, 1)
+            fraction = done / settings.bars if settings.bars else 0.0
             if settings.max_new_tokens:
                 fraction = max(fraction, tokens / settings.max_new_tokens)
+            bars = f"bar {min(done, settings.bars)} of {settings.bars}, " if settings.bars else ""
             yield Progress(
                 previews,
-                f"Generating… bar {min(done, settings.bars)} of {settings.bars}, {tokens} tokens, "
-                f"{now - started:.1f} s",
+                f"Generating… {bars}{tokens} tokens, {now - started:.1f} s",
                 min(fraction, 0.99),
             )
         if not results:
@@ -202,7 +178,7 @@ class Composer:
     def continue_once(
         self,
         prompt: bytes | symusic.Score | None,
-        controls: FormSettings,
+        settings: GenerationSettings,
         key: str,
         name: str = "musegen",
     ) -> list[Variation]:
@@ -210,9 +186,9 @@ class Composer:
 
         ``prompt`` is MIDI bytes or a Score; None starts from nothing.
         """
-        settings = controls.settings(self.max_new_tokens)
+        settings = self.checked(settings)
         directory = self.workspace.new_request_dir(key)
-        results = self.pipeline.continue_midi(prompt, controls.variations, settings)
+        results = self.pipeline.continue_midi(prompt, settings=settings)
         if not results:
             raise MusegenError("the model produced nothing; try again with another seed")
         return [self.save(r, directory, i, safe_stem(name)) for i, r in enumerate(results)]

@@ -15,24 +15,16 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from musegen.app.composer import Composer, FormSettings, Progress, Variation
+from musegen.app.composer import Composer, Progress, Variation, form_settings
 from musegen.app.session import SessionState, check_prompt, describe_score, read_upload
 from musegen.errors import MusegenError
-from musegen.render.audio import render_pianoroll
+from musegen.generation.settings import NAMES, GenerationSettings
+from musegen.render.pianoroll import render_pianoroll
 
 log = logging.getLogger("musegen.app.blocks")
 Components = dict[str, Any]
-CONTROL_NAMES = (
-    "bars",
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "random_seed",
-    "instruments",
-    "drums",
-    "variations",
-)
+# The form sends every generation setting by name, plus the page's Random-seed box.
+CONTROL_NAMES = (*NAMES, "random_seed")
 
 
 def _key(request: gr.Request | None) -> str:
@@ -147,7 +139,7 @@ class Handlers:
         """Stream previews into the result slots, then the audio and downloads."""
         enable = {self.controls["generate"]: gr.update(interactive=True)}
         try:
-            settings = FormSettings.from_form(form)
+            settings = form_settings(form)
             yield from self._generate(state, settings, _key(request), progress)
         except MusegenError as exc:
             gr.Warning(str(exc))
@@ -162,14 +154,14 @@ class Handlers:
             }
 
     def _generate(
-        self, state: SessionState, settings: FormSettings, key: str, progress: gr.Progress
+        self, state: SessionState, settings: GenerationSettings, key: str, progress: gr.Progress
     ) -> Iterator[dict]:
         c = self.controls
         prompt = state.prompt_score()
         yield {
             self.status: "Starting…",
             c["generate"]: gr.update(interactive=False),
-            **self._reset_slots(settings.variations),
+            **self._reset_slots(settings.num_samples),
         }
         name = state.prompt_name
         stem = self.examples[name].stem if name in self.examples else name
@@ -226,27 +218,16 @@ class Handlers:
     def api_continue(
         self,
         midi: str | None,
-        bars: float,
-        temperature: float,
-        top_p: float,
-        top_k: float,
-        seed: float | None,
-        variations: float,
         request: gr.Request,
+        **values: Any,
     ) -> tuple[str, str, str, str]:
-        """``/continue``: a MIDI prompt in; MIDI, WAV, piano roll and a status line out."""
+        """``/continue``: a MIDI prompt and every generation setting by name (see
+        :mod:`musegen.generation.settings`) in; MIDI, WAV, piano roll and a status line out."""
         try:
             data = read_upload(midi, self.max_upload_bytes)
-            controls = FormSettings(
-                bars=int(bars),
-                temperature=float(temperature),
-                top_p=float(top_p),
-                top_k=int(top_k),
-                seed=None if seed is None or seed < 0 else int(seed),
-                variations=int(variations),
-            )
+            settings = GenerationSettings.from_values(values)
             # read_upload has already checked the MIDI (errors name the file); no second parse.
-            found = self.composer.continue_once(data, controls, _key(request), Path(midi).name)
+            found = self.composer.continue_once(data, settings, _key(request), Path(midi).name)
         except MusegenError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         except Exception as exc:

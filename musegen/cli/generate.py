@@ -7,20 +7,17 @@ the same command skips outputs already recorded there, so an interrupted folder 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import symusic
 from tqdm import tqdm
 
 from musegen.errors import MusegenError
+from musegen.files import append_jsonl, atomic_path, read_jsonl, write_atomic
+from musegen.generation.settings import add_arguments, from_args
 from musegen.pipeline import GenerationResult, GenerationSettings, Pipeline
 from musegen.tokenizer import score_to_midi_bytes
-from musegen.training.plots import read_metrics
 
 MANIFEST = "manifest.jsonl"
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -49,36 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(p)
     p.add_argument("--prompt", type=Path, help="a MIDI file, or a folder searched recursively")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--num-samples", type=int, default=1, help="continuations per prompt")
-    p.add_argument(
-        "--bars", type=int, default=4, help="new bars per sample (0: use the token budget)"
-    )
-    p.add_argument("--max-new-tokens", type=int, default=None, help="token budget per sample")
-    p.add_argument("--temperature", type=float, default=1.0, help="below 1: safer; above 1: wilder")
-    p.add_argument(
-        "--top-k", type=int, default=0, help="sample from the k likeliest tokens (0: off)"
-    )
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1: off")
-    p.add_argument("--seed", type=int, default=0, help="sample k uses seed+k")
-    p.add_argument(
-        "--instruments",
-        type=str,
-        default=None,
-        help="comma-separated GM programs allowed for new notes, e.g. 0,33 "
-        "(default: the prompt's instruments; any when generating from nothing)",
-    )
-    p.add_argument(
-        "--any-instrument",
-        action="store_true",
-        help="let the continuation bring in instruments the prompt does not have",
-    )
-    p.add_argument("--no-drums", action="store_true", help="no drum notes in the continuation")
-    p.add_argument("--unconstrained", action="store_true", help="turn grammar constraints off")
-    p.add_argument("--free-tempo", action="store_true", help="let the model change the tempo")
-    p.add_argument(
-        "--free-time-signature", action="store_true", help="let the model change the time signature"
-    )
+    add_arguments(p)  # one flag per generation setting, from the settings table
     p.add_argument("--batch-size", type=int, default=8, help="sequences sampled at once")
     p.add_argument("--continuation-only", action="store_true", help="write only the new part")
     p.add_argument("--audio", action="store_true", help="also write a .wav of each output")
@@ -86,35 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _programs(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise MusegenError(f"--instruments wants comma-separated numbers 0-127, got {text!r}")
-
-
 def settings_from(args: argparse.Namespace) -> GenerationSettings:
-    settings = GenerationSettings(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        bars=args.bars or None,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        instruments=_programs(args.instruments),
-        drums=not args.no_drums,
-        constrained=not args.unconstrained,
-        keep_tempo=not args.free_tempo,
-        keep_time_signature=not args.free_time_signature,
-        keep_instruments=not args.any_instrument,
-    )
-    settings.validate()
-    if args.num_samples < 1 or args.batch_size < 1:
-        raise MusegenError("--num-samples and --batch-size must be at least 1")
-    return settings
+    """The validated settings the flags describe, with a seed drawn when ``--seed`` < 0."""
+    if args.batch_size < 1:
+        raise MusegenError(f"--batch-size must be at least 1, got {args.batch_size}")
+    return from_args(args).with_seed()
 
 
 def find_prompts(prompt: Path | None) -> tuple[list[Path | None], Path | None]:
@@ -138,20 +82,6 @@ def stem_of(prompt: Path | None, root: Path | None) -> str:
     return "__".join(rel.with_suffix("").parts)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def append_line(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _extras(
     result: GenerationResult, score: symusic.Score, midi_path: Path, args: argparse.Namespace
 ) -> None:
@@ -163,13 +93,12 @@ def _extras(
     if args.pianoroll:
         from musegen.render.pianoroll import render_pianoroll
 
-        atomic_write(midi_path.with_suffix(".png"), render_pianoroll(score, split_tick=split))
+        write_atomic(midi_path.with_suffix(".png"), render_pianoroll(score, split_tick=split))
     if args.audio:
         from musegen.render.audio import render_audio, write_audio
 
-        tmp = midi_path.with_name(f".{midi_path.stem}.tmp.wav")
-        write_audio(render_audio(score), tmp)
-        os.replace(tmp, midi_path.with_suffix(".wav"))
+        with atomic_path(midi_path.with_suffix(".wav")) as tmp:
+            write_audio(render_audio(score), tmp)
 
 
 class _Run:
@@ -183,7 +112,7 @@ class _Run:
         self.done = {
             row["output"]
             # a line cut by a crash is skipped: its output is redone
-            for row in read_metrics(self.manifest)
+            for row in read_jsonl(self.manifest)
             if row.get("output")
             and row.get("settings") == settings.to_dict()
             and row.get("checkpoint") == self.checkpoint
@@ -202,9 +131,9 @@ class _Run:
                 continue
             score = result.continuation if self.args.continuation_only else result.score
             path = self.out / name
-            atomic_write(path, score_to_midi_bytes(score))
+            write_atomic(path, score_to_midi_bytes(score))
             _extras(result, score, path, self.args)
-            append_line(
+            append_jsonl(
                 self.manifest,
                 {
                     "output": name,
@@ -225,7 +154,7 @@ class _Run:
 
     def fail(self, prompt: Path | None, error: Exception) -> None:
         self.failed += 1
-        append_line(
+        append_jsonl(
             self.manifest,
             {"output": None, "prompt": str(prompt), "status": "failed", "error": str(error)},
         )

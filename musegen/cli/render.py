@@ -78,9 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from musegen.render.audio import render_audio, render_pianoroll, write_audio
+    from musegen.render.audio import render_audio, write_audio
     from musegen.render.engines import read_soundfont
-    from musegen.render.pianoroll import bar_grid
+    from musegen.render.pianoroll import bar_grid, render_pianoroll
     from musegen.tokenizer import load_score
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

@@ -2,7 +2,7 @@
 
 Settings are layered, later wins: the preset, a ``--config`` file, the explicit flags, then
 ``--set key=value``. Every :class:`~musegen.config.ModelConfig` and
-:class:`~musegen.training.loop.TrainConfig` field can be set; ``--resume`` starts from the
+:class:`~musegen.training.config.TrainConfig` field can be set; ``--resume`` starts from the
 settings saved in ``RUN_DIR/run.json`` and applies only what is given again on the command line.
 """
 
@@ -63,6 +63,18 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--eval-windows", "eval_windows", int, "validation windows per evaluation"),
     ("--threads", "threads", int, "torch CPU threads (default: torch's choice)"),
     ("--sample-tokens", "sample_tokens", int, "tokens of the sample at each eval (0: none)"),
+    (
+        "--infill-rate",
+        "infill_rate",
+        float,
+        "fraction of windows rearranged as fill-in-the-middle examples, so the model can infill",
+    ),
+    (
+        "--init-from",
+        "init_from",
+        str,
+        "start from this checkpoint's weights (same shape; added tokens get fresh rows)",
+    ),
 ]
 
 
@@ -184,7 +196,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Sort ``key: value`` pairs into (training fields, model fields); unknown keys are errors."""
     from musegen.config import ModelConfig
-    from musegen.training.loop import TrainConfig
+    from musegen.training.config import TrainConfig
 
     model_fields = set(ModelConfig.__dataclass_fields__)
     train_fields = TrainConfig.field_names()
@@ -226,7 +238,7 @@ def gather_settings(args: argparse.Namespace) -> dict[str, Any]:
 def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     """(TrainConfig, ModelConfig or None) from the parsed command line."""
     from musegen.config import ModelConfig, preset
-    from musegen.training.loop import TrainConfig
+    from musegen.training.config import TrainConfig
     from musegen.training.state import read_run
 
     train_over, model_over = split_settings(gather_settings(args))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from musegen.data.infill import InfillRearranger
 from musegen.errors import MusegenError
 from musegen.tokenizer import TOKENIZER_FILE
 
@@ -119,6 +120,8 @@ class Augmentation:
         transpose: tuple[int, int] = (-5, 6),
         velocity_shift: int = 1,
         tempo_shift: int = 1,
+        program_within: float = 0.0,
+        program_across: float = 0.0,
     ) -> None:
         if tokenizer.is_trained:
             raise MusegenError(
@@ -153,6 +156,10 @@ class Augmentation:
         # With PitchDrum tokens (or no programs at all) every Pitch token is a pitched note.
         config = tokenizer.config
         self._track_programs = bool(programs) and not getattr(config, "use_pitchdrum_tokens", True)
+        if not (0 <= program_within <= 1 and 0 <= program_across <= 1):
+            raise MusegenError("program remapping rates must be in [0, 1]")
+        self.program_within, self.program_across = program_within, program_across
+        self._program_id = {program: i for i, program in programs.items()}
 
     @staticmethod
     def _ordered(vocab: dict[str, int], prefix: str, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -190,6 +197,7 @@ class Augmentation:
         if shift and pitches.size:
             moved = self._lookup[self._kind[ids[mask]], pitches + shift]
             out[mask] = np.where(moved >= 0, moved, out[mask])
+        self._remap_programs(out, inside, rng)
         for (bins, index), limit in (
             (self._velocity, self.velocity_shift),
             (self._tempo, self.tempo_shift),
@@ -199,6 +207,38 @@ class Augmentation:
             if delta and where.any():
                 out[where] = bins[np.clip(index[ids[where]] + delta, 0, len(bins) - 1)]
         return out
+
+    # General MIDI families whose members are interchangeable enough to swap across: everything
+    # but percussive/ethnic (112–119) and sound effects (120–127).
+    _ACROSS_FAMILIES = tuple(range(14))
+
+    def _remap_programs(
+        self, out: np.ndarray, inside: np.ndarray, rng: np.random.Generator
+    ) -> None:
+        """Give each pitched track of the window another GM program, consistently per window.
+
+        Within its family (8 programs: pianos, guitars, basses, …) at ``program_within``, into
+        another family at ``program_across``; drums stay drums, and two tracks never merge.
+        """
+        if not (self.program_within or self.program_across) or not self._program_id:
+            return
+        programs = self._program[np.where(inside, out, 0)]
+        present = sorted({int(p) for p in programs[inside & (programs >= 0)]})
+        used, mapping = set(present), {}
+        for program in present:
+            draw = rng.random()
+            if draw < self.program_across:
+                families = [f for f in self._ACROSS_FAMILIES if f != program // 8]
+                new = int(rng.choice(families)) * 8 + int(rng.integers(8))
+            elif draw < self.program_across + self.program_within:
+                new = program // 8 * 8 + int(rng.integers(8))
+            else:
+                continue
+            if new not in used and new in self._program_id:
+                used.add(new)
+                mapping[program] = new
+        for old, new in mapping.items():
+            out[inside & (programs == old)] = self._program_id[new]
 
 
 class WindowSampler:
@@ -219,6 +259,7 @@ class WindowSampler:
         rank: int = 0,
         world_size: int = 1,
         augmentation: Augmentation | None = None,
+        infill: InfillRearranger | None = None,
     ) -> None:
         if split.num_docs == 0:
             raise MusegenError(f"split {split.name!r} is empty: prepare more data")
@@ -228,6 +269,7 @@ class WindowSampler:
             raise MusegenError(f"rank {rank} must be in [0, world_size={world_size})")
         self.split, self.seq_len, self.seed, self.pad_id = split, seq_len, seed, pad_id
         self.rank, self.world_size, self.augmentation = rank, world_size, augmentation
+        self.infill = infill
         self._lengths = np.diff(split.offsets)
         self._windows = np.maximum(self._lengths - seq_len, 1)
         self._cumulative = np.cumsum(self._windows)
@@ -248,6 +290,8 @@ class WindowSampler:
             window = np.asarray(self.split.tokens[begin : begin + n], dtype=np.int64)
             if self.augmentation is not None:
                 window = self.augmentation.apply(window, rng)
+            if self.infill is not None:
+                window = self.infill.maybe_apply(window, rng)
             batch[row, :n] = window
         return batch
 

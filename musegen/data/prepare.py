@@ -28,6 +28,7 @@ from musegen import __version__
 from musegen.data.dataset import FORMAT, FORMAT_VERSION, MANIFEST, split_files, token_dtype
 from musegen.data.pool import FileResult, tokenize_files
 from musegen.errors import MusegenError
+from musegen.files import replace_dir
 from musegen.tokenizer import (
     TokenizerSettings,
     build_tokenizer,
@@ -243,7 +244,7 @@ def prepare(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         manifest = _prepare_into(tmp, src, paths, ignored, options, progress)
-        _replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
@@ -317,15 +318,6 @@ def _manifest(src, entries, ignored, options, vocab_size, dtype, splits, special
         },
         "source": str(src.resolve()),
     }
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Swap the finished temporary folder in; the old one is removed only after the rename."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def summary_lines(manifest: dict) -> list[str]:

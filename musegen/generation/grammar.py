@@ -375,13 +375,3 @@ class Grammar:
 
     def _closing(self, state: GrammarState) -> list[int]:
         return []
-
-
-def grammar_for(tokenizer: miditok.MusicTokenizer, controls: Controls | None = None) -> Grammar:
-    """The grammar of ``tokenizer``'s family, or a MusegenError naming the unsupported one."""
-    from musegen.generation.rules import GRAMMARS
-
-    name = type(tokenizer).__name__
-    if name not in GRAMMARS:
-        raise MusegenError(f"no grammar for tokenizer {name}; supported: {', '.join(GRAMMARS)}")
-    return GRAMMARS[name](tokenizer, controls)

@@ -1,5 +1,6 @@
 """The rules of each tokenizer family, on top of the state machine in
-:mod:`musegen.generation.grammar`.
+:mod:`musegen.generation.grammar`, and :func:`grammar_for`, which picks them by tokenizer class
+(here, not in the state machine's module, so that the two do not import each other).
 
 REMI: Bar → Position → (Tempo) → Program → Pitch → Velocity → Duration, positions strictly
 increasing inside a bar. TSD: TimeShift instead of Bar/Position, with bars tracked from the
@@ -10,9 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import miditok
+
+from musegen.errors import MusegenError
 from musegen.generation.grammar import (
     NOTE_TYPES,
     OFF_TYPES,
+    Controls,
     Grammar,
     GrammarState,
 )
@@ -191,3 +196,11 @@ GRAMMARS: dict[str, type[Grammar]] = {
     "TSD": TSDGrammar,
     "MIDILike": MIDILikeGrammar,
 }
+
+
+def grammar_for(tokenizer: miditok.MusicTokenizer, controls: Controls | None = None) -> Grammar:
+    """The grammar of ``tokenizer``'s family, or a MusegenError naming the unsupported one."""
+    name = type(tokenizer).__name__
+    if name not in GRAMMARS:
+        raise MusegenError(f"no grammar for tokenizer {name}; supported: {', '.join(GRAMMARS)}")
+    return GRAMMARS[name](tokenizer, controls)

@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from musegen.generation.grammar import Grammar, GrammarState
-
-# Attention kinds whose cache cannot grow past max_seq_len: the loop slides by re-prefilling.
-BOUNDED_KINDS = ("absolute", "relative")
+from musegen.model.attention import get_kind
 
 
 @dataclass
@@ -182,7 +180,10 @@ class _Runner:
         self.model, self.pad_id, self.use_cache = model, pad_id, use_cache
         self.device = next(model.parameters()).device
         config = model.config
-        self.limit = config.max_seq_len if config.attention in BOUNDED_KINDS else None
+        # A kind that sees the whole past cannot grow past max_seq_len: the loop slides by
+        # re-prefilling. A bounded reach keeps a constant cache, so it generates for ever.
+        unbounded = get_kind(config.attention).bounded_reach(config) is None
+        self.limit = config.max_seq_len if unbounded else None
         self.cache = None
         self.rows: list[list[int]] = []
 

@@ -1,8 +1,10 @@
 """The music transformer: token embedding → pre-norm blocks → final norm → tied head.
 
-A readable nanoGPT-style decoder. Attention is looked up by ``config.attention`` in
-:data:`musegen.model.attention.ATTENTION`; only ``absolute`` learns position embeddings, the other
-kinds learn per-layer relative embeddings ``[heads, max_relative_distance, head_dim]``.
+A readable nanoGPT-style decoder. ``config.attention`` names an
+:class:`~musegen.model.attention.AttentionSpec` (:func:`musegen.model.attention.get_kind`), looked
+up once here: it gives the attention functions, says whether the model learns absolute position
+embeddings or per-layer relative embeddings ``[heads, max_relative_distance, head_dim]``, and
+makes the cache.
 
 ``forward(ids, cache=None, padding_mask=None)``: with a cache, ``ids`` are the next tokens after
 those the cache has seen (prefill a prompt, then one token at a time); ``padding_mask`` marks
@@ -22,39 +24,34 @@ from torch import Tensor, nn
 
 from musegen.config import ModelConfig
 from musegen.model.attention import (
-    ATTENTION,
     AttnContext,
     additive_mask,
-    cached_context,
+    get_kind,
     inference_kernels,
     init_scale,
 )
-from musegen.model.cache import FullCache, KVCache, RingCache
+from musegen.model.cache import FullCache, KVCache
 from musegen.model.linear import DecodeWeight, Linear, WeightMemo
 
-# Query block of the aligned relative path: big enough to keep the fused kernel busy, small
-# enough to skip most of the causal upper triangle (compare values with
-# `python benchmarks/bench_model.py --skip gen,scaling`).
-RELATIVE_BLOCK = 256
-
-
 # Above this many bytes of relative biases per layer, training checkpoints each query block
-# (see musegen.model.attention._block_attention): for 8 heads, from L ≈ 5.8k at batch 1 and L ≈ 2k
-# at batch 8. Recomputing costs a second pass over each block, so shorter sequences keep them.
+# (see musegen.model.attention.kernels.block_attention): for 8 heads, from L ≈ 5.8k at batch 1
+# and L ≈ 2k at batch 8. Recomputing costs a second pass over each block, so shorter sequences
+# keep them.
 RECOMPUTE_BYTES = 512 << 20
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention; the mechanism itself is a registry function."""
+    """Multi-head self-attention; the mechanism itself comes from the kind's spec."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.n_heads, self.head_dim = config.n_heads, config.head_dim
         self.qkv = Linear(config.d_model, 3 * config.d_model)
         self.proj = Linear(config.d_model, config.d_model)
-        self.fn = ATTENTION[config.attention]
+        spec = get_kind(config.attention)
+        self.fn, self.step = spec.forward, spec.decode  # bound once: no lookup per token
         self.rel = None
-        if config.attention != "absolute":
+        if spec.has_relative:
             shape = (config.n_heads, config.max_relative_distance, config.head_dim)
             self.rel = nn.Parameter(torch.randn(shape) * init_scale(config.head_dim))
         self.memo = WeightMemo()
@@ -68,9 +65,12 @@ class SelfAttention(nn.Module):
             if ctx.cached:
                 k, v = k_all, v_all
         rel = self.rel
-        if ctx.decode and rel is not None:  # decode reads distances far to near: see attention
-            rel = self.memo.get("reversed", lambda: self.rel.detach().flip(1), self.rel)
-        y = self.fn(q, k, v, rel, ctx)
+        if ctx.decode:
+            if rel is not None:  # decode reads distances far to near: see decode_relative_bias
+                rel = self.memo.get("reversed", lambda: self.rel.detach().flip(1), self.rel)
+            y = self.step(q, k, v, rel, ctx)
+        else:
+            y = self.fn(q, k, v, rel, ctx)
         return self.proj.forward(y.transpose(1, 2).reshape(B, L, C))
 
 
@@ -105,9 +105,11 @@ class MusicTransformer(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
+        self.spec = spec = get_kind(config.attention)
+        self._pattern, self._block = spec.pattern(config), spec.query_block(config)
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = None
-        if config.attention == "absolute":
+        if spec.absolute_positions:
             self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
@@ -135,16 +137,10 @@ class MusicTransformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def new_cache(self, batch_size: int, device=None, dtype=None) -> KVCache:
-        """An empty cache: a ring buffer for ``local``/``sparse``, full storage otherwise."""
-        c = self.config
+        """An empty cache of the kind's choice: a ring buffer when its reach is bounded."""
         if device is None:
             device = self.tok_emb.weight.device
-        if c.attention in ("local", "sparse"):
-            stride = c.sparse_stride if c.attention == "sparse" else 0
-            return RingCache(
-                c.n_layers, batch_size, c.window, stride, c.max_relative_distance, device, dtype
-            )
-        return FullCache(c.n_layers, batch_size, device, dtype)
+        return self.spec.make_cache(self.config, batch_size, device, dtype)
 
     def forward(
         self,
@@ -178,8 +174,7 @@ class MusicTransformer(nn.Module):
         c = self.config
         B, L = input_ids.shape
         device = input_ids.device
-        block = RELATIVE_BLOCK if c.attention in ("absolute", "relative") else c.window
-        ctx = AttnContext(c.attention, c.window, c.sparse_stride, c.max_relative_distance, block)
+        ctx = AttnContext(self._pattern, self._block)
         if padding_mask is not None:
             padding_mask = self._check_padding(padding_mask, B, L, device)
         start = cache.length if cache is not None else 0
@@ -191,11 +186,11 @@ class MusicTransformer(nn.Module):
             pad = torch.zeros(B, dtype=torch.long, device=device)
             if padding_mask is not None:
                 pad = (~padding_mask).sum(1)
-        if c.attention == "absolute" and start + L - int(pad.min()) > c.max_seq_len:
+        if self.spec.absolute_positions and start + L - int(pad.min()) > c.max_seq_len:
             raise ValueError(
-                f"attention='absolute' cannot go past max_seq_len={c.max_seq_len} tokens "
-                f"(asked for {start + L - int(pad.min())}); use relative, local or sparse "
-                "attention to generate longer pieces"
+                f"attention={c.attention!r} cannot go past max_seq_len={c.max_seq_len} tokens "
+                f"(asked for {start + L - int(pad.min())}); use a kind with relative "
+                "positions (e.g. relative, local or sparse) to generate longer pieces"
             )
         if cache is not None and L == 1 and start > 0 and self._decodes(cache, padding_mask):
             valid = cache.begin_token()
@@ -206,12 +201,14 @@ class MusicTransformer(nn.Module):
         if cache is not None:
             keys = cache.begin(L, padding_mask)
         if start > 0:
-            cached_context(ctx, keys, self.tok_emb.weight.dtype)
+            self.spec.prepare_step(ctx, keys, self.tok_emb.weight.dtype)
         elif padding_mask is not None and not bool(padding_mask.all()):
             ctx.pad, ctx.key_valid = pad, padding_mask
         bias_bytes = 2 * B * c.n_heads * L * L  # the kept biases of causal blocks, fp32
         ctx.recompute = (
-            c.attention == "relative" and torch.is_grad_enabled() and bias_bytes > RECOMPUTE_BYTES
+            self.spec.recompute_long
+            and torch.is_grad_enabled()
+            and bias_bytes > RECOMPUTE_BYTES
         )
         ctx.use_flex = (
             c.attention_backend == "flex"
@@ -223,7 +220,7 @@ class MusicTransformer(nn.Module):
 
     def _decodes(self, cache: KVCache, padding_mask: Tensor | None) -> bool:
         """Whether a one-token step can take the decode hot path (full cache, no new padding)."""
-        if self.config.attention not in ("absolute", "relative"):
+        if self.spec.decode is None:  # the kind steps through its cached regime
             return False
         return isinstance(cache, FullCache) and (padding_mask is None or bool(padding_mask.all()))
 

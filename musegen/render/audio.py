@@ -1,4 +1,4 @@
-"""Hearing and seeing a score: audio through the best renderer available, and piano-roll PNGs.
+"""Hearing a score: audio through the best renderer available (pictures: :mod:`.pianoroll`).
 
 How a renderer is chosen (``backend=None``):
 
@@ -29,8 +29,7 @@ from musegen.errors import MusegenError
 from musegen.render import engines as audio_backends
 from musegen.render import synth
 from musegen.render.engines import Engine, SoundFont
-from musegen.render.pianoroll import load_tick_score, render_pianoroll
-from musegen.tokenizer import count_notes
+from musegen.tokenizer import count_notes, end_seconds, load_tick_score
 
 log = logging.getLogger("musegen.render.audio")
 
@@ -83,7 +82,7 @@ def render_audio(
     audio, label = _render_first(
         _plan(backend if backend != "auto" else None, user_sf), score, sample_rate, progress, strict
     )
-    audio = normalise(trim(audio, sample_rate, synth.end_seconds(score)))
+    audio = normalise(trim(audio, sample_rate, end_seconds(score)))
     duration = len(audio) / sample_rate
     log.info(
         "rendered %.1f s of audio with %s in %.2f CPU s",
@@ -122,7 +121,7 @@ class _SynthEngine(Engine):
     def render(self, score, soundfont, sample_rate, progress):
         from tqdm import tqdm
 
-        long = progress and synth.end_seconds(score) >= 30  # only then is the bar shown
+        long = progress and end_seconds(score) >= 30  # only then is the bar shown
         with tqdm(
             total=count_notes(score),
             unit="note",
@@ -223,6 +222,5 @@ __all__ = [
     "RenderedAudio",
     "available_backends",
     "render_audio",
-    "render_pianoroll",
     "write_audio",
 ]

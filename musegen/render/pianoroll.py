@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from musegen.errors import MusegenError
-from musegen.tokenizer import load_score
+from musegen.tokenizer import load_tick_score
 
 DPI = 100
 PALETTE = (
@@ -80,12 +80,6 @@ def bar_grid(score: symusic.Score, end_tick: int) -> BarGrid:
         if i + 1 == len(sigs):
             bars.append(tick)
     return BarGrid(np.array(sorted(set(bars)), dtype=float), np.array(beats, dtype=float))
-
-
-def load_tick_score(source: str | Path | bytes | symusic.Score) -> symusic.Score:
-    """The score of ``source`` (see :func:`load_score`) with its times in ticks."""
-    score = load_score(source)
-    return score if "Tick" in str(score.ttype) else score.to("tick")
 
 
 def render_pianoroll(

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import symusic
 
+from musegen.tokenizer import end_seconds
+
 
 @dataclass(frozen=True)
 class Voice:
@@ -174,19 +176,10 @@ def _pans(score: symusic.Score) -> list[float]:
     return pans
 
 
-def end_seconds(score: symusic.Score) -> float:
-    """When the last note of a tick-based score ends, in seconds (0.0 without notes)."""
-    return _last_note_end(score.to("second"))
-
-
-def _last_note_end(score: symusic.Score) -> float:
-    return max((n.time + n.duration for t in score.tracks for n in t.notes), default=0.0)
-
-
 def render_score(score: symusic.Score, sample_rate: int, bar=None) -> np.ndarray:
     """Stereo float32 audio [n, 2] of a tick-based score; ``bar`` is an optional tqdm bar."""
     score = score.to("second")
-    end = _last_note_end(score)
+    end = end_seconds(score)
     out = np.zeros((int((end + 2.0) * sample_rate) + 1, 2), dtype=np.float32)
     rng = np.random.default_rng(0)
     drum_cache: dict[int, np.ndarray] = {}

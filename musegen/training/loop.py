@@ -2,10 +2,10 @@
 
 One code path serves a laptop run and ``torchrun --nproc_per_node=N -m musegen train``: under
 torchrun each rank draws its own windows, gradients are averaged by DistributedDataParallel and
-only rank 0 writes. The run directory layout, :class:`TrainConfig` and resume logic live in
-:mod:`musegen.training.state`; device, precision, optimiser and schedule in
-:mod:`musegen.training.optim`;
-metrics and the learning-curve plot in :mod:`musegen.training.plots`.
+only rank 0 writes. The settings are a :class:`~musegen.training.config.TrainConfig`; the run
+directory layout and resume logic live in :mod:`musegen.training.state`; device, precision,
+optimiser and schedule in :mod:`musegen.training.optim`; metrics and the learning-curve plot in
+:mod:`musegen.training.plots`; the objective in :mod:`musegen.metrics`.
 """
 
 from __future__ import annotations
@@ -23,16 +23,25 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from musegen import __version__
+from musegen.checkpoint import WEIGHTS_FILE, load_weights, save_pretrained
 from musegen.config import ModelConfig
+from musegen.data.dataset import Augmentation, WindowSampler, iter_eval_windows
+from musegen.data.infill import InfillRearranger
 from musegen.errors import MusegenError
+from musegen.files import append_jsonl, write_json_atomic
+from musegen.generation.sampling import AllowedTokens, Stopping, Temperature, sample
+from musegen.metrics import evaluate_windows, token_loss
+from musegen.model.transformer import MusicTransformer
 from musegen.tokenizer import special_id
 from musegen.training import optim
 from musegen.training import state as ts
+from musegen.training.config import TrainConfig
 from musegen.training.optim import DistContext, init_distributed
-from musegen.training.plots import StepWindow, append_metrics, plot_metrics, truncate_metrics
-from musegen.training.state import TrainConfig
+from musegen.training.plots import StepWindow, plot_metrics, truncate_metrics
+from musegen.training.warm_start import warm_start
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train"]
+__all__ = ["TrainResult", "TrainingDiverged", "train"]
 
 
 class TrainingDiverged(MusegenError):
@@ -95,8 +104,6 @@ class _Trainer:
     """One run: built from the config and the run directory, then looped to a stop condition."""
 
     def __init__(self, config: TrainConfig, model_config: ModelConfig | None, ctx: DistContext):
-        from musegen.model.transformer import MusicTransformer
-
         self.cfg, self.ctx, self.device, self.run_dir = config, ctx, ctx.device, Path(config.out)
         self.amp_dtype = optim.configure_precision(ctx.device, config.precision, config.threads)
         self.tokenizer, train_split, val_split = ts.open_prepared(config.data)
@@ -125,8 +132,10 @@ class _Trainer:
         self.best_step: int | None = None
         if saved is not None:
             self._restore(train_split)
+        elif config.init_from:
+            self._say(warm_start(self.raw, self.tokenizer, config.init_from))
         if ctx.is_main:
-            ts.write_json_atomic(self.run_dir / ts.RUN_FILE, self._run_record())
+            write_json_atomic(self.run_dir / ts.RUN_FILE, ts.to_jsonable(self._run_record()))
         self.model = self._wrap(self.raw)
         self.window = StepWindow(self.tokens_per_step)
 
@@ -144,25 +153,34 @@ class _Trainer:
             )
 
     def _make_sampler(self, split: Any, seed: int) -> Any:
-        from musegen.data.dataset import Augmentation, WindowSampler
-
         cfg, augmentation = self.cfg, None
         if cfg.augment and self.tokenizer.is_trained:
             self._say("augmentation is off: it needs base tokens and this tokenizer uses BPE")
         elif cfg.augment:
             augmentation = Augmentation(
-                self.tokenizer, cfg.transpose, cfg.velocity_shift, cfg.tempo_shift
+                self.tokenizer,
+                cfg.transpose,
+                cfg.velocity_shift,
+                cfg.tempo_shift,
+                cfg.program_within,
+                cfg.program_across,
             )
+        infill = InfillRearranger(self.tokenizer, cfg.infill_rate) if cfg.infill_rate else None
         return WindowSampler(
-            split, self.seq_len, seed, self.pad, self.ctx.rank, self.ctx.world_size, augmentation
+            split,
+            self.seq_len,
+            seed,
+            self.pad,
+            self.ctx.rank,
+            self.ctx.world_size,
+            augmentation,
+            infill,
         )
 
     def _val_windows(self, split: Any) -> np.ndarray | None:
         """This rank's share of the fixed validation windows (ranks split them, then sum)."""
         if split is None or self.cfg.eval_windows == 0:
             return None
-        from musegen.data.dataset import iter_eval_windows
-
         rows = list(iter_eval_windows(split, self.seq_len, self.pad, self.cfg.eval_windows))
         if not rows:
             return None
@@ -170,8 +188,6 @@ class _Trainer:
 
     def _restore(self, train_split: Any) -> None:
         """Load weights, optimiser, counters, sampler and RNG state from ``latest``."""
-        from musegen.checkpoint import WEIGHTS_FILE, load_weights
-
         ctx, state = self.ctx, ts.load_resume_state(self.run_dir, self.fingerprint)
         if state is None:
             self._say(f"{self.run_dir} has no checkpoint yet: starting again from step 0")
@@ -206,8 +222,6 @@ class _Trainer:
         return model
 
     def _run_record(self) -> dict[str, Any]:
-        from musegen import __version__
-
         return {
             "musegen_version": __version__,
             "train_config": self.cfg.to_dict(),
@@ -293,7 +307,7 @@ class _Trainer:
             with self.model.no_sync() if defer_sync else nullcontext():
                 with self._autocast():
                     logits = self.model(x[:, :-1])
-                loss = optim.token_loss(logits, x[:, 1:], self.pad) / count
+                loss = token_loss(logits, x[:, 1:], self.pad) / count
                 loss.backward()
             total += loss.detach()
         flags = torch.stack([total, torch.tensor(float(self._out_of_time()), device=self.device)])
@@ -341,7 +355,7 @@ class _Trainer:
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
         if self.ctx.is_main:
-            append_metrics(self.run_dir / ts.METRICS_FILE, {**record, "elapsed_s": self._elapsed()})
+            append_jsonl(self.run_dir / ts.METRICS_FILE, {**record, "elapsed_s": self._elapsed()})
 
     def _say(self, message: str) -> None:
         if self.ctx.is_main:
@@ -352,7 +366,7 @@ class _Trainer:
         self.last_eval = self.step
         if self.val_windows is None:
             return
-        sums = optim.evaluate_windows(
+        sums = evaluate_windows(
             self.raw, self.val_windows, self.pad, self.cfg.batch_size, self._autocast
         )
         loss_sum, correct, count = self.ctx.all_reduce_sum(sums).tolist()
@@ -375,8 +389,6 @@ class _Trainer:
         )
 
     def _save_model(self, directory: Path, extra: dict[str, Any]) -> None:
-        from musegen.checkpoint import save_pretrained
-
         facts = {"step": self.step, "tokens": self.tokens, "dataset_fingerprint": self.fingerprint}
         save_pretrained(self.raw, self.tokenizer, directory, extra=ts.to_jsonable(facts | extra))
 
@@ -413,8 +425,6 @@ class _Trainer:
         """A short sample at this step, so a user can listen to progress; never stops training."""
         if not self.cfg.sample_tokens:
             return
-        from musegen.generation.sampling import AllowedTokens, Stopping, Temperature, sample
-
         tok = self.tokenizer
         allowed = torch.arange(self.model_config.vocab_size) < len(tok)
         allowed[list(tok.special_tokens_ids)] = False

@@ -247,38 +247,3 @@ def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return True
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
-
-
-# --- the objective -------------------------------------------------------------------------------
-def token_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Summed next-token cross-entropy in fp32 over every target that is not PAD."""
-    return nn.functional.cross_entropy(
-        logits.float().flatten(0, 1), targets.flatten(), ignore_index=pad_id, reduction="sum"
-    )
-
-
-@torch.no_grad()
-def evaluate_windows(
-    model: nn.Module, windows: Any, pad_id: int, batch_size: int, autocast: Any
-) -> torch.Tensor:
-    """``[loss sum, correct predictions, real targets]`` (float64) over ``windows[N, L+1]``.
-
-    ``autocast`` is a zero-argument callable returning a context manager. The model is put back
-    in training mode afterwards.
-    """
-    device = next(model.parameters()).device
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(windows), batch_size):
-        x = torch.as_tensor(windows[start : start + batch_size], device=device)
-        with autocast():  # the model keeps no-grad CUDA attention off cuDNN itself
-            logits = model(x[:, :-1])
-        targets = x[:, 1:]
-        real = targets != pad_id
-        correct = ((logits.argmax(-1) == targets) & real).sum()
-        sums += torch.stack(
-            [token_loss(logits, targets, pad_id).double(), correct.double(), real.sum().double()]
-        )
-    model.train(was_training)
-    return sums

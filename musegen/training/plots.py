@@ -1,48 +1,25 @@
 """What a training run shows: ``metrics.jsonl``, the ``loss.png`` learning curve, throughput.
 
-``metrics.jsonl`` holds one JSON object per line: ``{"kind": "train", "step", "loss", "lr",
-"tokens_per_s", "tokens", "elapsed_s"}`` every ``log_every`` steps and ``{"kind": "eval", "step",
-"val_loss", "val_ppl", "val_acc", "elapsed_s"}`` at each evaluation. The plot is drawn with
-matplotlib's object API on an Agg canvas, so it needs no display and leaves pyplot's global state
-(and any other figure in the process) alone.
+``metrics.jsonl`` holds one JSON object per line (appended with :mod:`musegen.files`):
+``{"kind": "train", "step", "loss", "lr", "tokens_per_s", "tokens", "elapsed_s"}`` every
+``log_every`` steps and ``{"kind": "eval", "step", "val_loss", "val_ppl", "val_acc",
+"elapsed_s"}`` at each evaluation. The plot is drawn with matplotlib's object API on an Agg
+canvas, so it needs no display and leaves pyplot's global state (and any other figure in the
+process) alone.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import Any
 
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Every well-formed line of a metrics file (a line cut short by a kill is skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-def append_metrics(path: str | Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+from musegen.files import atomic_path, read_jsonl, write_jsonl_atomic
 
 
 def truncate_metrics(path: str | Path, step: int) -> None:
     """Drop lines logged after ``step``: a resumed run trains those steps again."""
     path = Path(path)
-    if not path.is_file():
-        return
-    kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, path)
+    if path.is_file():
+        write_jsonl_atomic(path, [r for r in read_jsonl(path) if r.get("step", 0) <= step])
 
 
 class StepWindow:
@@ -84,7 +61,7 @@ def plot_metrics(metrics_path: str | Path, png_path: str | Path) -> Path | None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    records = read_metrics(metrics_path)
+    records = read_jsonl(metrics_path)
     train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
     val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "eval"]
     if not train and not val:
@@ -111,7 +88,6 @@ def plot_metrics(metrics_path: str | Path, png_path: str | Path) -> Path | None:
     ax.legend()
     fig.tight_layout()
     png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.stem}.tmp.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, png_path)
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png")
     return png_path

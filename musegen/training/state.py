@@ -12,8 +12,8 @@ Layout of ``RUN_DIR``::
 
 ``latest`` and ``best`` are replaced atomically: the new one is written beside the old and
 swapped in with two renames; a crash between them is repaired on the next start. No pickle is
-written: tensors go to safetensors and everything else to JSON. :class:`TrainConfig` lives here
-because it is part of that record: ``run.json`` keeps it so ``--resume`` rebuilds the same run.
+written: tensors go to safetensors and everything else to JSON. ``run.json`` keeps the
+:class:`~musegen.training.config.TrainConfig`, so ``--resume`` rebuilds the same run.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import os
 import random
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,108 +33,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from musegen.config import ModelConfig, preset
-from musegen.data.dataset import MANIFEST
+from musegen.data.dataset import MANIFEST, PreparedDataset
 from musegen.errors import MusegenError
+from musegen.files import replace_dir, write_atomic, write_json_atomic
 from musegen.tokenizer import TOKENIZER_FILE, decode, load_tokenizer, score_to_midi_bytes
+from musegen.training.config import TrainConfig
 from musegen.training.optim import DistContext
-
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-@dataclass
-class TrainConfig:
-    """How to train: data, run directory, optimisation, evaluation and checkpoint cadence.
-
-    ``seq_len=None`` trains on windows of the model's ``max_seq_len``. ``max_minutes`` bounds the
-    wall-clock time of one invocation (a resumed run gets its own budget). ``precision='auto'``
-    is bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere.
-    """
-
-    data: str = ""
-    out: str = ""
-    preset: str = "small"
-    max_steps: int = 5000
-    max_minutes: float | None = None
-    batch_size: int = 8
-    seq_len: int | None = None
-    grad_accum: int = 1
-    lr: float = 5e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 200
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    threads: int | None = None
-    compile: bool = False
-    eval_every: int = 250
-    eval_windows: int = 64
-    save_every: int = 250
-    log_every: int = 10
-    sample_tokens: int = 256
-    sample_temperature: float = 1.0
-    augment: bool = True
-    transpose: tuple[int, int] = (-5, 6)
-    velocity_shift: int = 1
-    tempo_shift: int = 1
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-        self.transpose = (int(self.transpose[0]), int(self.transpose[1]))
-
-    def validate(self) -> None:
-        """Raise :class:`MusegenError` naming the field when a value cannot work."""
-        if not self.data:
-            raise MusegenError("--data is required: the directory written by 'musegen prepare'")
-        if not self.out:
-            raise MusegenError("--out is required: the run directory for checkpoints and logs")
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every"):
-            if int(getattr(self, name)) <= 0:
-                raise MusegenError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("log_every", "eval_windows", "sample_tokens", "warmup_steps"):
-            if int(getattr(self, name)) < 0:
-                raise MusegenError(f"{name} must be ≥ 0, got {getattr(self, name)}")
-        if self.seq_len is not None and self.seq_len < 2:
-            raise MusegenError(f"seq_len must be at least 2, got {self.seq_len}")
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise MusegenError("lr must be > 0 and min_lr_ratio within [0, 1]")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise MusegenError(f"max_minutes must be positive, got {self.max_minutes}")
-        if self.threads is not None and self.threads <= 0:
-            raise MusegenError(f"threads must be positive, got {self.threads}")
-        if self.device not in DEVICES:
-            raise MusegenError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.precision not in PRECISIONS:
-            raise MusegenError(f"precision must be one of {', '.join(PRECISIONS)}")
-        if self.transpose[0] > 0 or self.transpose[1] <= 0:
-            raise MusegenError(
-                f"transpose must be a half-open range of semitones holding 0, like (-5, 6); "
-                f"got {self.transpose}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def field_names(cls) -> set[str]:
-        return {f.name for f in fields(cls)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        unknown = sorted(set(data) - cls.field_names())
-        if unknown:
-            raise MusegenError(f"unknown training config field(s): {', '.join(unknown)}")
-        try:
-            return cls(**data)
-        except (TypeError, ValueError, IndexError) as exc:
-            raise MusegenError(f"invalid training config: {exc}") from None
-
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
@@ -213,12 +117,6 @@ def clear_run_dir(run_dir: Path) -> None:
         shutil.rmtree(run_dir)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(data), indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def repair_checkpoints(run_dir: Path) -> None:
     """Undo a swap of ``latest``/``best`` that a crash interrupted; drop half-written copies."""
     for name in (LATEST, BEST):
@@ -241,12 +139,7 @@ def replace_checkpoint(run_dir: Path, name: str, write: Callable[[Path], None]) 
         if leftover.exists() and (final.exists() or leftover is tmp):
             shutil.rmtree(leftover)
     write(tmp)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
-    return final
+    return replace_dir(tmp, final, old=old)
 
 
 # --- JSON encoding of numpy-bearing state ------------------------------------------------------
@@ -332,7 +225,7 @@ def write_train_state(
                 plain[key] = value
         ranks_json.append(plain)
     save_file(tensors, str(out / STATE_TENSORS))
-    write_json_atomic(out / STATE_JSON, {**meta, "ranks": ranks_json})
+    write_json_atomic(out / STATE_JSON, to_jsonable({**meta, "ranks": ranks_json}))
 
 
 def read_train_state(directory: Path) -> TrainState:
@@ -368,8 +261,6 @@ def load_resume_state(run_dir: Path, fingerprint: dict[str, str]) -> TrainState 
 # --- inputs and outputs of a run -----------------------------------------------------------------
 def open_prepared(data_dir: str | Path) -> tuple[Any, Any, Any]:
     """(tokenizer, train split, val split or ``None``) of a prepared corpus, with clear errors."""
-    from musegen.data.dataset import PreparedDataset
-
     dataset = PreparedDataset.open(data_dir)
     tokenizer = load_tokenizer(dataset.tokenizer_path)
     train_split = dataset.split("train")
@@ -441,8 +332,4 @@ def write_sample(run_dir: Path, step: int, ids: list[int], tokenizer: Any) -> Pa
     """Decode sampled ids and write ``samples/step_N.mid`` atomically."""
     out = run_dir / "samples"
     out.mkdir(exist_ok=True)
-    path = out / f"step_{step}.mid"
-    tmp = out / f".step_{step}.mid.tmp"
-    tmp.write_bytes(score_to_midi_bytes(decode(tokenizer, ids)))
-    os.replace(tmp, path)
-    return path
+    return write_atomic(out / f"step_{step}.mid", score_to_midi_bytes(decode(tokenizer, ids)))

@@ -1,9 +1,11 @@
-"""Attention mechanisms: one function per ``ModelConfig.attention`` kind, in a registry.
+"""Kernels shared by the attention kinds: the skew, masks, the cached and decode regimes, flex.
 
-Every function has the signature ``fn(q, k, v, rel, ctx) -> out`` with ``q`` of shape
+Every attention function has the signature ``fn(q, k, v, rel, ctx) -> out`` with ``q`` of shape
 ``[B, H, Lq, D]``, ``k``/``v`` of shape ``[B, H, Lk, D]``, ``rel`` the layer's relative embeddings
-``[H, R, D]`` (row ``d`` is distance ``d``; ``None`` for ``absolute``) and ``ctx`` an
-:class:`AttnContext` built once per forward pass and shared by all layers.
+``[H, R, D]`` (row ``d`` is distance ``d``; ``None`` for kinds without them) and ``ctx`` an
+:class:`AttnContext` built once per forward pass and shared by all layers. Nothing here knows a
+kind's name: a kind is described to the kernels by its :class:`Pattern` (which keys a query may
+see).
 
 Three regimes:
 
@@ -11,8 +13,8 @@ Three regimes:
   relative bias ``q_i·E[i-j]`` comes from one matmul ``Q·Eᵀ`` per query block and the
   memory-efficient *skew* (a pad and a strided view, never an ``L×L×D`` tensor); it reaches the
   fused ``scaled_dot_product_attention`` as an additive float mask whose ``-inf`` entries carry the
-  causal/window masks for free. ``local``/``sparse`` work block by block on a band of keys, so
-  time and memory grow linearly with ``L``; long ``relative`` training recomputes each block's
+  causal/window masks for free. Banded patterns work block by block on a band of keys, so
+  time and memory grow linearly with ``L``; long full-past training recomputes each block's
   bias in the backward pass (``ctx.recompute``).
 * **cached** (prompt chunks, ring-buffer steps): a few queries against the keys kept by a
   :mod:`musegen.model.cache` object. The bias is gathered from ``q·Eᵀ`` by a distance index and the
@@ -36,6 +38,67 @@ from torch.utils.checkpoint import checkpoint
 
 NEG_INF = float("-inf")
 
+# Query block of the aligned full-past path: big enough to keep the fused kernel busy, small
+# enough to skip most of the causal upper triangle (compare values with
+# `python benchmarks/bench_model.py --skip gen,scaling`). Banded patterns use their band.
+RELATIVE_BLOCK = 256
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Which keys a query may see, counted in tokens back from the query (itself at 0).
+
+    ``band == 0``: the whole past; otherwise the last ``band`` tokens. ``stride > 0`` adds the
+    *summary* keys (real position ≡ ``stride-1`` mod ``stride``) at distances in
+    ``[band, horizon)`` (the Sparse Transformer's "fixed" pattern). ``horizon`` is also where
+    relative distances are clipped (``max_relative_distance``).
+    """
+
+    band: int = 0
+    stride: int = 0
+    horizon: int = 0
+
+    @property
+    def reach(self) -> int | None:
+        """How far back any query sees (``None``: the whole past)."""
+        if not self.band:
+            return None
+        return self.horizon if self.stride else self.band
+
+    @property
+    def span(self) -> int:
+        """Rows of the relative table a query can use."""
+        return self.band if self.band and not self.stride else self.horizon
+
+    def allowed(self, dist: Tensor, k_real: Tensor) -> Tensor:
+        """Which (query, key) pairs may attend, from distances and key real positions."""
+        ok = dist >= 0
+        if not self.band:
+            return ok
+        near = ok & (dist < self.band)
+        if not self.stride:
+            return near
+        return near | self.summary(dist, k_real)
+
+    def summary(self, dist: Tensor, k_real: Tensor) -> Tensor:
+        s = self.stride
+        return (k_real % s == s - 1) & (dist >= self.band) & (dist < self.horizon)
+
+    def mask_mod(self) -> Callable:
+        """The pattern as a FlexAttention ``mask_mod(b, h, q_idx, kv_idx)``."""
+        band, stride, horizon = self.band, self.stride, self.horizon
+
+        def mask_mod(b, h, qi, ki):
+            d = qi - ki
+            if not band:
+                return d >= 0
+            near = (d >= 0) & (d < band)
+            if not stride:
+                return near
+            return near | ((ki % stride == stride - 1) & (d >= band) & (d < horizon))
+
+        return mask_mod
+
 
 @dataclass
 class AttnContext:
@@ -46,10 +109,7 @@ class AttnContext:
     sparse summary positions and absolute positions are counted on real positions.
     """
 
-    kind: str
-    window: int
-    stride: int
-    horizon: int  # max_relative_distance: relative distances are clipped there
+    pattern: Pattern
     block: int  # query block size of the aligned paths
     pad: Tensor | None = None  # [B] long
     key_valid: Tensor | None = None  # [B, L] bool, aligned regime only
@@ -102,7 +162,7 @@ def additive_mask(ok: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, NEG_INF)
 
 
-def _pad_key_mask(ctx: AttnContext, q_idx: Tensor, k_idx: Tensor, dtype) -> Tensor:
+def pad_key_mask(ctx: AttnContext, q_idx: Tensor, k_idx: Tensor, dtype) -> Tensor:
     """Additive mask ``[B, 1, Lq, Lk]`` hiding padded keys (a pad query still sees itself)."""
     valid = ctx.key_valid[:, k_idx]  # [B, Lk]
     ok = valid[:, None, None, :] | (q_idx[:, None] == k_idx[None, :])[None, None]
@@ -110,28 +170,29 @@ def _pad_key_mask(ctx: AttnContext, q_idx: Tensor, k_idx: Tensor, dtype) -> Tens
 
 
 def _summary_keys(ctx: AttnContext, i0: int, i1: int, B: int, device) -> Tensor | None:
-    """Indices ``[B, S]`` of the sparse summary keys some query in ``[i0, i1)`` may reach.
+    """Indices ``[B, S]`` of the summary keys some query in ``[i0, i1)`` may reach.
 
     Summary keys have real position ``p ≡ stride-1 (mod stride)`` and distance in
-    ``[window, horizon)`` from the query (nearer keys are in the local band already).
+    ``[band, horizon)`` from the query (nearer keys are in the band already).
     Out-of-range entries are returned as ``-1``.
     """
-    lo_pos, hi_pos = i0 - ctx.horizon + 1, i1 - 1 - ctx.window  # index range that can qualify
+    p = ctx.pattern
+    lo_pos, hi_pos = i0 - p.horizon + 1, i1 - 1 - p.band  # index range that can qualify
     if hi_pos < 0:
         return None
     pad = ctx.pad if ctx.pad is not None else torch.zeros(B, dtype=torch.long, device=device)
-    first = (lo_pos - int(pad.max())) // ctx.stride - 1
-    last = (hi_pos - int(pad.min())) // ctx.stride + 1
+    first = (lo_pos - int(pad.max())) // p.stride - 1
+    last = (hi_pos - int(pad.min())) // p.stride + 1
     s = torch.arange(max(first, 0), last + 1, device=device)
-    idx = pad[:, None] + s[None, :] * ctx.stride + ctx.stride - 1  # [B, S] indices
+    idx = pad[:, None] + s[None, :] * p.stride + p.stride - 1  # [B, S] indices
     bad = (idx < max(lo_pos, 0)) | (idx > hi_pos)
     if bool(bad.all()):
         return None
     return idx.masked_fill(bad, -1)
 
 
-def _block_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor, ctx: AttnContext) -> Tensor:
-    """Aligned relative/local/sparse attention, one query block at a time.
+def block_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor, ctx: AttnContext) -> Tensor:
+    """Aligned relative attention under ``ctx.pattern``, one query block at a time.
 
     With ``ctx.recompute`` each block is checkpointed: its bias (``Bq × keys`` per head) is
     rebuilt in the backward pass instead of kept, so full relative attention over long
@@ -151,17 +212,17 @@ def _block_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor, ctx: AttnCont
 
 def _attend_block(q, k, v, rel, ctx: AttnContext, i0: int, i1: int) -> Tensor:
     """Queries ``i0 … i1-1`` against the keys they may see (band, padding, summaries)."""
-    local = ctx.kind in ("local", "sparse")
-    lo = max(0, i0 - ctx.window + 1) if local else 0
+    band = ctx.pattern.band
+    lo = max(0, i0 - band + 1) if band else 0
     n_keys = i1 - lo
-    n_dist = min(n_keys, ctx.window) if local else n_keys
+    n_dist = min(n_keys, band) if band else n_keys
     qb = q[:, :, i0:i1]
     bias = skewed_band_bias(qb, rel, n_keys, n_dist)
     kb, vb = k[:, :, lo:i1], v[:, :, lo:i1]
     if ctx.key_valid is not None:
         q_idx = torch.arange(i0, i1, device=q.device)
-        bias = bias + _pad_key_mask(ctx, q_idx, torch.arange(lo, i1, device=q.device), q.dtype)
-    if ctx.kind == "sparse":
+        bias = bias + pad_key_mask(ctx, q_idx, torch.arange(lo, i1, device=q.device), q.dtype)
+    if ctx.pattern.stride:
         summ = _summary_keys(ctx, i0, i1, q.shape[0], q.device)
         if summ is not None:
             kb, vb, bias = _add_summaries(qb, k, v, rel, ctx, summ, i0, (kb, vb, bias))
@@ -169,16 +230,17 @@ def _attend_block(q, k, v, rel, ctx: AttnContext, i0: int, i1: int) -> Tensor:
 
 
 def _add_summaries(qb, k, v, rel, ctx, summ, i0, band):
-    """Append the sparse summary keys (gathered per row) to a block's keys, values and bias."""
+    """Append the summary keys (gathered per row) to a block's keys, values and bias."""
     kb, vb, bias = band
     B, H, Bq, D = qb.shape
+    horizon = ctx.pattern.horizon
     safe = summ.clamp_min(0)  # [B, S]
     gather_idx = safe[:, None, :, None].expand(B, H, -1, D)
     ks, vs = k.gather(2, gather_idx), v.gather(2, gather_idx)
     q_idx = torch.arange(i0, i0 + Bq, device=qb.device)
     dist = q_idx[None, :, None] - safe[:, None, :]  # [B, Bq, S]
-    ok = (summ[:, None, :] >= 0) & (dist >= ctx.window) & (dist < ctx.horizon)
-    n_dist = int(dist.max().clamp(min=0, max=ctx.horizon - 1)) + 1
+    ok = (summ[:, None, :] >= 0) & (dist >= ctx.pattern.band) & (dist < horizon)
+    n_dist = int(dist.max().clamp(min=0, max=horizon - 1)) + 1
     qe = torch.matmul(qb, (rel[:, :n_dist] * D**-0.5).transpose(-1, -2))  # [B,H,Bq,n_dist]
     idx = dist.clamp(0, n_dist - 1)[:, None].expand(B, H, Bq, -1)
     sb = qe.gather(-1, idx).masked_fill(~ok[:, None], NEG_INF)
@@ -187,7 +249,7 @@ def _add_summaries(qb, k, v, rel, ctx, summ, i0, band):
 
 
 # --- the cached (incremental) regime --------------------------------------------------------
-def _cached_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx: AttnContext):
+def cached_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx: AttnContext):
     """Queries against cached keys: bias gathered by distance, mask from key positions."""
     mask = ctx.mask
     if rel is not None:
@@ -199,6 +261,35 @@ def _cached_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx: 
         idx = ctx.dist_index.expand(B, H, Lq, -1)
         mask = qe.gather(-1, idx) + mask
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def cached_context(ctx: AttnContext, keys, dtype: torch.dtype, relative: bool) -> AttnContext:
+    """Fill ``ctx`` with one step's distance index and additive mask (shared by all layers).
+
+    ``keys`` is a :class:`musegen.model.cache.StepKeys`. Ring slots of type LOCAL follow the band
+    rule only and SUMMARY slots the summary rule only, so a key kept in both is never counted
+    twice; ANY (fresh or full-cache keys) follows the pattern's whole rule. A padding query
+    still sees itself, so no row is empty. ``relative``: also build the distance index.
+    """
+    from musegen.model.cache import LOCAL, SUMMARY
+
+    p = ctx.pattern
+    dist = keys.q_index[None, :, None] - keys.k_index[:, None, :]  # [B, Lq, Nk]
+    k_real = (keys.k_index - keys.pad[:, None])[:, None, :]
+    rule = p.allowed(dist, k_real)
+    t = keys.k_type[None, None, :]
+    if p.stride:
+        near = (dist >= 0) & (dist < p.band)
+        summary = rule & ~near
+        rule = torch.where(t == LOCAL, near, torch.where(t == SUMMARY, summary, rule))
+    ok = (rule & keys.k_valid[:, None, :]) | ((dist == 0) & (t != SUMMARY))
+    ok &= keys.k_index[:, None, :] >= 0
+    ctx.mask = additive_mask(ok, dtype)[:, None]
+    if relative:
+        reach = int(dist.max().clamp(min=0)) + 1
+        ctx.n_dist = max(1, min(reach, p.span))
+        ctx.dist_index = dist.clamp(0, ctx.n_dist - 1)[:, None]
+    return ctx
 
 
 # --- the decode regime: one token per row against a full cache (the generation hot path) ----
@@ -220,12 +311,12 @@ def decode_relative_bias(q: Tensor, rel_reversed: Tensor, n_keys: int) -> Tensor
     return bias.unsqueeze(2)
 
 
-def _decode_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx: AttnContext):
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx: AttnContext):
     """Softmax attention for ``Lq = 1``: three batched matmuls over views of the cache.
 
     A little faster than ``scaled_dot_product_attention`` here for one query over the cache
     (``python benchmarks/bench_decode.py``, step), and it skips building a distance index and
-    a mask every step.
+    a mask every step. ``rel`` (if any) arrives reversed along distance.
     """
     B, H, _, D = q.shape
     N = k.shape[2]
@@ -243,123 +334,32 @@ def _decode_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx: 
     return out.view(B, H, 1, D)
 
 
-# --- one function per kind ------------------------------------------------------------------
-def absolute_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx: AttnContext):
-    """Plain causal attention (positions come from learned absolute embeddings)."""
-    if ctx.decode:
-        return _decode_attention(q, k, v, None, ctx)
-    if ctx.cached:
-        return _cached_attention(q, k, v, None, ctx)
-    if ctx.key_valid is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    L = q.shape[-2]
-    idx = torch.arange(L, device=q.device)
-    causal = additive_mask(idx[None] <= idx[:, None], q.dtype)
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=causal + _pad_key_mask(ctx, idx, idx, q.dtype)
-    )
-
-
-def relative_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor, ctx: AttnContext):
-    """Music Transformer relative attention (Huang et al. 2018), causal over the whole past."""
-    if ctx.decode:
-        return _decode_attention(q, k, v, rel, ctx)
-    if ctx.cached:
-        return _cached_attention(q, k, v, rel, ctx)
-    if ctx.use_flex:
-        return _flex_attention(q, k, v, rel, ctx)
-    return _block_attention(q, k, v, rel, ctx)
-
-
-AttentionFn = Callable[[Tensor, Tensor, Tensor, "Tensor | None", AttnContext], Tensor]
-ATTENTION: dict[str, AttentionFn] = {
-    "absolute": absolute_attention,
-    "relative": relative_attention,
-    # local (a causal window of ``ctx.window`` keys) and sparse (the window plus strided
-    # summary keys, the Sparse Transformer's "fixed" pattern) differ only in which keys the
-    # context lets each query see: the same relative attention computes them.
-    "local": relative_attention,
-    "sparse": relative_attention,
-}
-
-
-# --- structure shared by the cache path and the tests ---------------------------------------
-def allowed(kind: str, dist: Tensor, k_real: Tensor, window: int, stride: int, horizon: int):
-    """Which (query, key) pairs ``kind`` lets attend, from distances and key real positions."""
-    causal = dist >= 0
-    if kind in ("absolute", "relative"):
-        return causal
-    near = causal & (dist < window)
-    if kind == "local":
-        return near
-    summary = (k_real % stride == stride - 1) & (dist >= window) & (dist < horizon)
-    return near | summary
-
-
-def cached_context(ctx: AttnContext, keys, dtype: torch.dtype) -> AttnContext:
-    """Fill ``ctx`` with one step's distance index and additive mask (shared by all layers).
-
-    ``keys`` is a :class:`musegen.model.cache.StepKeys`. Ring slots of type LOCAL follow the window
-    rule only and SUMMARY slots the summary rule only, so a key kept in both is never counted
-    twice; ANY (fresh or full-cache keys) follows the kind's whole rule. A padding query still
-    sees itself, so no row is empty.
-    """
-    from musegen.model.cache import LOCAL, SUMMARY
-
-    dist = keys.q_index[None, :, None] - keys.k_index[:, None, :]  # [B, Lq, Nk]
-    k_real = (keys.k_index - keys.pad[:, None])[:, None, :]
-    rule = allowed(ctx.kind, dist, k_real, ctx.window, ctx.stride, ctx.horizon)
-    t = keys.k_type[None, None, :]
-    if ctx.kind == "sparse":
-        near = (dist >= 0) & (dist < ctx.window)
-        summary = rule & ~near
-        rule = torch.where(t == LOCAL, near, torch.where(t == SUMMARY, summary, rule))
-    ok = (rule & keys.k_valid[:, None, :]) | ((dist == 0) & (t != SUMMARY))
-    ok &= keys.k_index[:, None, :] >= 0
-    ctx.mask = additive_mask(ok, dtype)[:, None]
-    if ctx.kind != "absolute":
-        span = ctx.window if ctx.kind == "local" else ctx.horizon
-        reach = int(dist.max().clamp(min=0)) + 1
-        ctx.n_dist = max(1, min(reach, span))
-        ctx.dist_index = dist.clamp(0, ctx.n_dist - 1)[:, None]
-    return ctx
-
-
 # --- optional fused GPU path ----------------------------------------------------------------
-_FLEX: dict[str, Callable] = {}
+_FLEX: dict = {}
 
 
-def _flex_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor, ctx: AttnContext) -> Tensor:
-    """FlexAttention (CUDA): relative bias as a ``score_mod``, window/summaries as a block mask.
+def flex_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor, ctx: AttnContext) -> Tensor:
+    """FlexAttention (CUDA): relative bias as a ``score_mod``, the pattern as a block mask.
 
     ``Q·Eᵀ`` is computed once (``[B, H, L, n_dist]``) and looked up inside the fused kernel by
-    distance; the mask is a block-sparse pattern, so local/sparse skip the blocks they never see.
+    distance; the mask is a block-sparse pattern, so banded patterns skip the blocks they never
+    see.
     """
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import create_block_mask
+    from torch.nn.attention.flex_attention import flex_attention as flex
 
     if "fn" not in _FLEX:
-        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+        _FLEX["fn"] = torch.compile(flex, dynamic=False)
     L = q.shape[2]
-    span = ctx.window if ctx.kind == "local" else ctx.horizon
-    n_dist = min(L, span)
+    n_dist = min(L, ctx.pattern.span)
     qe = torch.matmul(q, (rel[:, :n_dist] * q.shape[-1] ** -0.5).transpose(-1, -2))
-    kind, window, stride, horizon = ctx.kind, ctx.window, ctx.stride, ctx.horizon
 
     def score_mod(score, b, h, qi, ki):
         return score + qe[b, h, qi, (qi - ki).clamp(0, n_dist - 1)]
 
-    def mask_mod(b, h, qi, ki):
-        d = qi - ki
-        if kind == "relative":
-            return d >= 0
-        near = (d >= 0) & (d < window)
-        if kind == "local":
-            return near
-        return near | ((ki % stride == stride - 1) & (d >= window) & (d < horizon))
-
-    key = (kind, L, q.device)
+    key = (ctx.pattern, L, q.device)
     if key not in _FLEX:
-        _FLEX[key] = create_block_mask(mask_mod, None, None, L, L, device=q.device)
+        _FLEX[key] = create_block_mask(ctx.pattern.mask_mod(), None, None, L, L, device=q.device)
     return _FLEX["fn"](q, k, v, score_mod=score_mod, block_mask=_FLEX[key])
 
 
