@@ -23,6 +23,7 @@ import musegen
 from musegen.config import ModelConfig
 from musegen.errors import CheckpointError, MusegenError
 from musegen.files import replace_dir
+from musegen.model.attention import get_kind
 from musegen.model.transformer import MusicTransformer
 from musegen.tokenizer import TOKENIZER_FILE, load_tokenizer, save_tokenizer
 
@@ -98,8 +99,11 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     meta = read_meta(directory)
     try:
         config = ModelConfig.from_dict(meta["model"])
+        get_kind(config.attention).validate(config)  # a kind this version knows, fields valid
     except MusegenError as exc:
         raise CheckpointError(f"{directory / CONFIG_FILE}: {exc}") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: invalid model config: {exc}") from None
     tok_path = directory / TOKENIZER_FILE
     try:
         tokenizer = load_tokenizer(tok_path)

@@ -1,7 +1,9 @@
 """The model's shape as a dataclass that travels as ``config.json`` beside the weights.
 
-Impossible combinations fail here, when the config is built, with a message that names the
-options, instead of deep inside a forward pass.
+Impossible combinations fail early with a message that names the options, instead of deep
+inside a forward pass: the shape here, when the config is built; the fields an attention kind
+reads, by the kind's spec when the model is built (the kinds live in :mod:`musegen.model`, a
+later stage than this shared module, so ``attention`` is only a name here).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ class ModelConfig:
 
     ``max_seq_len`` is the longest context seen in training (and the absolute-position table
     size). ``attention`` names a kind registered in :mod:`musegen.model.attention`, which says
-    which of the other fields it reads and validates them: ``relative`` attention clips
+    which of the other fields it reads and validates them when the model is built (an unknown
+    name is refused there, with the kinds this version knows): ``relative`` attention clips
     distances at ``max_relative_distance``; ``local`` and ``sparse`` attend to the last
     ``window`` tokens, and ``sparse`` also to every ``sparse_stride``-th earlier position (the
     Sparse Transformer's "summary" columns).
@@ -56,11 +59,8 @@ class ModelConfig:
         for name in positive:
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
-        # The registry imports torch and the model package, which imports this module: it is
-        # looked up when a config is validated, not when this module loads.
-        from musegen.model.attention import get_kind
-
-        spec = get_kind(self.attention)  # ValueError naming the kind and the known ones
+        if not isinstance(self.attention, str) or not self.attention:
+            raise ValueError(f"ModelConfig.attention must name a kind, got {self.attention!r}")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"ModelConfig.attention_backend={self.attention_backend!r} is not one of "
@@ -72,7 +72,6 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
-        spec.validate(self)  # the kind's own fields, and whether it has a flex form
 
     # --- JSON round trip -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -138,15 +137,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         sparse_stride=256,
     ),
 }
-
-
-def __getattr__(name: str) -> Any:
-    """``ATTENTION_KINDS``: the registered attention kinds, read from the registry on use."""
-    if name == "ATTENTION_KINDS":
-        from musegen.model.attention import kind_names
-
-        return kind_names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:

@@ -178,3 +178,168 @@ class SharedRunIndex:
             else:
                 hi = mid - 1
         return lo
+
+
+# --- continuation statistics per track -----------------------------------------------------------
+# A track is named by (program, is_drum), as the tokenizer names it: miditok merges tracks that
+# share both, so a prompt and its continuation can only be matched that way.
+TrackKey = tuple[int, bool]
+
+# Krumhansl–Kessler key profiles (probe-tone ratings, C major and C minor).
+_MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+_MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+_MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
+_MINOR_SCALE = (0, 2, 3, 5, 7, 8, 10, 11)  # natural minor plus the raised leading tone
+
+
+def track_key(track: symusic.Track) -> TrackKey:
+    """(program, is_drum); every drum track is one kit whatever its program (as in miditok)."""
+    return (0, True) if track.is_drum else (int(track.program), False)
+
+
+def notes_by_track(
+    score: symusic.Score, start: int = 0, end: int | None = None
+) -> dict[TrackKey, list[symusic.Note]]:
+    """Notes with an onset in [start, end), grouped by (program, is_drum); empty tracks left out."""
+    out: dict[TrackKey, list] = {}
+    for track in score.tracks:
+        notes = [n for n in track.notes if n.time >= start and (end is None or n.time < end)]
+        if notes:
+            out.setdefault(track_key(track), []).extend(notes)
+    return out
+
+
+def tracks_playing(prompt_tail: symusic.Score, new: symusic.Score) -> tuple[int, int]:
+    """(tracks of ``prompt_tail`` with notes, how many of them have ≥ 1 note in ``new``)."""
+    before = notes_by_track(prompt_tail)
+    after = notes_by_track(new)
+    return len(before), sum(1 for key in before if key in after)
+
+
+def density_ratio(generated: symusic.Score, real: symusic.Score, length: int) -> float | None:
+    """Notes per bar of ``generated`` over those of ``real``, both in [0, length) ticks (None
+    when the real bars are silent)."""
+    real_density = notes_per_bar(real, 0, length)
+    if not real_density:
+        return None
+    return notes_per_bar(generated, 0, length) / real_density
+
+
+def estimate_key(score: symusic.Score) -> tuple[int, str]:
+    """(tonic pitch class, "major"|"minor") by Krumhansl–Schmuckler: the rotation of the
+    Krumhansl–Kessler profile best correlated with the duration-weighted pitch-class histogram."""
+    hist = np.zeros(12)
+    for track in score.tracks:
+        if not track.is_drum:
+            for note in track.notes:
+                hist[note.pitch % 12] += max(1, note.duration)
+    if not hist.any():
+        return 0, "major"
+    best = (-2.0, 0, "major")
+    for mode, profile in (("major", _MAJOR_PROFILE), ("minor", _MINOR_PROFILE)):
+        for tonic in range(12):
+            r = float(np.corrcoef(hist, np.roll(profile, tonic))[0, 1])
+            if r > best[0]:
+                best = (r, tonic, mode)
+    return best[1], best[2]
+
+
+def key_pitch_classes(tonic: int, mode: str) -> frozenset[int]:
+    """The scale of a key: major, or minor with both the natural and the raised 7th."""
+    scale = _MAJOR_SCALE if mode == "major" else _MINOR_SCALE
+    return frozenset((tonic + step) % 12 for step in scale)
+
+
+def in_key_rate(score: symusic.Score, pitch_classes: frozenset[int]) -> float | None:
+    """Share of pitched notes whose pitch class is in ``pitch_classes`` (None: no pitched note)."""
+    pitches = [p for _, p in pitched_notes(score)]
+    if not pitches:
+        return None
+    return sum(p % 12 in pitch_classes for p in pitches) / len(pitches)
+
+
+def pitch_ranges(score: symusic.Score) -> dict[TrackKey, tuple[int, int]]:
+    """(lowest, highest) pitch of every pitched track with notes."""
+    return {
+        key: (min(n.pitch for n in notes), max(n.pitch for n in notes))
+        for key, notes in notes_by_track(score).items()
+        if not key[1]
+    }
+
+
+def range_difference(a: symusic.Score, b: symusic.Score) -> float | None:
+    """Mean over pitched tracks in both scores of |low_a − low_b| + |high_a − high_b| / 2, in
+    semitones: how far one's register is from the other's (None when no track is shared)."""
+    ra, rb = pitch_ranges(a), pitch_ranges(b)
+    shared = [k for k in ra if k in rb]
+    if not shared:
+        return None
+    diffs = [(abs(ra[k][0] - rb[k][0]) + abs(ra[k][1] - rb[k][1])) / 2 for k in shared]
+    return float(np.mean(diffs))
+
+
+def onset_grids(
+    score: symusic.Score, bar: int, bars: int, resolution: int = 16
+) -> dict[TrackKey, np.ndarray]:
+    """Per track, a ``[bars, resolution]`` boolean grid of note onsets (16ths in 4/4), each onset
+    rounded to the nearest step (a slightly early note of a played performance counts on the
+    beat, in the next bar when it falls just before a bar line)."""
+    grids: dict[TrackKey, np.ndarray] = {}
+    for key, notes in notes_by_track(score, 0, bars * bar).items():
+        grid = grids.setdefault(key, np.zeros((bars, resolution), dtype=bool))
+        for note in notes:
+            index, step = divmod(round(note.time * resolution / bar), resolution)
+            if index < bars:
+                grid[index, step] = True
+    return grids
+
+
+def _pattern_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard similarity of two onset patterns (two empty bars are the same pattern)."""
+    union = np.logical_or(a, b).sum()
+    return 1.0 if not union else float(np.logical_and(a, b).sum() / union)
+
+
+def onset_similarity(
+    reference: symusic.Score, new: symusic.Score, bar: int, bars: int, resolution: int = 16
+) -> float | None:
+    """How much the onset patterns of ``new``'s bars resemble ``reference``'s (both ``bars``
+    long from tick 0): per track of ``reference`` and per new bar, the Jaccard similarity to the
+    best-matching reference bar of that track, averaged. A silent new track scores 0 against a
+    playing one. None when ``reference`` has no notes. 1.0 for an exact copy."""
+    ref = onset_grids(reference, bar, bars, resolution)
+    out = onset_grids(new, bar, bars, resolution)
+    if not ref:
+        return None
+    values = []
+    for key, grid in ref.items():
+        played = grid[grid.any(axis=1)]
+        other = out.get(key, np.zeros_like(grid))
+        for row in other:
+            values.append(max(_pattern_similarity(row, ref_row) for ref_row in played))
+    return float(np.mean(values))
+
+
+def bar_contents(score: symusic.Score, bar: int, bars: int) -> list[tuple]:
+    """Each bar's notes relative to the bar start, as a sortable tuple (empty bars: ())."""
+    content: list[list] = [[] for _ in range(bars)]
+    for key, notes in notes_by_track(score, 0, bars * bar).items():
+        for n in notes:
+            index, offset = divmod(n.time, bar)
+            content[index].append((*key, offset, n.pitch, n.duration))
+    return [tuple(sorted(c)) for c in content]
+
+
+def longest_bar_repetition(score: symusic.Score, bar: int, bars: int) -> int:
+    """The longest run of consecutive identical non-empty bars (1: no bar repeats at once;
+    0: every bar is empty); identical means the same notes relative to the bar start."""
+    longest = run = 0
+    previous: tuple | None = None
+    for content in bar_contents(score, bar, bars):
+        if not content:
+            run, previous = 0, None
+            continue
+        run = run + 1 if content == previous else 1
+        previous = content
+        longest = max(longest, run)
+    return longest

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import symusic
 import torch
 
 from musegen.errors import CheckpointError, MidiError, MusegenError
+from musegen.generation import infill as fill
 from musegen.generation.grammar import Controls, Grammar, GrammarState
 from musegen.generation.rules import grammar_for
 from musegen.generation.sampling import (
@@ -77,6 +79,8 @@ class _Request:
     grammar: Grammar
     budget: int
     started: float
+    # Builds each row's result (default: Pipeline._result, a continuation); infilling merges.
+    result: Callable[..., GenerationResult] | None = None
 
 
 class Pipeline:
@@ -100,7 +104,7 @@ class Pipeline:
         self.checkpoint_dir, self.meta = checkpoint_dir, meta or {}
         vocab = tokenizer.vocab
         self.bos, self.pad = vocab.get("BOS_None"), vocab.get("PAD_None", 0)
-        self._grammars: dict[Controls, Grammar] = {}
+        self._grammars: dict[Controls | tuple, Grammar] = {}  # tuple: infilling's
         self._grammar_lock = threading.Lock()
 
     @classmethod
@@ -187,6 +191,63 @@ class Pipeline:
         request = self._prepare(prompt, num_samples, settings, overrides)
         return self._run(request, every, stop_event)
 
+    def infill(
+        self,
+        piece: str | Path | bytes | symusic.Score,
+        bars: tuple[int, int],
+        tracks: Sequence[int | str] | None = None,
+        settings: GenerationSettings | None = None,
+        num_samples: int | None = None,
+        **overrides: Any,
+    ) -> list[GenerationResult]:
+        """``num_samples`` versions of ``piece`` with ``bars`` (first, last: 1-based, inclusive)
+        regenerated from the music on both sides (see :mod:`musegen.generation.infill`).
+
+        ``tracks``: None regenerates every track; else track indices, ``"drums"`` and
+        ``"program:P"`` (GM program P; one the piece lacks adds a track). A result's ``score`` is
+        the whole piece, unchanged outside the span and in the other tracks; ``continuation``
+        is the new span alone, from tick 0. Settings as for :meth:`continue_midi`, except those
+        infilling fixes (:data:`~musegen.generation.infill.FIXED_SETTINGS`).
+        """
+        stream = self.stream_infill(piece, bars, tracks, settings, num_samples, 0, **overrides)
+        return self._last(stream)
+
+    def stream_infill(
+        self,
+        piece: str | Path | bytes | symusic.Score,
+        bars: tuple[int, int],
+        tracks: Sequence[int | str] | None = None,
+        settings: GenerationSettings | None = None,
+        num_samples: int | None = None,
+        every: int = 32,
+        stop_event: threading.Event | None = None,
+        **overrides: Any,
+    ) -> Iterator[list[GenerationResult]]:
+        """:meth:`infill` with partial results every ``every`` new tokens, as :meth:`stream`.
+
+        The request is checked before this returns, so a bad one raises here.
+        """
+        started = time.perf_counter()
+        settings = self._settings(settings, overrides, num_samples)
+        fill.check_settings(settings)
+        plan = fill.plan(self.tokenizer, piece, bars, tracks, self.config.max_seq_len, settings)
+        settings = settings.with_overrides(bars=plan.num_bars)
+        grammar = self._infill_grammar(plan)
+        start = grammar.start(plan.prefix)
+        n = settings.num_samples
+        request = _Request(
+            full=[plan.prompt] * n,
+            window=[plan.prompt] * n,
+            starts=[start.copy() for _ in range(n)],
+            seeds=[int(settings.seed) + k for k in range(n)],
+            settings=settings,
+            grammar=grammar,
+            budget=settings.max_new_tokens or plan.num_bars * TOKENS_PER_BAR_CAP,
+            started=started,
+            result=partial(self._infill_result, plan),
+        )
+        return self._run(request, every, stop_event)
+
     # --- internals --------------------------------------------------------------------------
     @staticmethod
     def _last(results: Iterator[list[GenerationResult]]) -> list[GenerationResult]:
@@ -202,6 +263,40 @@ class Pipeline:
             if controls not in self._grammars:
                 self._grammars[controls] = grammar_for(self.tokenizer, controls)
             return self._grammars[controls]
+
+    def _infill_grammar(self, plan: fill.InfillPlan) -> fill.InfillGrammar:
+        """The (cached) grammar of an infilling target: its programs, bars and meters."""
+        key = ("infill", plan.controls, plan.time_signatures)
+        with self._grammar_lock:
+            if key not in self._grammars:
+                self._grammars[key] = fill.InfillGrammar(
+                    self.tokenizer, plan.controls, plan.time_signatures
+                )
+            return self._grammars[key]
+
+    def _infill_result(
+        self,
+        plan: fill.InfillPlan,
+        request: _Request,
+        k: int,
+        new: list[int],
+        progress: Progress,
+        partial: bool,
+    ) -> GenerationResult:
+        tokens = request.grammar.complete(request.starts[k], new)
+        score, span = fill.merge(plan, self.tokenizer, request.grammar, tokens)
+        return GenerationResult(
+            score=score,
+            continuation=span,
+            prompt_end_tick=plan.ticks[0],
+            prompt_tokens=len(plan.prompt),
+            bars=plan.num_bars,
+            seed=request.seeds[k],
+            seconds=time.perf_counter() - request.started,
+            finished=not partial and not progress.stopped and not progress.hit_budget[k],
+            prompt_ids=list(plan.prompt),
+            tokens=list(tokens),
+        )
 
     def _prompt_ids(self, prompt: str | Path | bytes | symusic.Score | None) -> list[int]:
         if prompt is None:
@@ -319,7 +414,8 @@ class Pipeline:
     ) -> list[GenerationResult]:
         out = []
         for k, new in enumerate(progress.new_tokens):
-            out.append(self._result(request, k, list(new), progress, partial))
+            build = request.result or self._result
+            out.append(build(request, k, list(new), progress, partial))
         return out
 
     def _result(

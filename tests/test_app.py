@@ -269,7 +269,11 @@ def test_server_paths_are_refused_as_uploads(served):
 
     url = served[0].rstrip("/") + "/gradio_api/call/continue"
     secret = Path(__file__).resolve().parents[1] / "musegen" / "examples" / "bach_chorale.mid"
-    body = {"data": [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}, 1, 1, 1, 0, 1, 1]}
+    from musegen.generation.settings import SETTINGS
+
+    # Raw HTTP sends every parameter: the MIDI, then each setting in the table's order.
+    settings = [1, 1, 1, 0, 1, 1] + [[] if s.default is None else s.default for s in SETTINGS[6:]]
+    body = {"data": [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}, *settings]}
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )

@@ -44,7 +44,16 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("checkpoint", ("musegen.checkpoint",)),
     ("training / generation", ("musegen.training", "musegen.generation")),
     ("render", ("musegen.render",)),
-    ("pipeline / evaluate", ("musegen.pipeline", "musegen.evaluate")),
+    (
+        "pipeline / evaluate",
+        (
+            "musegen.pipeline",
+            "musegen.evaluate",
+            "musegen.evaluate_groups",
+            "musegen.eval_pieces",
+            "musegen.eval_report",
+        ),
+    ),
     ("app / cli", ("musegen.app", "musegen.cli", "musegen.__main__")),
 ]
 
@@ -105,7 +114,8 @@ def stage_of(module: str) -> int:
     best, best_len = None, -1
     for index, (_, prefixes) in enumerate(STAGES):
         for prefix in prefixes:
-            matches = module == prefix or module.startswith(prefix + ".")
+            # the top-level package names only itself; a new top-level module needs a row
+            matches = module == prefix or (prefix != "musegen" and module.startswith(prefix + "."))
             if matches and len(prefix) > best_len:
                 best, best_len = index, len(prefix)
     if best is None:
@@ -161,12 +171,18 @@ def test_no_module_imports_from_a_later_stage(module: str):
 
 
 # The front door: the front ends (and the evaluator, which drives the pipeline like a user) reach
-# generation, the model and checkpoints only through ``musegen.pipeline``.
+# generation, the model and checkpoints only through ``musegen.pipeline``. One exception is right:
+# the generation settings table (musegen.generation.settings) is the vocabulary of a request,
+# from which the CLI flags, the app's form and its API are derived; it holds no model or sampler
+# (the empty package __init__ comes with it).
 FRONT_ENDS = ("musegen.app", "musegen.cli", "musegen.__main__", "musegen.evaluate")
 BEHIND_THE_DOOR = ("musegen.model", "musegen.generation", "musegen.checkpoint")
+THROUGH_THE_WALL = {"musegen.generation", "musegen.generation.settings"}
 
 
 @pytest.mark.parametrize("module", [m for m in sorted(MODULES) if m.startswith(FRONT_ENDS)])
 def test_front_ends_go_through_the_pipeline(module: str):
-    deep = sorted(dep for dep in GRAPH[module] if dep.startswith(BEHIND_THE_DOOR))
+    deep = sorted(
+        dep for dep in GRAPH[module] - THROUGH_THE_WALL if dep.startswith(BEHIND_THE_DOOR)
+    )
     assert not deep, f"{module} imports {', '.join(deep)}: use musegen.pipeline instead"

@@ -5,8 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from musegen.config import ATTENTION_KINDS
-from musegen.model.attention import ATTENTION, AttnContext, skewed_band_bias
+from musegen.config import ModelConfig
+from musegen.model.attention import AttnContext, get_kind, kind_names, skewed_band_bias
+
+ATTENTION_KINDS = kind_names()
+
+
+def context(kind, window, stride, horizon, block):
+    """The context a model of ``kind`` with these settings gives its layers."""
+    cfg = ModelConfig(
+        attention=kind, window=window, sparse_stride=stride, max_relative_distance=horizon
+    )
+    return AttnContext(get_kind(kind).pattern(cfg), block)
+
+
+def attend(kind, q, k, v, rel, ctx):
+    return get_kind(kind).forward(q, k, v, rel, ctx)
 
 
 def naive_relative_logits(q, k, rel):
@@ -56,11 +70,11 @@ def make_inputs(B=2, H=2, L=45, D=8, R=20, seed=0):
 
 def run_both(kind, block, window=7, stride=3, horizon=20, pad=None, L=45):
     q, k, v, rel = make_inputs(L=L, R=horizon)
-    ctx = AttnContext(kind, window, stride, horizon, block)
+    ctx = context(kind, window, stride, horizon, block)
     if pad is not None:
         ctx.pad = pad
         ctx.key_valid = torch.arange(L)[None, :] >= pad[:, None]
-    out = ATTENTION[kind](q, k, v, None if kind == "absolute" else rel, ctx)
+    out = attend(kind, q, k, v, None if kind == "absolute" else rel, ctx)
     ref = reference_attention(kind, q, k, v, rel, window, stride, horizon, pad)
     return (q, k, v, rel), out, ref
 
@@ -110,11 +124,11 @@ def test_sparse_sees_far_summaries_local_does_not():
     """A value change at a summary column far back changes sparse outputs, not local ones."""
     for kind, should_change in (("local", False), ("sparse", True)):
         q, k, v, rel = (t.detach() for t in make_inputs(L=40, R=40))
-        ctx = AttnContext(kind, 6, 4, 40, 8)
-        out = ATTENTION[kind](q, k, v, rel, ctx)
+        ctx = context(kind, 6, 4, 40, 8)
+        out = attend(kind, q, k, v, rel, ctx)
         v2 = v.clone()
         v2[:, :, 3] += 10.0  # position 3 is a summary column for stride 4
-        out2 = ATTENTION[kind](q, k, v2, rel, ctx)
+        out2 = attend(kind, q, k, v2, rel, ctx)
         changed = (out2[:, :, 30:] - out[:, :, 30:]).abs().max() > 1e-6
         assert bool(changed) == should_change
 
@@ -123,13 +137,13 @@ def test_sparse_sees_far_summaries_local_does_not():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kind", ["relative", "local", "sparse"])
 def test_flex_backend_matches_reference(kind):
-    from musegen.model.attention import _flex_attention
+    from musegen.model.attention.kernels import flex_attention
 
     q, k, v, rel = (
         t.detach().float().cuda().requires_grad_() for t in make_inputs(L=256, D=16, R=64)
     )
-    ctx = AttnContext(kind, 32, 16, 64, 64)
-    out = _flex_attention(q, k, v, rel, ctx)
+    ctx = context(kind, 32, 16, 64, 64)
+    out = flex_attention(q, k, v, rel, ctx)
     ref = reference_attention(kind, q, k, v, rel, 32, 16, 64)
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
     g = torch.randn_like(out)

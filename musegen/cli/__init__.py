@@ -17,7 +17,17 @@ from musegen import __version__
 from musegen.errors import MusegenError
 
 # In the order they appear in ``musegen --help``: the data flow, from corpus to app.
-COMMANDS = ("corpus", "prepare", "train", "generate", "render", "evaluate", "app")
+COMMANDS = (
+    "corpus",
+    "prepare",
+    "train",
+    "generate",
+    "infill",
+    "render",
+    "evaluate",
+    "evaluate-groups",
+    "app",
+)
 
 DESCRIPTION = """\
 musegen: symbolic music generation with a relative-attention transformer.
@@ -27,6 +37,7 @@ Typical flow:
   musegen prepare data/midi data/prepared # tokenize it into training-ready arrays
   musegen train --data data/prepared --out runs/small --preset small
   musegen generate --checkpoint runs/small/best --prompt song.mid --out out/
+  musegen infill song.mid --bars 5-8 --out out/   # regenerate bars 5-8 from both sides
   musegen render out/song_sample0.mid --out song.wav
   musegen app                             # the web app on http://127.0.0.1:7860
 
@@ -70,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"musegen {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        module_name = f"musegen.cli.{name}"
+        module_name = f"musegen.cli.{name.replace('-', '_')}"
         if importlib.util.find_spec(module_name) is None:
             continue
         importlib.import_module(module_name).register(subparsers)

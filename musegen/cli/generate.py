@@ -104,8 +104,17 @@ def _extras(
 class _Run:
     """One invocation: what is done already, what to write, what failed."""
 
-    def __init__(self, args: argparse.Namespace, pipeline: Pipeline, settings: GenerationSettings):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        pipeline: Pipeline,
+        settings: GenerationSettings,
+        request: dict | None = None,
+    ):
         self.args, self.pipeline, self.settings = args, pipeline, settings
+        # What else the outputs depend on (``musegen infill``: bars, tracks): recorded in each
+        # row and matched on resume, like the settings and the checkpoint.
+        self.request = request or {}
         self.out: Path = args.out
         self.manifest = self.out / MANIFEST
         self.checkpoint = str(pipeline.checkpoint_dir or args.checkpoint or "")
@@ -116,6 +125,7 @@ class _Run:
             if row.get("output")
             and row.get("settings") == settings.to_dict()
             and row.get("checkpoint") == self.checkpoint
+            and all(row.get(k) == v for k, v in self.request.items())
             and (self.out / row["output"]).is_file()
         }
         self.failed = 0
@@ -148,6 +158,7 @@ class _Run:
                     "prompt_end_tick": 0 if self.args.continuation_only else result.prompt_end_tick,
                     "finished": result.finished,
                     "seconds": round(result.seconds, 3),
+                    **self.request,
                 },
             )
             self.written += 1

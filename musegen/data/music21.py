@@ -17,6 +17,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from musegen.data.sources import BuildReport as SourcesReport
+from musegen.data.sources import SourceInfo, hash_split, write_corpus_json
 from musegen.errors import MusegenError, first_line
 
 # Encodings music21 parses into notes; ``.rntxt`` files are harmonic analyses, not scores.
@@ -263,3 +265,37 @@ def _write_summary(out: Path, report: BuildReport, collections, limit) -> None:
         "written": report.written,
     }
     (out / MANIFEST_NAME).write_text(json.dumps(summary, indent=1) + "\n")
+    _write_corpus_json(out, report)
+
+
+# Terms that differ from the corpus's general "public-domain music, encodings distributed by
+# permission" (datasets/README.md quotes music21's own licence files).
+COLLECTION_TERMS = {
+    "essenFolksong": "non-commercial use only (permission of E. Dahlig-Turek)",
+    "palestrina": "Humdrum licensing agreement (© 2000 John Miller, derivative formats reserved)",
+    "josquin": "GPL (ABC encodings © 1999 Laura E. Conrad)",
+}
+FOLK_COLLECTIONS = {"essenFolksong", "miscFolk", "airdsAirs", "oneills1850", "ryansMammoth"}
+MUSIC21_SOURCE = SourceInfo(
+    name="music21 corpus",
+    licence="public-domain music; encodings distributed with music21 (BSD) by permission; "
+    "see each file's 'terms'",
+    attribution="the music21 corpus (Cuthbert and Ariza, MIT), as shipped in the music21 wheel",
+    url="https://pypi.org/project/music21/",
+)
+
+
+def _write_corpus_json(out: Path, report: BuildReport) -> None:
+    """``corpus.json`` in the format of the other builders, so ``prepare`` records the source,
+    each piece's evaluation group (classical or folk), split and licence terms."""
+    sources = SourcesReport(MUSIC21_SOURCE, out)
+    for name in report.written:
+        collection = name.split("/")[0]
+        sources.written[name] = {
+            "collection": collection,
+            "terms": COLLECTION_TERMS.get(collection, "public domain / by permission"),
+            "group": "folk" if collection in FOLK_COLLECTIONS else "classical",
+            "split": hash_split(name),
+        }
+    sources.skipped.update(report.skipped)
+    write_corpus_json(sources, "MusicXML/Humdrum/ABC pieces of the music21 corpus, one MIDI each")

@@ -27,6 +27,7 @@ import numpy as np
 from musegen import __version__
 from musegen.data.dataset import FORMAT, FORMAT_VERSION, MANIFEST, split_files, token_dtype
 from musegen.data.pool import FileResult, tokenize_files
+from musegen.data.sources import file_labels, find_corpora
 from musegen.errors import MusegenError
 from musegen.files import replace_dir
 from musegen.tokenizer import (
@@ -129,11 +130,12 @@ def _fill_empty_splits(entries: list[dict], options: PrepareOptions) -> None:
     from val/test; an empty val or test (fraction > 0) gets the train document hashed nearest
     its range. Deterministic, and training always has something to validate on."""
     docs = [e for e in entries if e["split"] is not None]
-    if docs and not any(e["split"] == "train" for e in docs):
-        max(docs, key=lambda e: hash_fraction(e["sha256"]))["split"] = "train"
+    movable = [e for e in docs if e.get("split_by") != "corpus"]  # a dataset's own split stays
+    if movable and not any(e["split"] == "train" for e in docs):
+        max(movable, key=lambda e: hash_fraction(e["sha256"]))["split"] = "train"
     for name, fraction in (("test", options.test_fraction), ("val", options.val_fraction)):
         docs = [e for e in entries if e["split"] is not None]
-        train = [e for e in docs if e["split"] == "train"]
+        train = [e for e in docs if e["split"] == "train" and e.get("split_by") != "corpus"]
         if fraction <= 0 or any(e["split"] == name for e in docs) or len(train) < 2:
             continue
         nearest = min(train, key=lambda e: hash_fraction(e["sha256"]))
@@ -255,6 +257,8 @@ def _prepare_into(tmp, src, paths, ignored, options: PrepareOptions, progress: b
     tokenizer = build_tokenizer(options.tokenizer)
     tokenizer_path = save_tokenizer(tokenizer, tmp)
     entries = _file_entries(src, paths)
+    corpora = find_corpora(src)
+    labels = file_labels(corpora)
     todo = [e for e in entries if e["skipped"] is None and e["duplicate_of"] is None]
     results = _tokenize_pass(src, todo, tokenizer_path, options, progress, "tokenizing")
     for e in todo:
@@ -262,6 +266,7 @@ def _prepare_into(tmp, src, paths, ignored, options: PrepareOptions, progress: b
         e["notes"], e["skipped"] = res.notes, res.reason
         if res.reason is None:
             e["split"] = split_for(e["sha256"], options.val_fraction, options.test_fraction)
+    _apply_corpus_labels(entries, labels)
     _fill_empty_splits(entries, options)
     kept = [e for e in entries if e["split"] is not None]
     if not kept:
@@ -280,8 +285,40 @@ def _prepare_into(tmp, src, paths, ignored, options: PrepareOptions, progress: b
     special = {k: special_id(tokenizer, f"{k}_None") for k in ("PAD", "BOS", "EOS")}
     splits = _write_splits(tmp, entries, results, special["BOS"], special["EOS"], dtype)
     manifest = _manifest(src, entries, ignored, options, vocab_size, dtype.name, splits, special)
+    manifest["sources"] = _sources(corpora, entries)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def _apply_corpus_labels(entries: list[dict], labels: dict[str, dict]) -> None:
+    """Each file's evaluation group, and its split where a ``corpus.json`` gives one (a
+    dataset's own split, or one shared by every piece derived from a song) instead of the hash."""
+    for e in entries:
+        label = labels.get(e["path"], {})
+        e["group"] = label.get("group")
+        e["split_by"] = "hash"
+        if e["split"] is not None and label.get("split") in SPLITS:
+            e["split"], e["split_by"] = label["split"], "corpus"
+
+
+def _sources(corpora: dict[str, dict], entries: list[dict]) -> list[dict]:
+    """Licence and attribution of every corpus in the source folder, with what was kept of it,
+    so a model card can cite exactly what the model learnt from."""
+    out = []
+    for prefix, data in corpora.items():
+        listed = {f"{prefix}/{rel}" if prefix else rel for rel in data.get("files", {})}
+        mine = [e for e in entries if e["split"] and e["path"] in listed]
+        groups = Counter(e["group"] for e in mine if e["group"])
+        info = {"folder": prefix or "."} | data.get("source", {})
+        out.append(
+            info
+            | {
+                "description": data.get("description", ""),
+                "files": len(mine),
+                "groups": dict(sorted(groups.items())),
+            }
+        )
+    return out
 
 
 def _reason_kind(reason: str) -> str:

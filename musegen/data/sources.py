@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import symusic
 
 from musegen.errors import MidiError, MusegenError, first_line
+from musegen.files import write_atomic
 from musegen.tokenizer import load_score, score_to_midi_bytes
 
 CORPUS_FILE = "corpus.json"
@@ -92,9 +92,7 @@ def stable_index(key: str, n: int) -> int:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path`` and rename it: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)
 
 
 def load_midi(path: Path) -> symusic.Score:

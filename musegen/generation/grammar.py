@@ -36,7 +36,8 @@ UNSUPPORTED = ("use_chords", "use_rests", "use_sustain_pedals", "use_pitch_bends
 class Controls:
     """What the user constrains besides validity: instruments, drums, tempo/meter, bars.
 
-    Frozen, hence hashable: the pipeline caches one grammar per set of controls.
+    Frozen, hence hashable: the pipeline caches one grammar per set of controls. Built from
+    the user's settings by :func:`musegen.generation.settings.controls_for`, nowhere else.
     """
 
     programs: frozenset[int] | None = None  # GM programs allowed for new notes (None = any)
@@ -186,7 +187,7 @@ class Grammar:
 
     def advance_base(self, state: GrammarState, b: int) -> None:
         type_ = self.types[b]
-        if type_ in ("PAD", "BOS", "EOS", "MASK", ""):
+        if type_ in ("PAD", "BOS", "EOS", "MASK", "Infill", ""):  # Infill: FIM sentinels
             return
         value = self.values[b]
         if type_ == "Program":
@@ -254,7 +255,7 @@ class Grammar:
         for i, bases in enumerate(self.expand):
             for b in bases:
                 type_ = self.types[b]
-                if type_ in ("PAD", "BOS", "MASK") or (
+                if type_ in ("PAD", "BOS", "MASK", "Infill") or (
                     type_ == "Program" and not self._program_ok(int(self.values[b]))
                 ):
                     mask[i] = False

@@ -148,9 +148,9 @@ def draw(probs: torch.Tensor, gens: Sequence[torch.Generator]) -> list[int]:
     """One id per row, each from its row's own generator, by inverse CDF; ``-1`` for a row
     with nothing to draw (every probability zero or NaN).
 
-    One uniform per row, then a single cumulative sum and binary search for the batch:
-    ``torch.multinomial`` row by row cost about 190 µs a step at batch 8 here, this about 50
-    (``python benchmarks/bench_decode.py``, draw).
+    One uniform per row, then a single cumulative sum and binary search for the whole batch:
+    one kernel call per step instead of one ``torch.multinomial`` call per row, which dominated
+    the draw at batch 8 (figures: ``benchmarks/README.md``, ``bench_decode.py`` section draw).
     Ids of probability zero are never drawn (the search finds the first cumulative sum above
     the uniform; the last positive id when rounding lands on the total).
     """

@@ -6,11 +6,15 @@ queries will see, their positions and validity: the model turns that into one ma
 ``update(layer, k, v)`` stores a layer's new keys/values and returns the keys/values to attend
 to, and ``end()`` advances :attr:`length`.
 
-* :class:`FullCache` keeps every key (``absolute``/``relative``); storage grows by doubling, so
-  appending never re-concatenates the past.
-* :class:`RingCache` keeps only the last ``window`` keys in a ring buffer (``local``), plus, for
-  ``sparse``, a second ring with the summary keys (real position ≡ stride-1 mod stride) that are
-  still within ``horizon``. Memory and time per token stay constant however long the piece is.
+Which one a model gets is its attention kind's choice
+(:meth:`musegen.model.attention.AttentionSpec.make_cache`):
+
+* :class:`FullCache` keeps every key (kinds that see the whole past: ``absolute``,
+  ``relative``); storage grows by doubling, so appending never re-concatenates the past.
+* :class:`RingCache` keeps only the last ``window`` keys in a ring buffer (``local``), plus, with
+  a ``stride`` (``sparse``), a second ring with the summary keys (real position ≡ stride-1 mod
+  stride) that are still within ``horizon``. Memory and time per token stay constant however
+  long the piece is.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# What rule a key slot follows (see musegen.model.attention.cached_context).
+# What rule a key slot follows (see musegen.model.attention.kernels.cached_context).
 LOCAL, SUMMARY, ANY = 0, 1, 2
 
 

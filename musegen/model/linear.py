@@ -21,7 +21,8 @@ DECODE_ROWS = 32
 
 
 def decode_split(out_features: int, rows: int) -> int:
-    """Column blocks for a decode product: 32 for one row, 8 for more (fastest measured here)."""
+    """Column blocks for a decode product: 32 for one row, 8 for more (the fastest choices in
+    ``benchmarks/bench_decode.py``, section products; see ``benchmarks/README.md``)."""
     n = 32 if rows == 1 else 8
     while n > 1 and out_features % n:
         n //= 2
@@ -59,9 +60,8 @@ class DecodeWeight(WeightMemo):
 
     Decoding one token multiplies a few rows by every weight: a matrix-vector product that
     MKL runs on one thread, and that takes most of a decode step. As a batched product over
-    column blocks it runs on every core: on the 2-core machine here the six-layer model's
-    products took 0.60 ms instead of 0.92 ms for one row, 1.30 instead of 1.95 for eight
-    (``python benchmarks/bench_decode.py``, products).
+    column blocks it runs on every core, for one row and for a batch alike (figures:
+    ``benchmarks/README.md``, ``bench_decode.py`` section products).
     """
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -104,8 +104,9 @@ class MusicTransformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         config.validate()
+        self.spec = spec = get_kind(config.attention)  # ValueError naming unknown kinds
+        spec.validate(config)  # the kind's own fields, and whether it has a flex form
         self.config = config
-        self.spec = spec = get_kind(config.attention)
         self._pattern, self._block = spec.pattern(config), spec.query_block(config)
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = None
@@ -206,9 +207,7 @@ class MusicTransformer(nn.Module):
             ctx.pad, ctx.key_valid = pad, padding_mask
         bias_bytes = 2 * B * c.n_heads * L * L  # the kept biases of causal blocks, fp32
         ctx.recompute = (
-            self.spec.recompute_long
-            and torch.is_grad_enabled()
-            and bias_bytes > RECOMPUTE_BYTES
+            self.spec.recompute_long and torch.is_grad_enabled() and bias_bytes > RECOMPUTE_BYTES
         )
         ctx.use_flex = (
             c.attention_backend == "flex"

@@ -118,7 +118,10 @@ class _Trainer:
         self.tokens_per_step = config.batch_size * self.seq_len * config.grad_accum * ctx.world_size
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
-        self.raw = MusicTransformer(self.model_config).to(self.device)
+        try:  # the attention kind validates the fields it reads
+            self.raw = MusicTransformer(self.model_config).to(self.device)
+        except ValueError as exc:
+            raise MusegenError(f"invalid model setting: {exc}") from None
         torch.manual_seed(config.seed + ctx.rank)  # same init everywhere, own dropout per rank
         self.optimizer = optim.build_optimizer(
             self.raw, config.lr, config.weight_decay, config.betas, self.device

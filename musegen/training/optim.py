@@ -183,11 +183,10 @@ def keep_freed_memory() -> bool:
     """Let glibc keep freed blocks for reuse instead of handing them back to the kernel.
 
     By default glibc serves every block over 32 MB with a fresh ``mmap`` and unmaps it when
-    freed, so each training step on long sequences page-faults its activations back in: at
-    L = 16k on the 2-core machine the first forward + backward spent 10 s of its 14 s in the
-    kernel and every later step 2.4 s; with freed memory kept, none, and the steady step was
-    1.3× faster (``python benchmarks/bench_decode.py``, alloc). The process then holds its
-    peak memory between steps, as a training run does anyway.
+    freed, so each training step on long sequences page-faults its activations back in and
+    spends much of its time in the kernel; with freed memory kept, the steady step does not
+    (figures: ``benchmarks/README.md``, ``bench_decode.py`` section alloc). The process then
+    holds its peak memory between steps, as a training run does anyway.
     Returns whether the setting took (glibc only; elsewhere it is a no-op).
     """
     if sys.platform != "linux":

@@ -314,9 +314,10 @@ def decode_relative_bias(q: Tensor, rel_reversed: Tensor, n_keys: int) -> Tensor
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx: AttnContext):
     """Softmax attention for ``Lq = 1``: three batched matmuls over views of the cache.
 
-    A little faster than ``scaled_dot_product_attention`` here for one query over the cache
-    (``python benchmarks/bench_decode.py``, step), and it skips building a distance index and
-    a mask every step. ``rel`` (if any) arrives reversed along distance.
+    For one query the fused kernel has nothing to fuse, and these views read the cache no
+    slower (``bench_decode.py`` section step, figures in ``benchmarks/README.md``); this also
+    skips building a distance index and a mask every step. ``rel`` (if any) arrives reversed
+    along distance.
     """
     B, H, _, D = q.shape
     N = k.shape[2]
@@ -371,9 +372,9 @@ def init_scale(head_dim: int) -> float:
 def inference_kernels() -> AbstractContextManager:
     """Keeps scaled-dot-product attention off cuDNN's fused kernel for no-grad CUDA forwards.
 
-    On an H200 with torch 2.11, no-grad forwards with the relative bias failed inside cuDNN
-    attention ("misaligned address", "mha_graph.execute") while training forwards did not; the
-    flash / memory-efficient / math kernels give the same result.
+    cuDNN's fused attention has crashed on no-grad forwards with the relative bias while
+    training forwards ran (the GPU and torch version are in ``benchmarks/README.md``,
+    environment observations); the flash / memory-efficient / math kernels give the same result.
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
