@@ -24,6 +24,7 @@ from musegen.config import ModelConfig
 from musegen.errors import CheckpointError, MusegenError
 from musegen.files import replace_dir
 from musegen.model.attention import get_kind
+from musegen.model.quant import INT8_FORMAT, load_int8
 from musegen.model.transformer import MusicTransformer
 from musegen.tokenizer import TOKENIZER_FILE, load_tokenizer, save_tokenizer
 
@@ -51,15 +52,19 @@ def save_pretrained(
     directory: str | Path,
     extra: dict | None = None,
     dtype: torch.dtype | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically; ``dtype=torch.float16`` ships a file half the size."""
+    """Write a checkpoint atomically; ``dtype=torch.float16`` ships a file half the size.
+
+    ``tensors`` replaces the model's state dict in the file (an int8 export, whose
+    ``extra`` then says how to read it: see :mod:`musegen.model.quant`)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     meta = {"musegen_version": musegen.__version__, "model": model.config.to_dict()}
     meta.update(extra or {})
     state = {
         k: v.detach().to("cpu", dtype or v.dtype).contiguous()
-        for k, v in model.state_dict().items()
+        for k, v in (model.state_dict() if tensors is None else tensors).items()
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
@@ -115,7 +120,12 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
             f"vocab_size={config.vocab_size}"
         )
     model = MusicTransformer(config)
-    load_weights(model, directory / WEIGHTS_FILE)
+    if meta.get("quantization"):  # an int8 export: projections load as int8 layers
+        if meta["quantization"].get("format") != INT8_FORMAT:
+            raise CheckpointError(f"{directory / CONFIG_FILE}: unknown quantization format")
+        load_int8(model, directory / WEIGHTS_FILE)
+    else:
+        load_weights(model, directory / WEIGHTS_FILE)
     model.to(device).eval()
     return LoadedCheckpoint(model, tokenizer, meta, directory)
 

@@ -45,13 +45,44 @@ class ModelConfig:
     sparse_stride: int = 128
     tie_embeddings: bool = True
     attention_backend: str = "torch"
+    # Width of one attention head; None: d_model // n_heads. A head-pruned model keeps its
+    # heads' width with fewer heads (musegen prune --structured heads).
+    head_size: int | None = None
+    # universal: a token stops pondering once its halting probabilities pass act_threshold;
+    # ponder_cost weighs the ACT ponder term (depth used + remainder) in the training loss
+    act_threshold: float = 0.99
+    ponder_cost: float = 0.01
+    # feedback: positions per chunk that train in parallel (1: the exact sequential model)
+    feedback_chunk: int = 1
+
+    # linformer: keys/values of each block of linformer_block tokens are projected to
+    # linformer_rank summary rows; a query sees its own block plus the earlier blocks' summaries
+    linformer_block: int = 64
+    linformer_rank: int = 8
+    # adaptive_span: learned span per head up to adaptive_span_max tokens, a soft ramp of
+    # adaptive_span_ramp tokens, adaptive_span_loss × mean span added to the training loss
+    adaptive_span_max: int = 128
+    adaptive_span_ramp: int = 32
+    adaptive_span_loss: float = 2e-6
+    # routing: queries/keys clustered by online k-means into routing_clusters (plus `window`)
+    routing_clusters: int = 4
+    # synthesizer: "dense" (per-token MLP over positions) or "random" (learned, factorised)
+    synthesizer_mode: str = "dense"
+    # entmax: α of α-entmax in place of softmax (1.5: entmax15, 2: sparsemax)
+    entmax_alpha: float = 1.5
 
     def __post_init__(self) -> None:
         self.validate()
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+        return self.head_size or self.d_model // self.n_heads
+
+    @property
+    def attn_dim(self) -> int:
+        """Width of the attention's queries, keys and values (all heads): d_model unless the
+        heads were pruned."""
+        return self.n_heads * self.head_dim
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the options when the combination cannot work."""
@@ -66,7 +97,9 @@ class ModelConfig:
                 f"ModelConfig.attention_backend={self.attention_backend!r} is not one of "
                 f"{ATTENTION_BACKENDS}"
             )
-        if self.d_model % self.n_heads:
+        if self.head_size is not None and self.head_size <= 0:
+            raise ValueError(f"ModelConfig.head_size must be positive, got {self.head_size}")
+        if self.head_size is None and self.d_model % self.n_heads:
             raise ValueError(
                 f"ModelConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
             )

@@ -191,6 +191,10 @@ def make_piece(
         return None
     if not score.note_num():
         return None
+    if len(score.time_signatures) == 1 and score.time_signatures[0].numerator == 1:
+        # POP909 files declare 1/4 throughout while their beat annotations count 4/4 bars: a
+        # one-beat "bar" would make an 8-bar prompt 8 beats long, so read them as 4/4.
+        score.time_signatures[0] = symusic.TimeSignature(0, 4, 4)
     bar = metrics.bar_length(score)
     meters = [(ts.time, ts.numerator, ts.denominator) for ts in score.time_signatures]
     used = _bar_of_every_note(score, bar)

@@ -60,7 +60,7 @@ def _short_row(name: str, model: dict) -> str:
 def _long_row(name: str, model: dict) -> str:
     g = model["groups"][name]
     s = g["summary"]
-    if not s.get("long_all_tracks") and s.get("long_all_tracks") != 0.0:
+    if not s.get("long_pieces"):
         return f"| {name} | {_label(model)} | 0 | – | – | – | – |"
     cells = [
         name,

@@ -177,12 +177,12 @@ def summarize(rows: list[dict]) -> dict:
 
 def summarize_long(rows: list[dict]) -> dict:
     if not rows:
-        return {"pieces": 0}
+        return {"long_pieces": 0}
     density = _values(rows, "density")
     model_rep = max(r["repetition_model"] for r in rows)
     real_rep = max(r["repetition_real"] for r in rows)
     return {
-        "pieces": len(rows),
+        "long_pieces": len(rows),
         "long_all_tracks": sum(r["playing_last_8"] == r["tracks"] for r in rows) / len(rows),
         "long_density_in_range": _in_range(density),
         "long_density_min": min(density) if density else None,

@@ -22,6 +22,7 @@ import torch
 from musegen.errors import CheckpointError, MidiError, MusegenError
 from musegen.generation import infill as fill
 from musegen.generation.grammar import Controls, Grammar, GrammarState
+from musegen.generation.prompt import select_prompt
 from musegen.generation.rules import grammar_for
 from musegen.generation.sampling import (
     AllowedTokens,
@@ -31,8 +32,11 @@ from musegen.generation.sampling import (
     iter_sample,
 )
 from musegen.generation.settings import GenerationSettings, controls_for
-from musegen.tokenizer import count_notes, decode, encode, load_score, score_to_midi_bytes
+from musegen.score_check import PROMPT_LIMITS, ScoreLimits, check_score, check_tokens, load_checked
+from musegen.tokenizer import count_notes, decode, encode, score_to_midi_bytes
 
+# Settings that infilling fixes itself (front ends do not offer them for infilling).
+INFILL_FIXED_SETTINGS = tuple(fill.FIXED_SETTINGS)
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "musegen-music21"
 # With --bars and no --max-new-tokens, a safety budget per bar so a model that never ends a
 # bar still stops (its result is then marked unfinished).
@@ -86,6 +90,9 @@ class _Request:
 class Pipeline:
     """A loaded model + tokenizer with the generation API every front end uses."""
 
+    # What a prompt must satisfy (musegen.score_check); a server sets its own operator limits.
+    score_limits: ScoreLimits = PROMPT_LIMITS
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -108,17 +115,39 @@ class Pipeline:
         self._grammar_lock = threading.Lock()
 
     @classmethod
-    def from_pretrained(cls, checkpoint: str | Path | None = None, device: str = "cpu") -> Pipeline:
-        """Load ``checkpoint`` (default: :func:`default_checkpoint`), strictly."""
+    def from_pretrained(
+        cls,
+        checkpoint: str | Path | None = None,
+        device: str = "cpu",
+        adapter: str | Path | None = None,
+        precision: str | None = None,
+    ) -> Pipeline:
+        """Load ``checkpoint`` (default: :func:`default_checkpoint`), strictly.
+
+        ``adapter``: a LoRA adapter directory (``musegen finetune --lora-rank``) merged into the
+        weights, refused when it was trained on another base. ``precision``: fp32, bf16 or int8
+        (CPU), None to run as stored (an int8 export runs in int8).
+        """
         from musegen.checkpoint import load_pretrained
+        from musegen.model.quant import is_int8, set_precision
 
         directory = Path(checkpoint) if checkpoint is not None else default_checkpoint()
         if not directory.is_dir():
             raise CheckpointError(f"checkpoint directory not found: {directory}")
-        loaded = load_pretrained(directory, device=device)
-        return cls(
-            loaded.model, loaded.tokenizer, loaded.config, Path(loaded.directory), loaded.meta
-        )
+        loaded = load_pretrained(directory, device="cpu" if precision == "int8" else device)
+        meta = dict(loaded.meta)
+        if adapter is not None:
+            from musegen.training.lora import merge_adapter
+
+            if is_int8(loaded.model):
+                raise CheckpointError(
+                    f"{directory} is an int8 export: apply the adapter to the fp32 checkpoint "
+                    "(then --precision int8)"
+                )
+            info = merge_adapter(loaded.model, loaded.tokenizer, adapter, directory)
+            meta["adapter"] = {"path": str(adapter), "rank": info["rank"], "alpha": info["alpha"]}
+        model = set_precision(loaded.model, precision, device)
+        return cls(model, loaded.tokenizer, loaded.config, Path(loaded.directory), meta)
 
     # --- public API -------------------------------------------------------------------------
     def continue_midi(
@@ -148,7 +177,7 @@ class Pipeline:
         prepared: list[list[int] | MusegenError] = []
         for prompt in prompts:
             try:
-                prepared.append(self._prompt_ids(prompt))
+                prepared.append(self._prompt_ids(prompt, settings))
             except MusegenError as exc:
                 prepared.append(exc)
         # Prompts that share controls share a batch, run with the first member's settings.
@@ -230,6 +259,10 @@ class Pipeline:
         started = time.perf_counter()
         settings = self._settings(settings, overrides, num_samples)
         fill.check_settings(settings)
+        # Refused, never re-timed (the bars are the piece's); infilling names an empty piece.
+        limits = replace(self.score_limits.without_trim(), min_notes=0)
+        name = str(piece) if isinstance(piece, (str, Path)) else "the piece"
+        piece = load_checked(piece, limits, name)
         plan = fill.plan(self.tokenizer, piece, bars, tracks, self.config.max_seq_len, settings)
         settings = settings.with_overrides(bars=plan.num_bars)
         grammar = self._infill_grammar(plan)
@@ -247,6 +280,12 @@ class Pipeline:
             result=partial(self._infill_result, plan),
         )
         return self._run(request, every, stop_event)
+
+    def check_infill(self, bars: tuple[int, int], settings: GenerationSettings) -> None:
+        """Raise the one-line error an infilling request gets whatever the piece (a checkpoint
+        trained without infilling, a setting infilling fixes, an empty range), so a front end
+        can refuse it once instead of once per file."""
+        fill.check_request(self.tokenizer, bars, settings)
 
     # --- internals --------------------------------------------------------------------------
     @staticmethod
@@ -298,16 +337,31 @@ class Pipeline:
             tokens=list(tokens),
         )
 
-    def _prompt_ids(self, prompt: str | Path | bytes | symusic.Score | None) -> list[int]:
+    def _prompt_ids(
+        self,
+        prompt: str | Path | bytes | symusic.Score | None,
+        settings: GenerationSettings | None = None,
+    ) -> list[int]:
+        """The prompt's ids, cut to ``settings.prompt_bars`` / ``prompt_tracks`` when set."""
+        chosen = settings is not None and (settings.prompt_bars or settings.prompt_tracks)
         if prompt is None:
+            if chosen:
+                raise MusegenError("prompt_bars/prompt_tracks choose from a prompt: give one")
             return []
         name = str(prompt) if isinstance(prompt, (str, Path)) else "prompt"
-        score = load_score(prompt)
-        if count_notes(score) == 0:
-            raise MidiError(f"{name}: has no notes to continue")
+        # One check for every front end (musegen.score_check); bar numbers a user chose refer
+        # to the file as it is, so silence is trimmed only after the selection.
+        limits = self.score_limits
+        score = load_checked(prompt, limits.without_trim() if chosen else limits, name)
+        if chosen:
+            score = select_prompt(score, settings.prompt_bars, settings.prompt_tracks, name)
+            if count_notes(score) == 0:
+                raise MidiError(f"{name}: has no notes to continue")
+            score = check_score(score, limits, name)
         ids = encode(self.tokenizer, score)
         if not ids:
             raise MidiError(f"{name}: nothing left after tokenization (notes out of range?)")
+        check_tokens(len(ids), limits, name)
         return ids
 
     def _for_prompt(self, settings: GenerationSettings, ids: list[int]) -> GenerationSettings:
@@ -355,7 +409,7 @@ class Pipeline:
         overrides: dict[str, Any],
     ) -> _Request:
         settings = self._settings(settings, overrides, num_samples)
-        ids = self._prompt_ids(prompt)
+        ids = self._prompt_ids(prompt, settings)
         return self._request([ids], self._for_prompt(settings, ids))
 
     def _request(self, prompts: list[list[int]], settings: GenerationSettings) -> _Request:

@@ -147,15 +147,18 @@ def test_session_state_undo_and_names():
 
 
 def test_workspace_gives_unique_dirs_and_cleans_up(tmp_path: Path):
-    ws = Workspace(tmp_path / "ws", max_age_s=3600)
+    ws = Workspace(tmp_path / "ws", max_age_s=3600, keep_finished_s=0.0)
     first = ws.new_request_dir("session-a")
     other = ws.new_request_dir("session-b")
+    ws.finish(first)
+    ws.finish(other)
     second = ws.new_request_dir("session-a")
     assert first != second and second.is_dir() and other.is_dir()
-    assert not first.exists(), "a session's older request folders are removed"
+    assert not first.exists(), "a session's finished request folders are removed"
     old = time.time() - 7200
     os.utime(other, (old, old))
     assert ws.sweep() == 1 and not other.exists()
+    ws.finish(second)
     ws.drop_session("session-a")
     assert not second.exists()
     ws.close()

@@ -8,7 +8,11 @@ import torch
 from musegen.config import ModelConfig
 from musegen.model.attention import AttnContext, get_kind, kind_names, skewed_band_bias
 
-ATTENTION_KINDS = kind_names()
+# kinds that are plain attention functions; kinds with modules of their own (spec.module) or
+# their own stack (spec.stack) have references in tests/test_attention_family.py and the like
+ATTENTION_KINDS = tuple(
+    n for n in kind_names() if get_kind(n).module is None and get_kind(n).stack is None
+)
 
 
 def context(kind, window, stride, horizon, block):

@@ -325,3 +325,24 @@ def test_cli_bad_requests(pipe, old_checkpoint, midi_file, tmp_path, capsys):
     assert row["tracks"] == ["drums", "program:33"]
     score = symusic.Score(str(out / row["output"]))
     assert len(score.tracks) >= 2 and score.tracks[0].notes == symusic.Score(piano).tracks[0].notes
+
+
+def test_long_pieces_are_cut_at_bar_lines_to_fit_the_context():
+    tok = build_tokenizer()
+    score = make_score(bars=40, tracks=BAND, seed=6)
+    ids = encode(tok, score)
+    p = plan(tok, score, (20, 21), [1], 512)
+    assert len(p.prompt) + p.reserve <= 512
+    v = tok.vocab
+    span, suffix, fill = (
+        p.prompt.index(v[t]) for t in ("Infill_Span", "Infill_Suffix", "Infill_Fill")
+    )
+    assert p.prompt[-1] == v["Infill_Fill"] and fill == len(p.prompt) - 1
+    prefix, tail = p.prompt[:span], p.prompt[suffix + 1 : fill]
+    assert tok[prefix[0]] == "Bar_None" and tok[tail[0]] == "Bar_None"  # whole bars
+    bars = [i for i, t in enumerate(ids) if tok[t] == "Bar_None"]
+    assert prefix == ids[bars[19] - len(prefix) : bars[19]]  # the newest bars before the span
+    assert tail == ids[bars[21] : bars[21] + len(tail)]  # the first bars after it
+    assert bars[21] + len(tail) in bars  # ends where a bar starts
+    short = plan(tok, make_score(bars=4, tracks=BAND), (2, 2), None, 512)
+    assert short.prompt[0] == v["BOS_None"] and v["EOS_None"] in short.prompt  # all of it

@@ -39,6 +39,8 @@ def other_value(s: Setting):
         return not s.default
     if s.kind == "programs":
         return [40, 41]
+    if s.kind == "text":  # the prompt choice: bars and tracks
+        return {"prompt_bars": "2-3", "prompt_tracks": "0,drums"}[s.name]
     if s.kind == "int":
         return s.default + 1
     high = s.spec.high
@@ -74,7 +76,7 @@ def test_every_setting_has_a_valid_default_help_and_label():
     assert [f.name for f in fields(GenerationSettings)] == list(NAMES)
     defaults = GenerationSettings()
     for s in SETTINGS:
-        assert s.kind in ("int", "float", "bool", "programs"), s.name
+        assert s.kind in ("int", "float", "bool", "programs", "text"), s.name
         assert s.spec.help and s.spec.label, s.name
         assert getattr(defaults, s.name) == s.default
     assert GenerationSettings(**OTHER).to_dict() == OTHER
@@ -86,6 +88,8 @@ def test_bad_values_give_one_line_naming_field_value_and_range():
             bad = "yes"
         elif s.kind == "programs":
             bad = [200]
+        elif s.kind == "text":
+            bad = "7-2"
         elif s.spec.low is not None:
             bad = s.spec.low if s.spec.low_open else s.spec.low - 1
         else:

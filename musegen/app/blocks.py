@@ -18,6 +18,7 @@ import gradio as gr
 
 from musegen.app.composer import MAX_VARIATIONS, Composer
 from musegen.app.events import Handlers
+from musegen.app.limits import RequestLimits
 from musegen.app.session import (
     GM_INSTRUMENTS,
     MAX_UPLOAD_BYTES,
@@ -26,7 +27,7 @@ from musegen.app.session import (
     list_examples,
 )
 from musegen.generation.settings import SETTINGS, Setting
-from musegen.pipeline import Pipeline
+from musegen.pipeline import INFILL_FIXED_SETTINGS, Pipeline
 
 # Every theme in Gradio 6 ships its fonts locally; Soft draws nothing from a CDN.
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="amber")
@@ -38,7 +39,8 @@ CSS = """
 INTRO = """\
 # musegen
 Give it the opening of a piece, or nothing at all, and it writes what comes next.
-Upload a MIDI file or pick an example, choose how many bars to add, press **Generate**.
+Upload a MIDI file or pick an example, choose how many bars to add, press **Generate**;
+or choose bars of the piece and press **Regenerate** (or **Add track**) to rewrite them.
 """
 
 
@@ -61,6 +63,14 @@ def _prompt_column(examples: dict[str, Path]) -> dict[str, gr.components.Compone
             buttons=[],
             elem_id="prompt-roll",
         )
+        overview = gr.Dataframe(
+            headers=["#", "track", "instrument", "notes", "bars"],
+            label="Tracks and bars (use these numbers to choose)",
+            interactive=False,
+            visible=False,
+            elem_id="prompt-overview",
+        )
+        edit = _edit_group()
     return {
         "upload": upload,
         "example": example,
@@ -68,6 +78,39 @@ def _prompt_column(examples: dict[str, Path]) -> dict[str, gr.components.Compone
         "undo": undo,
         "info": info,
         "roll": roll,
+        "overview": overview,
+        **edit,
+    }
+
+
+def _edit_group() -> dict[str, gr.components.Component]:
+    """Regenerate bars of the piece (all or some tracks), or add an instrument over them."""
+    with gr.Group(elem_id="edit-bars"):
+        gr.Markdown("**Edit bars** — regenerate bars in the middle, or add a track over them")
+        bars = gr.Textbox(label="Bars", placeholder="e.g. 5-8", max_lines=1, elem_id="infill-bars")
+        tracks = gr.Dropdown(
+            choices=[],
+            value=[],
+            multiselect=True,
+            label="Tracks to regenerate (none chosen: all)",
+            elem_id="infill-tracks",
+        )
+        with gr.Row():
+            regenerate = gr.Button("Regenerate", size="sm", elem_id="regenerate")
+        program = gr.Dropdown(
+            choices=[("Drums", "drums")]
+            + [(name, str(program)) for program, name in enumerate(GM_INSTRUMENTS)],
+            value=None,
+            label="Add a track: instrument",
+            elem_id="add-program",
+        )
+        add = gr.Button("Add track", size="sm", elem_id="add-track")
+    return {
+        "infill_bars": bars,
+        "infill_tracks": tracks,
+        "regenerate": regenerate,
+        "add_program": program,
+        "add_track": add,
     }
 
 
@@ -82,6 +125,15 @@ def setting_component(setting: Setting, api: bool = False) -> gr.components.Comp
     label = setting.name if api else spec.label
     if setting.kind == "bool":
         return gr.Checkbox(value=setting.default, label=label, info=spec.help)
+    if setting.kind == "text":
+        return gr.Textbox(
+            value=setting.default,
+            label=label,
+            info=spec.help,
+            placeholder=spec.metavar,
+            max_lines=1,
+            elem_id=None if api else setting.name.replace("_", "-"),
+        )
     if setting.kind == "programs":
         return gr.Dropdown(
             choices=[(name, program) for program, name in enumerate(GM_INSTRUMENTS)],
@@ -143,7 +195,10 @@ def _result_slot(i: int) -> dict[str, gr.components.Component]:
             label=f"Piano roll {i + 1}", show_label=False, interactive=False, elem_id=f"roll-{i}"
         )
         audio = gr.Audio(
-            label=f"Audio {i + 1}", type="filepath", interactive=False, elem_id=f"audio-{i}"
+            label=f"Preview {i + 1}: lead-in + new bars",
+            type="filepath",
+            interactive=False,
+            elem_id=f"audio-{i}",
         )
         files = gr.File(
             label="Download MIDI and WAV",
@@ -152,6 +207,13 @@ def _result_slot(i: int) -> dict[str, gr.components.Component]:
             elem_id=f"files-{i}",
         )
         again = gr.Button("Continue from this", size="sm", interactive=False, elem_id=f"again-{i}")
+        with gr.Accordion("The whole piece", open=False):
+            full = gr.Image(
+                label=f"Whole piece {i + 1}",
+                show_label=False,
+                interactive=False,
+                elem_id=f"full-roll-{i}",
+            )
     return {
         "group": group,
         "summary": summary,
@@ -159,6 +221,7 @@ def _result_slot(i: int) -> dict[str, gr.components.Component]:
         "audio": audio,
         "files": files,
         "again": again,
+        "full": full,
     }
 
 
@@ -182,6 +245,35 @@ def _api_block(handlers: Handlers) -> None:
         "on the CLI and the page). Returns (MIDI, WAV, PNG, status) of the first variation; "
         "the status lists the seeds of all.",
     )
+    _infill_api(handlers)
+
+
+def _infill_api(handlers: Handlers) -> None:
+    """Hidden components behind ``/infill``: the piece, the bars, tracks and program to add,
+    and every generation setting infilling takes (the others it fixes itself)."""
+    with gr.Column(visible=False):
+        midi = gr.File(label="MIDI piece", file_types=[".mid", ".midi"])
+        bars = gr.Textbox(label="bars", info="the bars to regenerate, A-B (from 1)")
+        tracks = gr.Textbox("", label="tracks", info="track indices and/or drums; empty: all")
+        program = gr.Textbox("", label="add_program", info="GM program 0-127 or drums to add")
+        values = {
+            s.name: setting_component(s, api=True)
+            for s in SETTINGS
+            if s.name not in INFILL_FIXED_SETTINGS and s.name != "bars"
+        }
+        outputs = [gr.File(label="MIDI"), gr.File(label="WAV"), gr.File(label="piano roll PNG")]
+        outputs.append(gr.Textbox(label="status"))
+        trigger = gr.Button("infill")
+    trigger.click(
+        handlers.api_infill,
+        inputs=[midi, bars],
+        inputs_kwargs={"tracks": tracks, "add_program": program, **values},
+        outputs=outputs,
+        api_name="infill",
+        api_description="Regenerate bars of a MIDI piece from the music on both sides: bars "
+        "'A-B', tracks (empty: all), add_program (empty: none) and the generation settings. "
+        "Returns (MIDI, WAV, PNG of the regenerated bars with context, status).",
+    )
 
 
 def build_app(
@@ -192,13 +284,15 @@ def build_app(
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     workspace: Workspace | None = None,
     max_new_tokens: int | None = None,
+    limits: RequestLimits | None = None,
 ) -> gr.Blocks:
     """The app around an already-loaded pipeline, queued with ``concurrency`` parallel jobs.
 
-    ``max_new_tokens`` caps every request (a shared server stays responsive; tests stay fast).
+    ``max_new_tokens`` caps every request (a shared server stays responsive; tests stay fast);
+    ``limits``: the rest of what one request may ask (:class:`~musegen.app.limits.RequestLimits`).
     """
     examples = list_examples()
-    composer = Composer(pipeline, soundfont, workspace, max_new_tokens)
+    composer = Composer(pipeline, soundfont, workspace, max_new_tokens, limits=limits)
     with gr.Blocks(title="musegen", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         state = gr.State(SessionState())
         gr.Markdown(INTRO, elem_id="musegen-title")
@@ -207,9 +301,16 @@ def build_app(
             controls = _controls_column()
         status = gr.Markdown("", elem_classes="musegen-status", elem_id="status")
         gr.Markdown("### 3 · Results")
+        original = gr.Audio(
+            label="A · these bars as they were (compare with each preview below)",
+            type="filepath",
+            interactive=False,
+            visible=False,
+            elem_id="original-audio",
+        )
         slots = _result_slots()
         handlers = Handlers(
-            composer, examples, state, prompt, controls, slots, status, max_upload_bytes
+            composer, examples, state, prompt, controls, slots, status, max_upload_bytes, original
         )
         handlers.wire()
         _api_block(handlers)

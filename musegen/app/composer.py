@@ -17,15 +17,31 @@ from typing import Any
 
 import symusic
 
+from musegen.app.limits import Deadline, Lanes, RequestLimits
+from musegen.app.results import (
+    Variation,
+    save_full,
+    save_original,
+    save_preview,
+)
 from musegen.app.session import Workspace, safe_stem
 from musegen.errors import MusegenError
-from musegen.generation.settings import NAMES, GenerationSettings
-from musegen.pipeline import GenerationResult, Pipeline
-from musegen.render.audio import render_audio, write_audio
-from musegen.render.pianoroll import render_pianoroll
+from musegen.generation.prompt import (
+    bar_range,
+    bar_starts,
+    parse_bar_range,
+    parse_track_list,
+    track_items,
+)
+from musegen.generation.settings import BY_NAME, NAMES, GenerationSettings
+from musegen.pipeline import INFILL_FIXED_SETTINGS, GenerationResult, Pipeline
+from musegen.render.preview import preview_window, write_zoomed_roll
+from musegen.tokenizer import load_score, load_tick_score
 
 PREVIEW_INTERVAL_S = 0.8  # piano-roll redraws while streaming; more often only costs CPU
 STREAM_EVERY_TOKENS = 32
+# Infilling fixes these itself; the page's and the API's values for them are not used.
+INFILL_FIXED = {name: BY_NAME[name].default for name in INFILL_FIXED_SETTINGS}
 MAX_VARIATIONS = 4  # result slots on the page
 
 
@@ -39,33 +55,57 @@ def form_settings(form: dict[str, Any]) -> GenerationSettings:
 
 
 @dataclass
-class Variation:
-    """One finished result, as files the page can show and offer for download."""
-
-    index: int
-    midi_path: Path
-    wav_path: Path
-    png_path: Path
-    seed: int
-    midi_bytes: bytes
-    summary: str  # one plain line: seed, tokens, bars, time, how the audio was made
-
-
-@dataclass
 class Progress:
-    """One streaming step: preview images (one per variation) and a status line."""
+    """One streaming step: preview images (one per variation) and a status line.
+
+    Once the tokens are done, a step with ``variations`` and ``complete=False`` brings the
+    audio previews (the new part with its lead-in); the last step (``complete=True``) adds the
+    full-length WAVs and whole-piece piano rolls.
+    """
 
     previews: list[Path]
     status: str
     fraction: float
-    variations: list[Variation] | None = None  # set on the last step only
+    variations: list[Variation] | None = None  # set once the tokens are done
+    complete: bool = True
+    original: Path | None = None  # infilling: the span as it was (the "A" of A/B)
 
 
-def renderer_phrase(renderer: str) -> str:
-    """Page text saying how the audio was made."""
-    if "built-in" in renderer.lower():
-        return "played by the built-in synth (no SoundFont renderer available)"
-    return f"rendered with {renderer}"
+@dataclass(frozen=True)
+class InfillRequest:
+    """What the page or ``/infill`` asks to regenerate: bars (1-based, inclusive) and tracks
+    (None: all; indices, ``"drums"``, ``"program:P"`` to add an instrument)."""
+
+    bars: tuple[int, int]
+    tracks: tuple[int | str, ...] | None = None
+
+
+def infill_request(
+    bars: str | None, tracks: str | list | None = None, add_program: str | int | None = None
+) -> InfillRequest:
+    """The page's or the API's infilling fields as a request, or a one-line MusegenError.
+
+    ``bars``: ``"A-B"`` (or ``"A"``); ``tracks``: indices and/or ``drums`` (text or a list;
+    empty: every track); ``add_program``: a GM program 0-127 or ``drums`` to add over the bars.
+    """
+    text = parse_bar_range(bars, "bars")
+    if not text:
+        raise MusegenError("bars: choose the bars to regenerate, as A-B (e.g. 5-8)")
+    a, b = bar_range(text)
+    if b is None:
+        raise MusegenError(f"bars {a}-: give the last bar too, as A-B (e.g. {a}-{a + 3})")
+    chosen: list[int | str] = list(track_items(parse_track_list(tracks, "tracks")) or [])
+    if add_program not in (None, ""):
+        program = str(add_program).strip().lower()
+        if isinstance(add_program, float) and add_program.is_integer():
+            program = str(int(add_program))
+        if program != "drums" and not (program.isdigit() and 0 <= int(program) <= 127):
+            raise MusegenError(
+                f"add_program must be a GM program 0-127 or drums, got {add_program!r}: "
+                "choose the instrument to add"
+            )
+        chosen.append("drums" if program == "drums" else f"program:{int(program)}")
+    return InfillRequest((a, b), tuple(chosen) if chosen else None)
 
 
 class Composer:
@@ -78,11 +118,16 @@ class Composer:
         workspace: Workspace | None = None,
         max_new_tokens: int | None = None,
         stream_every: int = STREAM_EVERY_TOKENS,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.stream_every = stream_every
         self.soundfont = soundfont
-        self.max_new_tokens = max_new_tokens
+        # Bounded work per request (musegen.app.limits); the pipeline checks prompts with them.
+        self.limits = limits or RequestLimits()
+        self.lanes = Lanes(self.limits.heavy_slots)
+        pipeline.score_limits = self.limits.score_limits()
+        self.max_new_tokens = min(n for n in (max_new_tokens, self.limits.max_new_tokens) if n)
         self.workspace = workspace or Workspace()
         self._stops: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
@@ -116,12 +161,76 @@ class Composer:
     ) -> Iterator[Progress]:
         """Generate ``settings.num_samples`` continuations, yielding previews, then the files."""
         settings = self.checked(settings)
-        directory = self.workspace.new_request_dir(key)
         stop = threading.Event()
+
+        def steps():
+            return self.pipeline.stream(
+                prompt, settings=settings, every=self.stream_every, stop_event=stop
+            )
+
+        heavy = self.is_heavy(prompt)
+        yield from self._session(key, stop, steps, settings, safe_stem(name), heavy=heavy)
+
+    def stream_infill(
+        self,
+        piece: bytes | symusic.Score,
+        request: InfillRequest,
+        settings: GenerationSettings,
+        key: str,
+        name: str = "musegen",
+    ) -> Iterator[Progress]:
+        """Regenerate ``request.bars`` of ``piece`` ``settings.num_samples`` times, streaming
+        previews as :meth:`stream` does; the settings infilling fixes are ignored (the form's
+        instruments are for continuing), and ``bars`` becomes the span's length."""
+        score = load_tick_score(piece)
+        a, b = request.bars
+        settings = self.checked(settings.with_overrides(**INFILL_FIXED, bars=max(1, b - a + 1)))
+        stop = threading.Event()
+        tracks = list(request.tracks) if request.tracks is not None else None
+        # Checked now, so a bad range or an old checkpoint fails before any file is written.
+        steps_iter = self.pipeline.stream_infill(
+            score, (a, b), tracks, settings, every=self.stream_every, stop_event=stop
+        )
+        starts = bar_starts(score)
+        span_end = starts[b] if b < len(starts) else int(score.end())
+        yield from self._session(
+            key,
+            stop,
+            lambda: steps_iter,
+            settings,
+            safe_stem(name),
+            (score, span_end),
+            heavy=self.is_heavy(score),
+        )
+
+    def is_heavy(self, prompt: bytes | symusic.Score | None) -> bool:
+        """Whether a request goes through the heavy lane (see :class:`~.limits.Lanes`)."""
+        if prompt is None:
+            return False
+        try:
+            notes = load_score(prompt).note_num()
+        except MusegenError:
+            return False
+        return notes > self.limits.heavy_notes
+
+    def _session(
+        self, key, stop, steps, settings, stem, infill=None, heavy=False
+    ) -> Iterator[Progress]:
+        """Run one request in its own folder, with ``stop`` as session ``key``'s stop flag,
+        within the server's time budget, in the heavy lane when ``heavy``."""
         with self._lock:
             self._stops[key] = stop
         try:
-            yield from self._stream(prompt, settings, directory, stop, safe_stem(name))
+            with (
+                self.workspace.request(key) as directory,
+                Deadline(self.limits.request_timeout, stop) as deadline,
+            ):
+                yield from self.lanes.iterate(
+                    heavy,
+                    lambda: self._stream(
+                        steps(), settings, directory, stop, stem, infill, deadline
+                    ),
+                )
         finally:
             with self._lock:
                 if self._stops.get(key) is stop:
@@ -129,25 +238,24 @@ class Composer:
 
     def _stream(
         self,
-        prompt: symusic.Score | None,
+        steps: Iterator[list[GenerationResult]],
         settings: GenerationSettings,
         directory: Path,
         stop: threading.Event,
         stem: str,
+        infill: tuple[symusic.Score, int] | None = None,
+        deadline: Deadline | None = None,
     ) -> Iterator[Progress]:
         started = time.monotonic()
         last_preview = 0.0
         results: list[GenerationResult] = []
-        steps = self.pipeline.stream(
-            prompt, settings=settings, every=self.stream_every, stop_event=stop
-        )
         for step, results in enumerate(steps):
             now = time.monotonic()
             if stop.is_set() or now - last_preview < PREVIEW_INTERVAL_S:
                 continue
             last_preview = now
             previews = [
-                self._pianoroll(r, directory / f"preview{step}_v{i + 1}.png", i)
+                self._pianoroll(r, directory / f"preview{step}_v{i + 1}.png", i, infill)
                 for i, r in enumerate(results)
             ]
             done = min((r.bars for r in results), default=0)
@@ -163,17 +271,31 @@ class Composer:
             )
         if not results:
             raise MusegenError("the model produced nothing; try again with another seed")
-        yield Progress([], "Rendering audio…", 0.99)
-        variations = [self.save(r, directory, i, stem) for i, r in enumerate(results)]
+        yield Progress([], "Preparing the preview…", 0.99)
+        new_end = infill[1] if infill else None
+        variations = [
+            save_preview(r, directory, i, stem, self.soundfont, new_end, max_seconds=self.audio_cap)
+            for i, r in enumerate(results)
+        ]
+        original = None
+        if infill and variations:
+            original = save_original(infill[0], variations[0].window, directory, self.soundfont)
         count = f"{len(variations)} variation{'s' if len(variations) > 1 else ''}"
+        pngs = [v.png_path for v in variations]
+        status = "Preview ready; rendering the full-length WAV for download…"
+        yield Progress(pngs, status, 0.995, variations, complete=False, original=original)
+        for v, r in zip(variations, results, strict=True):
+            save_full(v, r.score, self.soundfont, self.audio_cap)
         took = f"in {time.monotonic() - started:.1f} s"
-        if stop.is_set():
+        if deadline is not None and deadline.expired:
+            status = f"Stopped early: {deadline.note()} ({count} {took})."
+        elif stop.is_set():
             status = f"Stopped early: kept {count} {took}."
         elif not all(r.finished for r in results):
             status = f"Done: {count} {took} (the token limit came before the last bar)."
         else:
             status = f"Done: {count} {took}."
-        yield Progress([v.png_path for v in variations], status, 1.0, variations)
+        yield Progress(pngs, status, 1.0, variations, original=original)
 
     def continue_once(
         self,
@@ -187,43 +309,58 @@ class Composer:
         ``prompt`` is MIDI bytes or a Score; None starts from nothing.
         """
         settings = self.checked(settings)
-        directory = self.workspace.new_request_dir(key)
-        results = self.pipeline.continue_midi(prompt, settings=settings)
+        stop = threading.Event()
+        with self._lock:
+            self._stops.setdefault(key, stop)
+        try:
+            with (
+                self.workspace.request(key) as directory,
+                Deadline(self.limits.request_timeout, stop) as deadline,
+            ):
+
+                def run() -> list[Variation]:
+                    steps = self.pipeline.stream(
+                        prompt, settings=settings, every=0, stop_event=stop
+                    )
+                    return self._save_all(list(steps)[-1], directory, safe_stem(name))
+
+                found = self.lanes.call(self.is_heavy(prompt), run)
+        finally:
+            with self._lock:
+                if self._stops.get(key) is stop:
+                    del self._stops[key]
+        for v in found if deadline.expired else ():
+            v.summary += f" · {deadline.note()}"
+        return found
+
+    @property
+    def audio_cap(self) -> float:
+        return self.limits.max_audio_seconds
+
+    def infill_once(
+        self,
+        piece: bytes | symusic.Score,
+        request: InfillRequest,
+        settings: GenerationSettings,
+        key: str,
+        name: str = "musegen",
+    ) -> list[Variation]:
+        """The non-streaming infilling path (the ``infill`` API): all variations, as files."""
+        *_, last = self.stream_infill(piece, request, settings, key, name)
+        return last.variations or []
+
+    def _save_all(self, results: list[GenerationResult], directory: Path, stem: str):
         if not results:
             raise MusegenError("the model produced nothing; try again with another seed")
-        return [self.save(r, directory, i, safe_stem(name)) for i, r in enumerate(results)]
+        out = []
+        for i, r in enumerate(results):
+            v = save_preview(r, directory, i, stem, self.soundfont, audio=False)
+            out.append(save_full(v, r.score, self.soundfont, self.audio_cap))
+        return out
 
-    def _pianoroll(self, result: GenerationResult, path: Path, index: int) -> Path:
-        render_pianoroll(
-            result.score,
-            path=path,
-            split_tick=result.prompt_end_tick,
-            title=f"Variation {index + 1}",
+    def _pianoroll(self, result: GenerationResult, path: Path, index: int, infill=None) -> Path:
+        """A streaming preview: the new part so far with its lead-in (never the whole song)."""
+        window = preview_window(
+            result.score, result.prompt_end_tick, infill[1] if infill else None, after=1
         )
-        return path
-
-    def save(self, result: GenerationResult, directory: Path, index: int, stem: str) -> Variation:
-        """Write one result's MIDI, WAV and piano roll with names unique to this request."""
-        base = directory / f"{stem}_v{index + 1}_seed{result.seed}"
-        midi_bytes = result.midi_bytes()
-        midi_path = base.with_suffix(".mid")
-        midi_path.write_bytes(midi_bytes)
-        rendered = render_audio(result.score, soundfont=self.soundfont)
-        wav_path = base.with_suffix(".wav")
-        write_audio(rendered, wav_path)
-        png_path = self._pianoroll(result, base.with_suffix(".png"), index)
-        summary = (
-            f"seed {result.seed} · {result.new_tokens} new tokens, "
-            f"{result.bars} bar{'s' if result.bars != 1 else ''} in {result.seconds:.1f} s"
-            f"{'' if result.finished else ' (stopped early)'} · audio "
-            f"{renderer_phrase(rendered.renderer)}"
-        )
-        return Variation(
-            index,
-            midi_path,
-            wav_path,
-            png_path,
-            result.seed,
-            midi_bytes,
-            summary,
-        )
+        return write_zoomed_roll(result.score, window, path, f"Variation {index + 1}")

@@ -15,6 +15,8 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,12 +24,18 @@ import pretty_midi
 import symusic
 
 from musegen.errors import MidiError
+from musegen.score_check import PROMPT_LIMITS, ScoreLimits, load_checked
 from musegen.tokenizer import count_notes, load_score
 
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
 EXAMPLES_DIR = Path(__file__).parents[1] / "examples"
 GM_INSTRUMENTS: tuple[str, ...] = tuple(pretty_midi.INSTRUMENT_MAP)
 MAX_UNDO = 20
+# A finished request's folder stays this long, so Gradio can copy what it returns even when the
+# same session has started another request meanwhile.
+KEEP_FINISHED_S = 120.0
+# Any session's finished folder goes this long after its request, whoever starts the next one.
+IDLE_FINISHED_S = 600.0
 
 # Shown in the example picker; files not listed here still appear, titled from their name.
 EXAMPLE_TITLES = {
@@ -46,7 +54,9 @@ def list_examples(directory: Path = EXAMPLES_DIR) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
-def read_upload(path: str | Path | None, limit: int = MAX_UPLOAD_BYTES) -> bytes:
+def read_upload(
+    path: str | Path | None, limit: int = MAX_UPLOAD_BYTES, limits: ScoreLimits | None = None
+) -> bytes:
     """The bytes of a file Gradio received, checked for size and MIDI content.
 
     ``path`` must come from Gradio's upload handling (it lives in Gradio's cache); the user's
@@ -62,19 +72,17 @@ def read_upload(path: str | Path | None, limit: int = MAX_UPLOAD_BYTES) -> bytes
             "upload a shorter MIDI file"
         )
     data = path.read_bytes()
-    check_prompt(data, path.name)
+    check_prompt(data, path.name, limits)
     return data
 
 
-def check_prompt(data: bytes, name: str = "prompt") -> symusic.Score:
-    """Parse MIDI bytes and insist on at least one note, with the file name in the message."""
-    try:
-        score = load_score(data)
-    except MidiError as exc:
-        raise MidiError(str(exc).replace("<bytes>", name)) from None
-    if count_notes(score) == 0:
-        raise MidiError(f"{name}: the MIDI file has no notes; upload one with music in it")
-    return score
+def check_prompt(
+    data: bytes, name: str = "prompt", limits: ScoreLimits | None = None
+) -> symusic.Score:
+    """The prompt as generation will see it (:func:`musegen.score_check.check_score` under
+    ``limits``, default :data:`~musegen.score_check.PROMPT_LIMITS`: silence trimmed, tempi
+    normalised), or a one-line MidiError that names the file."""
+    return load_checked(data, limits or PROMPT_LIMITS, name)
 
 
 def describe_score(score: symusic.Score) -> str:
@@ -136,45 +144,98 @@ def safe_stem(text: str, default: str = "musegen") -> str:
 class Workspace:
     """Per-request output folders under one private temporary root.
 
-    Every request gets ``root/<session key>/<uuid>``; starting a new request removes the
-    session's older folders (Gradio has already copied what it serves into its own cache),
-    a session ending removes its folder, and folders older than ``max_age_s`` are swept.
+    Every request gets its own ``root/<session key>/<uuid>`` (:meth:`request`), so concurrent
+    calls of one session (one gradio_client ``Client`` sending four at once) never share,
+    overwrite or delete each other's files. A folder is *in flight* from :meth:`new_request_dir`
+    until :meth:`finish`; nothing removes an in-flight folder. Starting a request removes the
+    session's folders that finished more than ``keep_finished_s`` ago (by then Gradio has
+    copied what it serves into its own cache), a session ending removes its finished folders,
+    and folders older than ``max_age_s`` are swept.
     """
 
-    def __init__(self, root: Path | None = None, max_age_s: float = 3600.0) -> None:
+    def __init__(
+        self,
+        root: Path | None = None,
+        max_age_s: float = 3600.0,
+        keep_finished_s: float = KEEP_FINISHED_S,
+        idle_finished_s: float = IDLE_FINISHED_S,
+    ) -> None:
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="musegen-app-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_age_s = max_age_s
+        self.keep_finished_s = keep_finished_s
+        self.idle_finished_s = idle_finished_s
         self._lock = threading.Lock()
+        self._in_flight: set[Path] = set()
+        self._finished: dict[Path, float] = {}  # folder → when its request finished (monotonic)
 
     def _session_dir(self, key: str) -> Path:
         return self.root / (re.sub(r"[^A-Za-z0-9]", "", key)[:32] or "anon")
 
+    @contextmanager
+    def request(self, key: str) -> Iterator[Path]:
+        """A fresh folder for one request of session ``key``, in flight while the block runs."""
+        path = self.new_request_dir(key)
+        try:
+            yield path
+        finally:
+            self.finish(path)
+
     def new_request_dir(self, key: str) -> Path:
-        """A fresh empty folder for one request of session ``key``."""
+        """A fresh empty folder for one request of session ``key``, in flight until
+        :meth:`finish`; the session's folders that finished long enough ago are removed."""
         self.sweep()
         session = self._session_dir(key)
+        cutoff = time.monotonic() - self.keep_finished_s
         with self._lock:
-            if session.is_dir():
-                for old in session.iterdir():
+            # Other sessions' too, later (an API client never closes a tab to say it is done).
+            others = time.monotonic() - max(self.keep_finished_s, self.idle_finished_s)
+            for old in list(self._finished):
+                if self._finished[old] <= (cutoff if old.parent == session else others):
                     shutil.rmtree(old, ignore_errors=True)
-            path = session / uuid.uuid4().hex[:12]
+                    del self._finished[old]
+            path = session / uuid.uuid4().hex
             path.mkdir(parents=True)
+            self._in_flight.add(path)
         return path
 
+    def finish(self, path: Path) -> None:
+        """The request writing to ``path`` is done (its folder may go once it is old enough)."""
+        with self._lock:
+            if path in self._in_flight:
+                self._in_flight.discard(path)
+                self._finished[path] = time.monotonic()
+
     def drop_session(self, key: str) -> None:
-        """Remove everything session ``key`` wrote."""
-        shutil.rmtree(self._session_dir(key), ignore_errors=True)
+        """Remove what session ``key`` wrote, except folders of requests still in flight."""
+        session = self._session_dir(key)
+        with self._lock:
+            if not any(p.parent == session for p in self._in_flight):
+                shutil.rmtree(session, ignore_errors=True)
+                self._finished = {p: t for p, t in self._finished.items() if p.parent != session}
+                return
+            for old in list(session.glob("*")):
+                if old not in self._in_flight:
+                    shutil.rmtree(old, ignore_errors=True)
+                    self._finished.pop(old, None)
 
     def sweep(self) -> int:
-        """Remove request folders older than ``max_age_s``; returns how many went."""
+        """Remove request folders older than ``max_age_s`` (never one in flight); returns how
+        many went."""
         cutoff = time.time() - self.max_age_s
         removed = 0
         with self._lock:
             for session in list(self.root.glob("*")):
                 for request in list(session.glob("*")):
-                    if request.stat().st_mtime < cutoff:
+                    if request in self._in_flight:
+                        continue
+                    try:
+                        old = request.stat().st_mtime < cutoff
+                    except FileNotFoundError:
+                        continue
+                    if old:
                         shutil.rmtree(request, ignore_errors=True)
+                        self._finished.pop(request, None)
                         removed += 1
                 if session.is_dir() and not any(session.iterdir()):
                     session.rmdir()

@@ -21,6 +21,10 @@ COMMANDS = (
     "corpus",
     "prepare",
     "train",
+    "finetune",
+    "merge-adapter",
+    "export",
+    "prune",
     "generate",
     "infill",
     "render",
@@ -72,6 +76,36 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="checkpoint directory (default: $MUSEGEN_CHECKPOINT, else the shipped model)",
     )
     parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cuda")
+
+
+def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--adapter`` and ``--precision``, for the commands that generate (see
+    :meth:`musegen.pipeline.Pipeline.from_pretrained`)."""
+    parser.add_argument(
+        "--adapter",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="LoRA adapter (from `musegen finetune --lora-rank`) merged into the checkpoint",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "int8"),
+        default=None,
+        help="run the model in this precision; int8 is CPU only (default: as stored)",
+    )
+
+
+def load_pipeline(args: argparse.Namespace):
+    """The :class:`~musegen.pipeline.Pipeline` that the model and deploy arguments ask for."""
+    from musegen.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(
+        args.checkpoint,
+        device=args.device,
+        adapter=getattr(args, "adapter", None),
+        precision=getattr(args, "precision", None),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

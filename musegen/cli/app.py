@@ -21,12 +21,13 @@ examples:
   musegen app                                   # the shipped checkpoint, on this machine only
   musegen app --checkpoint runs/small/best --port 8080
   musegen app --host 0.0.0.0 --concurrency 4    # reachable from the local network
+  musegen app --max-prompt-notes 5000 --max-audio-seconds 60 --request-timeout 30
   musegen app --soundfont ~/sf/GeneralUser.sf2  # audio through your own SoundFont
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from musegen.cli import HelpFormatter, add_model_arguments
+    from musegen.cli import HelpFormatter, add_deploy_arguments, add_model_arguments
 
     parser = subparsers.add_parser(
         "app",
@@ -37,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     # ``python app.py`` passes its arguments through to this parser.
     add_model_arguments(parser)
+    add_deploy_arguments(parser)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network"
     )
@@ -55,15 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=2,
-        help="requests processed at once; the rest wait in the queue",
+        default=3,
+        help="requests processed at once (at most --heavy-slots of them heavy); the rest wait "
+        "in the queue; torch gets cpu_count // concurrency threads per request",
     )
-    parser.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=None,
-        help="cap on new tokens per request, to keep a shared server responsive",
-    )
+    from musegen.app.limits import add_arguments as add_limit_arguments
+
+    add_limit_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -75,20 +75,24 @@ def run(args: argparse.Namespace) -> int:
         raise MusegenError(f"--port {args.port} is not a valid port (1–65535)")
     if args.concurrency < 1:
         raise MusegenError("--concurrency must be at least 1")
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise MusegenError("--max-new-tokens must be at least 1")
+    from musegen.app.limits import from_args, torch_threads
+
+    limits = from_args(args)
     if args.soundfont is not None and not args.soundfont.is_file():
         raise MusegenError(f"--soundfont {args.soundfont}: file not found")
 
-    from musegen.app import blocks as ui
-    from musegen.pipeline import Pipeline
+    import torch
 
-    pipeline = Pipeline.from_pretrained(args.checkpoint, device=args.device)
+    from musegen.app import blocks as ui
+    from musegen.cli import load_pipeline
+
+    torch.set_num_threads(torch_threads(args.concurrency))  # parallel requests share the cores
+    pipeline = load_pipeline(args)
     demo = ui.build_app(
         pipeline,
         soundfont=args.soundfont,
         concurrency=args.concurrency,
-        max_new_tokens=args.max_new_tokens,
+        limits=limits,
     )
     # A service manager's SIGTERM should clean up like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -34,7 +34,7 @@ seed, settings, checkpoint, token counts, seconds) and one per prompt that could
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from musegen.cli import HelpFormatter, add_model_arguments
+    from musegen.cli import HelpFormatter, add_deploy_arguments, add_model_arguments
 
     p = subparsers.add_parser(
         "generate",
@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     add_model_arguments(p)
+    add_deploy_arguments(p)
     p.add_argument("--prompt", type=Path, help="a MIDI file, or a folder searched recursively")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     add_arguments(p)  # one flag per generation setting, from the settings table
@@ -167,7 +168,14 @@ class _Run:
         self.failed += 1
         append_jsonl(
             self.manifest,
-            {"output": None, "prompt": str(prompt), "status": "failed", "error": str(error)},
+            {
+                "output": None,
+                "prompt": str(prompt),
+                "status": "failed",
+                "error": str(error),
+                # the one-line reason alone, as prepare records it (musegen.score_check)
+                "reason": getattr(error, "reason", None) or str(error),
+            },
         )
 
 
@@ -178,7 +186,9 @@ def _batches(items: list, size: int) -> list[list]:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     prompts, root = find_prompts(args.prompt)
-    pipeline = Pipeline.from_pretrained(args.checkpoint, device=args.device)
+    from musegen.cli import load_pipeline
+
+    pipeline = load_pipeline(args)
     args.out.mkdir(parents=True, exist_ok=True)
     job = _Run(args, pipeline, settings)
     todo = [p for p in prompts if not set(job.names(stem_of(p, root))) <= job.done]
@@ -196,8 +206,11 @@ def run(args: argparse.Namespace) -> int:
             ):
                 if isinstance(outcome, MusegenError):
                     job.fail(prompt, outcome)
-                else:
+                    continue
+                try:  # a result that cannot be written or rendered fails its prompt, not the run
                     job.write(prompt, stem_of(prompt, root), outcome)
+                except MusegenError as exc:
+                    job.fail(prompt, exc)
             bar.update(len(chunk))
         bar.close()
     skipped = len(prompts) - len(todo)

@@ -17,11 +17,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from musegen.cli.generate import _Run, find_prompts, stem_of
-from musegen.data.infill import InfillVocab
 from musegen.errors import MusegenError
-from musegen.generation.infill import FIXED_SETTINGS, check_bars, check_settings
 from musegen.generation.settings import NAMES, GenerationSettings, add_arguments
-from musegen.pipeline import Pipeline
+from musegen.pipeline import INFILL_FIXED_SETTINGS, Pipeline
 
 EPILOG = """\
 examples:
@@ -70,7 +68,7 @@ def parse_program(text: str) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from musegen.cli import HelpFormatter, add_model_arguments
+    from musegen.cli import HelpFormatter, add_deploy_arguments, add_model_arguments
 
     p = subparsers.add_parser(
         "infill",
@@ -81,11 +79,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         conflict_handler="resolve",  # our --bars (a range) replaces the settings' --bars (a count)
     )
     add_model_arguments(p)
+    add_deploy_arguments(p)
     p.add_argument("input", type=Path, metavar="FILE_OR_FOLDER", help="a MIDI file or a folder")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     add_arguments(p)
     for action in p._actions:  # settings infilling fixes itself: not offered
-        if action.dest in FIXED_SETTINGS:
+        if action.dest in INFILL_FIXED_SETTINGS:
             action.help = argparse.SUPPRESS
     p.add_argument(
         "--bars", type=parse_range, required=True, metavar="A-B", help="the bars to regenerate"
@@ -115,9 +114,7 @@ def settings_from(args: argparse.Namespace) -> GenerationSettings:
     """The validated settings of the flags (bars: the range's length), a seed drawn if < 0."""
     a, b = args.bars
     values = {name: getattr(args, name) for name in NAMES if name != "bars"}
-    settings = GenerationSettings.from_values({**values, "bars": max(1, b - a + 1)})
-    check_settings(settings)
-    return settings.with_seed()
+    return GenerationSettings.from_values({**values, "bars": max(1, b - a + 1)}).with_seed()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,13 +122,14 @@ def run(args: argparse.Namespace) -> int:
     tracks = None
     if args.tracks is not None or args.add_program:
         tracks = list(args.tracks or []) + list(args.add_program)
-    pipeline = Pipeline.from_pretrained(args.checkpoint, device=args.device)
+    pipeline = Pipeline.from_pretrained(
+        args.checkpoint, device=args.device, adapter=args.adapter, precision=args.precision
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     a, b = args.bars
     job = _Run(args, pipeline, settings, {"bars": [a, b], "tracks": tracks})
     try:  # what is wrong for every file is reported once, in the manifest too
-        check_bars((a, b), sys.maxsize)
-        InfillVocab.from_tokenizer(pipeline.tokenizer)
+        pipeline.check_infill((a, b), settings)
         files, root = find_prompts(args.input)
     except MusegenError as exc:
         job.fail(args.input, exc)

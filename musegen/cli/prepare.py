@@ -49,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="token scheme",
     )
     parser.add_argument(
+        "--tokenizer-from",
+        metavar="CHECKPOINT",
+        default=None,
+        help="encode with this checkpoint's tokenizer (to fine-tune that checkpoint)",
+    )
+    parser.add_argument(
         "--bpe-vocab",
         type=int,
         default=None,
@@ -112,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         test_fraction=args.test_fraction,
         timeout_s=args.timeout,
         workers=args.workers,
+        tokenizer_from=args.tokenizer_from,
     )
     manifest = prepare(
         args.src_dir,

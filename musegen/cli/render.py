@@ -81,13 +81,13 @@ def run(args: argparse.Namespace) -> int:
     from musegen.render.audio import render_audio, write_audio
     from musegen.render.engines import read_soundfont
     from musegen.render.pianoroll import bar_grid, render_pianoroll
-    from musegen.tokenizer import load_score
+    from musegen.score_check import PIECE_LIMITS, load_checked
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     for out in args.out:
         if out.suffix.lower() not in (*AUDIO_EXTS, ".png"):
             raise MusegenError(f"--out {out}: unknown extension; use .wav, .flac, .ogg or .png")
-    score = load_score(args.midi)
+    score = load_checked(args.midi, PIECE_LIMITS, str(args.midi))  # the one boundary check
     if args.soundfont is not None:  # checked up front, even when only a PNG is asked for
         read_soundfont(args.soundfont)
     if os.fspath(args.midi) in {os.fspath(o) for o in args.out}:

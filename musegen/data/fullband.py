@@ -21,7 +21,6 @@ two overlapping notes of one pitch. A piece inherits its POP909 song's split.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import math
 import statistics
@@ -140,22 +139,6 @@ def train_beats(groove_dir: Path) -> list[dict]:
     return rows
 
 
-def seconds_to_ticks(score: symusic.Score, seconds: list[float]) -> list[int]:
-    """Tick of each time in seconds, through the song's own tempo map."""
-    tpq = score.ticks_per_quarter
-    tempos = sorted(score.tempos, key=lambda t: t.time) or [symusic.Tempo(0, 120.0)]
-    starts, ticks, rates = [0.0], [0], [tempos[0].mspq / 1e6 / tpq]
-    for tempo in tempos[1:]:
-        starts.append(starts[-1] + (tempo.time - ticks[-1]) * rates[-1])
-        ticks.append(tempo.time)
-        rates.append(tempo.mspq / 1e6 / tpq)
-    out = []
-    for t in seconds:
-        i = max(0, bisect.bisect_right(starts, t) - 1)
-        out.append(round(ticks[i] + (t - starts[i]) / rates[i]))
-    return out
-
-
 def bar_starts(downbeats: list[int], first: int, last: int) -> list[tuple[int, int]]:
     """(first beat, beats) of each bar from beat ``first`` to ``last``: the annotated
     downbeats, with gaps longer than a 4/4 bar filled every four beats."""
@@ -268,13 +251,11 @@ def arrange(song_dir: Path, rows: list[dict], groove_dir: Path) -> tuple[symusic
         raise MusegenError("fewer than 8 annotated beats")
     song_bpm = 60.0 / statistics.median(b - a for a, b in itertools.pairwise(beat_times))
     row, loop = choose_drums(rows, song_id, song_bpm, groove_dir)
-    ticks = seconds_to_ticks(song, beat_times)
-    notes = [n for t in song.tracks for n in t.notes]
-    onset, end = min(n.time for n in notes), max(n.time + n.duration for n in notes)
-    first = max([d for d in downbeats if ticks[d] <= onset + 1] or [0])
+    ticks = pop909.seconds_to_ticks(song, beat_times)
+    first, shift = pop909.downbeat_shift(song, ticks, downbeats)
+    end = max(n.time + n.duration for t in song.tracks for n in t.notes)
     last = next((i for i, t in enumerate(ticks) if t >= end), len(ticks) - 1)
     bars = bar_starts(downbeats, first, max(last, first + 1))
-    shift = -ticks[first] % (4 * song.ticks_per_quarter)  # the first bar on a bar line
     grid = Grid([t + shift for t in ticks])
     rhythm = BASS_RHYTHMS[stable_index(f"fullband-bass:{song_id}", len(BASS_RHYTHMS))]
     bass_program = BASS_PROGRAMS[stable_index(f"fullband-bass-program:{song_id}", 9)]

@@ -18,10 +18,12 @@ import numpy as np
 
 from musegen.data.dataset import token_dtype
 from musegen.errors import MusegenError, first_line
-from musegen.tokenizer import count_notes, encode, load_score, load_tokenizer
+from musegen.score_check import ScoreError, ScoreLimits, load_checked, reason_for
+from musegen.tokenizer import count_notes, encode, load_tokenizer
 
 # A pool that answers nothing for 2 × timeout + this long has a worker stuck in native code.
 HANG_GRACE_S = 30.0
+PREPARE_FLAGS = (("min_notes", "--min-notes"),)
 
 
 @dataclass
@@ -66,6 +68,8 @@ def _tokenize_one(key: str, path: str) -> tuple[str, FileResult]:
         return key, _encode_checked(path, min_notes, max_beats)
     except _Timeout:
         return key, FileResult(reason=f"timed out: took longer than {timeout_s:g} s")
+    except ScoreError as exc:
+        return key, FileResult(reason=exc.reason)
     except MusegenError as exc:
         return key, FileResult(reason=_midi_reason(str(exc)))
     except Exception as exc:  # miditok/symusic failure on odd content
@@ -76,15 +80,13 @@ def _tokenize_one(key: str, path: str) -> tuple[str, FileResult]:
 
 
 def _encode_checked(path: str, min_notes: int, max_beats: int) -> FileResult:
-    score = load_score(path)
+    """Load and check one file as every front end does (:mod:`musegen.score_check`), encode."""
+    limits = ScoreLimits(min_notes=min_notes, max_beats=max_beats, flags=PREPARE_FLAGS)
+    try:
+        score = load_checked(path, limits)
+    except ScoreError as exc:
+        return FileResult(_notes_of(exc), reason=exc.reason)
     notes = count_notes(score)
-    if notes == 0:
-        return FileResult(reason="no notes: the file holds no note events")
-    if notes < min_notes:
-        return FileResult(notes, reason=f"too few notes: {notes} < --min-notes {min_notes}")
-    beats = score.end() / max(score.ticks_per_quarter, 1)
-    if beats > max_beats:
-        return FileResult(notes, reason=f"too long: {beats:.0f} beats > {max_beats}")
     tokenizer = _WORKER["tokenizer"]
     # the dataset's own dtype: half the memory and pickling while results are gathered
     ids = np.asarray(encode(tokenizer, score), dtype=token_dtype(len(tokenizer)))
@@ -93,13 +95,17 @@ def _encode_checked(path: str, min_notes: int, max_beats: int) -> FileResult:
     return FileResult(notes, ids)
 
 
+def _notes_of(exc: ScoreError) -> int:
+    """The note count a refusal names (too few/many notes), else 0."""
+    head = exc.reason.split(": ", 1)
+    if head[0] in ("too few notes", "too many notes"):
+        return int(head[1].split(" ", 1)[0])
+    return 0
+
+
 def _midi_reason(message: str) -> str:
     """load_score's message as a reason whose first word group names the kind of problem."""
-    kinds = (("empty file", "empty"), ("not a MIDI", "not MIDI"), ("corrupt", "corrupt"))
-    for needle, kind in kinds:
-        if needle in message:
-            return f"{kind}: {message.split(': ', 1)[-1]}"
-    return f"unreadable: {message.split(': ', 1)[-1]}"
+    return reason_for(message)
 
 
 def _executor(workers: int, initargs: tuple) -> ProcessPoolExecutor:

@@ -10,6 +10,7 @@ the full-band arrangement) falls in the same split.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from pathlib import Path
 
@@ -110,6 +111,44 @@ def annotations(song_dir: Path) -> dict:
     return meta
 
 
+def seconds_to_ticks(score: symusic.Score, seconds: list[float]) -> list[int]:
+    """Tick of each time in seconds, through the song's own tempo map."""
+    tpq = score.ticks_per_quarter
+    tempos = sorted(score.tempos, key=lambda t: t.time) or [symusic.Tempo(0, 120.0)]
+    starts, ticks, rates = [0.0], [0], [tempos[0].mspq / 1e6 / tpq]
+    for tempo in tempos[1:]:
+        starts.append(starts[-1] + (tempo.time - ticks[-1]) * rates[-1])
+        ticks.append(tempo.time)
+        rates.append(tempo.mspq / 1e6 / tpq)
+    out = []
+    for t in seconds:
+        i = max(0, bisect.bisect_right(starts, t) - 1)
+        out.append(round(ticks[i] + (t - starts[i]) / rates[i]))
+    return out
+
+
+def downbeat_shift(score: symusic.Score, ticks: list[int], downbeats: list[int]) -> tuple[int, int]:
+    """(index of the annotated downbeat that starts the music, ticks to shift the score by so
+    that beat lands on a 4/4 bar line)."""
+    onset = min(n.time for t in score.tracks for n in t.notes)
+    first = max([d for d in downbeats if ticks[d] <= onset + 1] or [0])
+    return first, -ticks[first] % (4 * score.ticks_per_quarter)
+
+
+def on_downbeats(score: symusic.Score, song_dir: Path) -> tuple[symusic.Score, int]:
+    """The song in 4/4 with its annotated downbeats on bar lines, and the shift in ticks.
+    Most POP909 files declare 1/4 or 2/4, which disagrees with their own beat annotations and
+    would teach a model one-beat bars."""
+    times, downbeats = read_beats(song_dir)
+    _, shift = downbeat_shift(score, seconds_to_ticks(score, times), downbeats)
+    moved = score.shift_time(shift) if shift else score.copy()
+    if len(moved.tempos):
+        moved.tempos[0].time = 0
+    moved.time_signatures = symusic.core.TimeSignatureTickList()
+    moved.time_signatures.append(symusic.TimeSignature(0, 4, 4))
+    return moved, shift
+
+
 def song_score(path: Path) -> symusic.Score:
     """A song with its tracks named by role, so the three stay distinct downstream."""
     score = load_midi(path)
@@ -137,7 +176,9 @@ def build(
     def convert(song_dir: Path) -> tuple[str, dict]:
         song_id = song_dir.name
         score = song_score(song_dir / f"{song_id}.mid")
-        meta = {"song_id": song_id, "notes": score.note_num()} | annotations(song_dir)
+        score, shift = on_downbeats(score, song_dir)
+        meta = {"song_id": song_id, "notes": score.note_num(), "shift_ticks": shift}
+        meta |= annotations(song_dir)
         rel = f"{song_id}.mid"
         write_score(score, out, rel)
         return rel, meta | {"split": song_split(song_id), "group": GROUP}

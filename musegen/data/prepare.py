@@ -34,6 +34,7 @@ from musegen.tokenizer import (
     TokenizerSettings,
     build_tokenizer,
     check_bpe_vocab,
+    load_tokenizer,
     save_tokenizer,
     settings_dict,
     special_id,
@@ -57,9 +58,19 @@ class PrepareOptions:
     max_beats: int = 50_000  # longer files (hours, or absurd gaps) are skipped, not tokenized
     timeout_s: float = 60.0  # per file; a pathological file is skipped, not the run
     workers: int | None = None
+    # A checkpoint (or tokenizer.json) whose tokenizer encodes the corpus, so the ids mean what
+    # they meant to that model (fine-tuning); ``tokenizer`` and ``bpe_vocab`` are then unused.
+    tokenizer_from: str | None = None
 
     def validate(self) -> None:
         self.tokenizer.validate()
+        if self.tokenizer_from is not None:
+            if self.bpe_vocab is not None:
+                raise MusegenError(
+                    "--bpe-vocab and --tokenizer-from exclude each other: the checkpoint's "
+                    "tokenizer (and any BPE it learnt) is used as it is"
+                )
+            load_tokenizer(self.tokenizer_from)  # a one-line error when it is not one
         fractions = (self.val_fraction, self.test_fraction)
         if any(not 0 <= f < 1 for f in fractions) or sum(fractions) >= 1:
             raise MusegenError(
@@ -84,7 +95,7 @@ class PrepareOptions:
             "val_fraction": self.val_fraction,
             "test_fraction": self.test_fraction,
             "max_beats": self.max_beats,
-        }
+        } | ({"tokenizer_from": str(self.tokenizer_from)} if self.tokenizer_from else {})
 
 
 def scan(src: Path) -> tuple[list[str], int]:
@@ -254,7 +265,10 @@ def prepare(
 
 def _prepare_into(tmp, src, paths, ignored, options: PrepareOptions, progress: bool) -> dict:
     tmp.mkdir(parents=True)
-    tokenizer = build_tokenizer(options.tokenizer)
+    if options.tokenizer_from:
+        tokenizer = load_tokenizer(options.tokenizer_from)
+    else:
+        tokenizer = build_tokenizer(options.tokenizer)
     tokenizer_path = save_tokenizer(tokenizer, tmp)
     entries = _file_entries(src, paths)
     corpora = find_corpora(src)
@@ -333,6 +347,8 @@ def _manifest(src, entries, ignored, options, vocab_size, dtype, splits, special
     kept = [e for e in entries if e["split"] is not None]
     skipped = Counter(_reason_kind(e["skipped"]) for e in entries if e["skipped"])
     tokenizer_info = settings_dict(options.tokenizer) | {"bpe_vocab_size": options.bpe_vocab}
+    if options.tokenizer_from:
+        tokenizer_info = {"from": str(options.tokenizer_from), "vocab_size": vocab_size}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

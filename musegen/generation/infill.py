@@ -8,6 +8,12 @@ signature the piece has there (a span with meter changes is followed bar by bar,
 no tempo tokens (tempo stays the piece's) and only the target programs. :func:`merge` puts the
 generated notes into the *original* score.
 
+The context budget: room for the target is kept first (the piece's tokens per bar for the target
+tracks, at least ``MIN_TOKENS_PER_BAR`` per bar), the given part goes in whole (a request whose
+given part and target cannot fit is refused), and what is left goes 60/40 to the newest bars of
+the prefix and the first bars of the suffix, cut at bar lines where possible; what one side does
+not use goes to the other.
+
 Notes held across the span's borders:
 
 * a note that starts before the span and sounds into it is kept as it is (it is part of the
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,7 +255,7 @@ def _check_meters(score, signatures: list, last: int, tokenizer) -> list[int]:
 
 def _fit(ids: np.ndarray, starts: list[int], a: int, b: int, room: int, tokenizer):
     """The prefix tail and suffix head that share ``room`` tokens (60/40, cut at bar lines
-    where possible; a share one side does not need goes to the other)."""
+    where possible; what one side does not use goes to the other)."""
     bos, eos = tokenizer.vocab.get("BOS_None"), tokenizer.vocab.get("EOS_None")
     first = starts[a - 1]
     stop = starts[b] if b < len(starts) else len(ids)
@@ -258,11 +265,8 @@ def _fit(ids: np.ndarray, starts: list[int], a: int, b: int, room: int, tokenize
     if eos is not None:
         suffix = np.concatenate([suffix, [eos]])
     front = round(room * PREFIX_SHARE)
-    back = room - front
-    if len(prefix) < front:
-        front, back = len(prefix), back + front - len(prefix)
-    elif len(suffix) < back:
-        front, back = front + back - len(suffix), len(suffix)
+    if len(suffix) < room - front:  # a short suffix leaves its share to the prefix
+        front = room - len(suffix)
     shift = 1 if bos is not None else 0
     cuts = [s + shift for s in starts if s < first]  # bar starts inside the prefix
     keep = next((c for c in cuts if len(prefix) - c <= front), None)
@@ -270,6 +274,7 @@ def _fit(ids: np.ndarray, starts: list[int], a: int, b: int, room: int, tokenize
         head = prefix
     else:
         head = prefix[keep:] if keep is not None else prefix[len(prefix) - front :]
+    back = room - len(head)  # what whole bars left of the prefix's share goes to the suffix
     ends = [s - stop for s in starts if stop < s <= stop + back]  # bar starts inside the suffix
     tail = suffix[: ends[-1]] if ends and len(suffix) > back else suffix[:back]
     return head.astype(np.int64), tail.astype(np.int64)
@@ -347,6 +352,8 @@ FIXED_SETTINGS = {
     "keep_time_signature": True,
     "instruments": None,
     "drums": True,
+    "prompt_bars": "",  # the bars and tracks come from the request itself
+    "prompt_tracks": "",
 }
 
 
@@ -359,3 +366,11 @@ def check_settings(settings) -> None:
                 "grammar-constrained, keeps the span's tempo and time signature, and takes its "
                 "instruments from tracks"
             )
+
+
+def check_request(tokenizer, bars: Sequence[int], settings: GenerationSettings) -> None:
+    """The one-line error of a request that fails whatever the piece: a checkpoint trained
+    without infilling, a setting infilling fixes, an empty or reversed range."""
+    InfillVocab.from_tokenizer(tokenizer)
+    check_settings(settings)
+    check_bars(bars, sys.maxsize)

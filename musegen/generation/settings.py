@@ -23,6 +23,7 @@ from typing import Any
 
 from musegen.errors import MusegenError
 from musegen.generation.grammar import Controls
+from musegen.generation.prompt import TEXT_SETTINGS
 
 MAX_SEED = 2**63 - 1
 PROGRAMS = range(128)  # General MIDI program numbers
@@ -40,6 +41,7 @@ class Spec:
     page: tuple[float, float, float] | None = None  # the page's slider: (min, max, step)
     off_switch: str | None = None  # an older CLI switch that turns this boolean off
     advanced: bool = False  # on the page: under "More settings", folded by default
+    metavar: str | None = None  # text settings: how the CLI's --help shows the value
 
     def allowed(self) -> str:
         """The range in words, for error messages."""
@@ -121,6 +123,14 @@ class GenerationSettings:
         "(off: the model may bring in any)", "Keep the prompt's instruments",
         off_switch="--any-instrument", advanced=True,
     )  # fmt: skip
+    prompt_bars: str = setting(
+        "", "continue from these bars of the prompt only: A-B, A- (to its end) or A, numbered "
+        "from 1 (empty: the whole prompt)", "Prompt bars", metavar="A-B",
+    )  # fmt: skip
+    prompt_tracks: str = setting(
+        "", "continue from these tracks of the prompt only: indices from 0 and/or drums, "
+        "comma-separated (empty: every track)", "Prompt tracks", metavar="I,I,…|drums",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         self.validate()
@@ -173,7 +183,7 @@ class Setting:
     """One row of the table: a field of :class:`GenerationSettings` with its kind and spec."""
 
     name: str
-    kind: str  # "int", "float", "bool" or "programs"
+    kind: str  # "int", "float", "bool", "programs" or "text"
     default: Any
     spec: Spec
 
@@ -187,6 +197,8 @@ class Setting:
             return 0  # the Python API's older spelling of "off"
         if value is None and self.name in ("seed", "instruments"):
             return None
+        if self.kind == "text":
+            return TEXT_SETTINGS[self.name](value, self.name)
         if self.kind == "bool":
             if not isinstance(value, bool):
                 raise MusegenError(f"{self.name} must be true or false, got {value!r}")
@@ -219,7 +231,7 @@ class Setting:
 
 def _table() -> tuple[Setting, ...]:
     hints = typing.get_type_hints(GenerationSettings)
-    kinds = {int: "int", float: "float", bool: "bool", int | None: "int"}
+    kinds = {int: "int", float: "float", bool: "bool", int | None: "int", str: "text"}
     rows = []
     for f in fields(GenerationSettings):
         kind = kinds.get(hints[f.name], "programs")
@@ -278,6 +290,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         elif s.kind == "programs":
             group.add_argument(
                 s.flag, type=parse_programs, default=s.default, metavar="P,P,…", help=help_text
+            )
+        elif s.kind == "text":
+            group.add_argument(
+                s.flag, type=str, default=s.default, metavar=s.spec.metavar, help=help_text
             )
         else:
             number = int if s.kind == "int" else float

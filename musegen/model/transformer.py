@@ -46,20 +46,26 @@ class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.n_heads, self.head_dim = config.n_heads, config.head_dim
-        self.qkv = Linear(config.d_model, 3 * config.d_model)
-        self.proj = Linear(config.d_model, config.d_model)
+        self.width = config.attn_dim  # d_model unless heads were pruned
+        self.qkv = Linear(config.d_model, 3 * self.width)
+        self.proj = Linear(self.width, config.d_model)
         spec = get_kind(config.attention)
         self.fn, self.step = spec.forward, spec.decode  # bound once: no lookup per token
         self.rel = None
         if spec.has_relative:
             shape = (config.n_heads, config.max_relative_distance, config.head_dim)
             self.rel = nn.Parameter(torch.randn(shape) * init_scale(config.head_dim))
+        # a kind with parameters/state of its own runs as a module that owns its cache slot
+        self.mech = spec.module(config) if spec.module is not None else None
         self.memo = WeightMemo()
 
     def forward(self, x: Tensor, ctx: AttnContext, cache: KVCache | None, layer: int) -> Tensor:
         B, L, C = x.shape
         qkv = self.qkv.forward(x).view(B, L, 3, self.n_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        if self.mech is not None:
+            y = self.mech(q, k, v, self.rel, ctx, cache, layer)
+            return self.proj.forward(y.transpose(1, 2).reshape(B, L, self.width))
         if cache is not None:
             k_all, v_all = cache.update(layer, k, v)
             if ctx.cached:
@@ -71,7 +77,7 @@ class SelfAttention(nn.Module):
             y = self.step(q, k, v, rel, ctx)
         else:
             y = self.fn(q, k, v, rel, ctx)
-        return self.proj.forward(y.transpose(1, 2).reshape(B, L, C))
+        return self.proj.forward(y.transpose(1, 2).reshape(B, L, self.width))
 
 
 class Block(nn.Module):
@@ -113,7 +119,11 @@ class MusicTransformer(nn.Module):
         if spec.absolute_positions:
             self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        # A model-structure kind (a shared block, a feedback memory) brings its own stack.
+        self.stack = spec.stack(config) if spec.stack is not None else None
+        self.blocks = None
+        if self.stack is None:
+            self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.d_model)
         self.head = None
         if not config.tie_embeddings:
@@ -124,7 +134,7 @@ class MusicTransformer(nn.Module):
     def _init_weights(self) -> None:
         """GPT-2 init: N(0, 0.02), residual projections scaled down by depth."""
         for name, p in self.named_parameters():
-            if name.endswith(".rel"):
+            if name.endswith(".rel") or ".mech." in name:  # kind modules initialise their own
                 continue
             if p.dim() >= 2:
                 std = 0.02
@@ -133,6 +143,17 @@ class MusicTransformer(nn.Module):
                 nn.init.normal_(p, 0.0, std)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
+
+    def auxiliary_loss(self) -> Tensor | None:
+        """A term the training loop adds to the loss after each forward (the ponder cost of a
+        shared block with adaptive depth, the span penalty of adaptive spans), or ``None``
+        when the structure and the attention kind have none."""
+        terms = [] if self.stack is None else [self.stack.auxiliary_loss()]
+        for m in self.modules():  # attention modules with a penalty (e.g. adaptive span)
+            if m is not self and hasattr(m, "span_penalty"):
+                terms.append(m.span_penalty())
+        terms = [t for t in terms if t is not None]
+        return sum(terms) if terms else None
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -161,8 +182,11 @@ class MusicTransformer(nn.Module):
             inference_kernels() if x.is_cuda and not torch.is_grad_enabled() else nullcontext()
         )
         with kernels:
-            for i, block in enumerate(self.blocks):
-                x = block(x, ctx, cache, i)
+            if self.stack is None:
+                for i, block in enumerate(self.blocks):
+                    x = block(x, ctx, cache, i)
+            else:
+                x = self.stack(x, ctx, cache)
         if cache is not None:
             cache.end()
         x = self.ln_f(x)

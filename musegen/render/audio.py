@@ -64,14 +64,21 @@ def render_audio(
     sample_rate: int = 44100,
     backend: str | None = None,
     progress: bool = False,
+    max_seconds: float | None = None,
 ) -> RenderedAudio:
-    """Render a MIDI file, MIDI bytes or score to audio; see the module docstring for the order."""
+    """Render a MIDI file, MIDI bytes or score to audio; see the module docstring for the order.
+
+    ``max_seconds``: a longer score is rendered from that many seconds before its end (what a
+    server can afford per request; the new part of a continuation is at the end).
+    """
     if backend not in (None, "auto", *BACKENDS):
         raise MusegenError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if not 8000 <= int(sample_rate) <= 192000:
         raise MusegenError(f"sample rate {sample_rate} Hz is out of range (8000–192000)")
     sample_rate = int(sample_rate)
     score = load_tick_score(source)
+    if max_seconds is not None and end_seconds(score) > max_seconds:
+        score = last_seconds(score, max_seconds)
     user_sf = audio_backends.user_soundfont(soundfont)
     if count_notes(score) == 0:
         log.info("score has no notes: writing %.1f s of silence", EMPTY_SECONDS)
@@ -91,6 +98,14 @@ def render_audio(
         time.process_time() - started,
     )
     return RenderedAudio(audio, sample_rate, label, duration)
+
+
+def last_seconds(score: symusic.Score, seconds: float) -> symusic.Score:
+    """The last ``seconds`` of ``score`` (notes that start in them), in ticks from 0."""
+    timed = score.to("second")
+    start = max(0.0, end_seconds(timed) - seconds)
+    cut = timed.clip(start, end_seconds(timed) + 1.0, clip_end=False).shift_time(-start)
+    return cut.to("tick")
 
 
 def _render_first(plan, score, sample_rate: int, progress: bool, strict: bool):

@@ -34,7 +34,9 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 5e-4
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 200
+    # None: proportional to the run's length (optim.warmup_steps_for), so a short fine-tune
+    # reaches its learning rate; a number fixes it.
+    warmup_steps: int | None = None
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
@@ -60,6 +62,9 @@ class TrainConfig:
     # Fraction of training windows rearranged into fill-in-the-middle examples (data/infill.py).
     infill_rate: float = 0.0
     init_from: str | None = None
+    # LoRA fine-tuning (musegen.training.lora): rank 0 trains every weight; alpha None = rank.
+    lora_rank: int = 0
+    lora_alpha: float | None = None
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -77,11 +82,15 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every"):
             if int(getattr(self, name)) <= 0:
                 raise MusegenError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("log_every", "eval_windows", "sample_tokens", "warmup_steps"):
-            if int(getattr(self, name)) < 0:
+        for name in ("log_every", "eval_windows", "sample_tokens", "warmup_steps", "lora_rank"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 0:
                 raise MusegenError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if self.seq_len is not None and self.seq_len < 2:
             raise MusegenError(f"seq_len must be at least 2, got {self.seq_len}")
+        if self.lora_rank and not self.init_from:
+            raise MusegenError("LoRA (lora_rank > 0) adapts a trained model: give --init-from")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise MusegenError(f"lora_alpha must be positive, got {self.lora_alpha}")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
             raise MusegenError("lr must be > 0 and min_lr_ratio within [0, 1]")
         if self.max_minutes is not None and self.max_minutes <= 0:

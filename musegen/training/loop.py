@@ -10,6 +10,7 @@ optimiser and schedule in :mod:`musegen.training.optim`; metrics and the learnin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -24,7 +25,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from musegen import __version__
-from musegen.checkpoint import WEIGHTS_FILE, load_weights, save_pretrained
 from musegen.config import ModelConfig
 from musegen.data.dataset import Augmentation, WindowSampler, iter_eval_windows
 from musegen.data.infill import InfillRearranger
@@ -34,7 +34,7 @@ from musegen.generation.sampling import AllowedTokens, Stopping, Temperature, sa
 from musegen.metrics import evaluate_windows, token_loss
 from musegen.model.transformer import MusicTransformer
 from musegen.tokenizer import special_id
-from musegen.training import optim
+from musegen.training import lora, optim
 from musegen.training import state as ts
 from musegen.training.config import TrainConfig
 from musegen.training.optim import DistContext, init_distributed
@@ -104,6 +104,9 @@ class _Trainer:
     """One run: built from the config and the run directory, then looped to a stop condition."""
 
     def __init__(self, config: TrainConfig, model_config: ModelConfig | None, ctx: DistContext):
+        if config.warmup_steps is None:  # fixed now, so run.json (and a resume) keeps it
+            warmup = optim.warmup_steps_for(None, config.max_steps)
+            config = dataclasses.replace(config, warmup_steps=warmup)
         self.cfg, self.ctx, self.device, self.run_dir = config, ctx, ctx.device, Path(config.out)
         self.amp_dtype = optim.configure_precision(ctx.device, config.precision, config.threads)
         self.tokenizer, train_split, val_split = ts.open_prepared(config.data)
@@ -122,6 +125,11 @@ class _Trainer:
             self.raw = MusicTransformer(self.model_config).to(self.device)
         except ValueError as exc:
             raise MusegenError(f"invalid model setting: {exc}") from None
+        if config.init_from and (saved is None or config.lora_rank):  # LoRA: the frozen base
+            self._say(warm_start(self.raw, self.tokenizer, config.init_from))
+        if config.lora_rank:
+            lora.check_same_vocabulary(self.tokenizer, config.init_from)
+            self._say(lora.apply_lora(self.raw, config.lora_rank, config.lora_alpha))
         torch.manual_seed(config.seed + ctx.rank)  # same init everywhere, own dropout per rank
         self.optimizer = optim.build_optimizer(
             self.raw, config.lr, config.weight_decay, config.betas, self.device
@@ -135,8 +143,6 @@ class _Trainer:
         self.best_step: int | None = None
         if saved is not None:
             self._restore(train_split)
-        elif config.init_from:
-            self._say(warm_start(self.raw, self.tokenizer, config.init_from))
         if ctx.is_main:
             write_json_atomic(self.run_dir / ts.RUN_FILE, ts.to_jsonable(self._run_record()))
         self.model = self._wrap(self.raw)
@@ -195,7 +201,7 @@ class _Trainer:
         if state is None:
             self._say(f"{self.run_dir} has no checkpoint yet: starting again from step 0")
         else:
-            load_weights(self.raw, self.run_dir / ts.LATEST / WEIGHTS_FILE)
+            lora.load_run_weights(self.raw, self.run_dir / ts.LATEST)
             meta = state.meta
             optim.optimizer_from_tensors(self.optimizer, state.optimizer_tensors, meta["optimizer"])
             self.step = self.last_save = state.step
@@ -311,7 +317,8 @@ class _Trainer:
                 with self._autocast():
                     logits = self.model(x[:, :-1])
                 loss = token_loss(logits, x[:, 1:], self.pad) / count
-                loss.backward()
+                aux = self.raw.auxiliary_loss()  # ponder cost, span penalty (not reported)
+                (loss if aux is None else loss + aux / len(batches)).backward()
             total += loss.detach()
         flags = torch.stack([total, torch.tensor(float(self._out_of_time()), device=self.device)])
         loss_sum, late = ctx.all_reduce_sum(flags).tolist()
@@ -393,7 +400,8 @@ class _Trainer:
 
     def _save_model(self, directory: Path, extra: dict[str, Any]) -> None:
         facts = {"step": self.step, "tokens": self.tokens, "dataset_fingerprint": self.fingerprint}
-        save_pretrained(self.raw, self.tokenizer, directory, extra=ts.to_jsonable(facts | extra))
+        extra = ts.to_jsonable(facts | extra)
+        lora.save_run_model(self.raw, self.tokenizer, directory, extra, self.cfg.init_from)
 
     def _save_latest(self) -> None:
         """``latest``: the checkpoint plus every rank's sampler and RNG state, swapped in whole."""

@@ -58,6 +58,18 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=1e-8, **extra)
 
 
+# Warm-up of a run that does not set one: this share of its steps (200 for the default 5000).
+WARMUP_FRACTION = 0.04
+
+
+def warmup_steps_for(warmup_steps: int | None, max_steps: int) -> int:
+    """``warmup_steps`` when set, else :data:`WARMUP_FRACTION` of the run (at least 1 step):
+    a fixed 200-step warm-up would leave a 60-step fine-tune far below its learning rate."""
+    if warmup_steps is not None:
+        return int(warmup_steps)
+    return max(1, round(WARMUP_FRACTION * max_steps))
+
+
 def lr_at(
     step: int, base_lr: float, warmup_steps: int, max_steps: int, min_lr_ratio: float
 ) -> float:

@@ -9,7 +9,19 @@ experiments) call :func:`register` themselves.
 
 from __future__ import annotations
 
-from musegen.model.attention import absolute, local, relative, sparse
+from musegen.model.attention import (
+    absolute,
+    adaptive_span,
+    entmax,
+    feedback,
+    linformer,
+    local,
+    relative,
+    routing,
+    sparse,
+    synthesizer,
+    universal,
+)
 from musegen.model.attention.kernels import (
     AttnContext,
     Pattern,
@@ -57,6 +69,10 @@ def kind_names() -> tuple[str, ...]:
 
 
 for _module in (absolute, relative, local, sparse):
+    register(_module.SPEC)
+for _module in (universal, feedback):  # model-structure kinds: they bring their own stack
+    register(_module.SPEC)
+for _module in (linformer, adaptive_span, routing, synthesizer, entmax):  # own modules
     register(_module.SPEC)
 
 __all__ = [

@@ -5,7 +5,8 @@ A spec declares the :class:`musegen.config.ModelConfig` fields the kind reads an
 validation, the attention function for training/prefill (the aligned and cached regimes), the
 one-token decode step over a full cache, the cache it needs, how far back a query reaches
 (bounded kinds generate for ever at constant memory), its FlexAttention mask where it has one,
-and which position parameters the model must learn for it.
+which position parameters the model must learn for it, and (for model-structure kinds)
+the stack that applies blocks across depth in place of the standard one.
 
 Most kinds are declared with the fields below; a kind whose cache or reach does not follow
 from a :class:`Pattern` subclasses :class:`AttentionSpec` and overrides the methods.
@@ -28,6 +29,8 @@ from musegen.model.attention.kernels import (
 from musegen.model.cache import FullCache, KVCache, RingCache
 
 if TYPE_CHECKING:
+    from torch.nn import Module
+
     from musegen.config import ModelConfig
 
 AttentionFn = Callable[[Tensor, Tensor, Tensor, "Tensor | None", AttnContext], Tensor]
@@ -60,6 +63,15 @@ class AttentionSpec:
     recompute_long: bool = False  # checkpoint query blocks of long training sequences
     flex: bool = False  # has a FlexAttention form (the pattern's mask_mod + relative bias)
     summary: str = ""  # one line for help texts
+    # How blocks are applied across depth: ``None`` is the standard stack of ``n_layers``
+    # blocks; otherwise ``stack(config)`` makes the module the model runs instead, as
+    # ``stack(x, ctx, cache) -> x`` (a block shared across depth, a feedback memory, ...).
+    stack: Callable[[ModelConfig], Module] | None = None
+    # A kind with parameters or state of its own (projections, spans, centroids): ``None`` for
+    # kinds that are a plain function; otherwise ``module(config)`` makes, per layer, the module
+    # that SelfAttention calls as ``module(q, k, v, rel, ctx, cache, layer)`` in place of
+    # ``forward``/``decode`` (it reads and writes its own cache; see ``family.py``).
+    module: Callable[[ModelConfig], Module] | None = None
 
     def validate(self, config: ModelConfig) -> None:
         """Raise ``ValueError`` naming the options when ``config`` cannot work with this kind."""

@@ -1,0 +1,314 @@
+"""Every registered attention kind, side by side on the same music corpus (issue 15).
+
+    python benchmarks/bench_attention_family.py --data data/prepared_mix --out bench_family
+    python benchmarks/bench_attention_family.py --data data/prepared_mix --quick   # minutes
+    python benchmarks/bench_attention_family.py --write-doc bench_family/results.json
+
+Per kind, at the same model shape, the same training windows (same seed) and the same
+wall-clock training budget: validation NLL at the budget (and its curve against training time),
+training tokens/s, generation tokens/s at batch 1 (KV cache, top-p 0.9), time and peak memory
+per token for one forward + backward at batch 1 and L = 1k, 4k, 16k (each in a fresh process,
+under a memory cap and a time limit: a length that does not fit is skipped with the reason),
+and the token-error rate of N grammar-constrained samples (miditok's error ratio). Writes
+``results.json``, ``nll_vs_time.png`` and ``memory_vs_length.png`` into ``--out``; with
+``--write-doc`` the table in ``docs/attention.md`` is rewritten from a results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import sys
+import time
+from contextlib import nullcontext
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from musegen.config import preset
+from musegen.data.dataset import PreparedDataset, WindowSampler, iter_eval_windows
+from musegen.evaluate import token_error_rate
+from musegen.generation.rules import grammar_for
+from musegen.generation.sampling import Stopping, build_processors, sample
+from musegen.metrics import evaluate_windows, token_loss
+from musegen.model.attention import kind_names
+from musegen.model.transformer import MusicTransformer
+from musegen.tokenizer import load_tokenizer, special_id
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "attention.md"
+BEGIN, END = "<!-- bench-table:begin -->", "<!-- bench-table:end -->"
+
+MODES = {
+    # shape, training budget (s per kind), windows, scaling lengths, samples
+    "full": dict(
+        shape=dict(d_model=256, n_layers=6, n_heads=8, d_ff=1024, dropout=0.1),
+        seq_len=512,
+        batch=8,
+        budget_s=1200,
+        evals=8,
+        val_windows=64,
+        lengths=(1024, 4096, 16384),
+        scale_timeout_s=900,
+        samples=100,
+        sample_tokens=256,
+        gen_tokens=256,
+    ),
+    "quick": dict(
+        shape=dict(d_model=64, n_layers=2, n_heads=4, d_ff=128, dropout=0.0),
+        seq_len=128,
+        batch=8,
+        budget_s=20,
+        evals=3,
+        val_windows=16,
+        lengths=(256, 512, 1024),
+        scale_timeout_s=60,
+        samples=4,
+        sample_tokens=64,
+        gen_tokens=64,
+    ),
+}
+MEMORY_CAP_GIB = 24
+
+
+def model_config(kind: str, mode: dict, vocab: int, max_len: int):
+    """The shared shape; kind options scaled to the context (documented in docs/attention.md)."""
+    L = mode["seq_len"]
+    return preset(
+        "small",
+        vocab_size=vocab,
+        attention=kind,
+        max_seq_len=max_len,
+        max_relative_distance=max(max_len, L),
+        window=L // 4,
+        sparse_stride=L // 8,
+        linformer_block=min(64, L // 4),
+        linformer_rank=8,
+        adaptive_span_max=L // 2,
+        **mode["shape"],
+    )
+
+
+# --- training at a fixed wall-clock budget ----------------------------------------------------
+def train_kind(kind: str, data: PreparedDataset, mode: dict, pad: int, vocab: int) -> dict:
+    torch.manual_seed(0)
+    model = MusicTransformer(model_config(kind, mode, vocab, mode["seq_len"]))
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.1, betas=(0.9, 0.95))
+    sampler = WindowSampler(data.split("train"), mode["seq_len"], seed=0, pad_id=pad)
+    val = np.stack(
+        list(iter_eval_windows(data.split("val"), mode["seq_len"], pad, mode["val_windows"]))
+    )
+    curve, trained, tokens, steps = [], 0.0, 0, 0
+    next_eval = 0.0
+    while True:
+        if trained >= next_eval:
+            sums = evaluate_windows(model, val, pad, 8, nullcontext)
+            curve.append((trained, float(sums[0] / sums[2])))
+            next_eval += mode["budget_s"] / mode["evals"]
+            if trained >= mode["budget_s"]:
+                break
+        t0 = time.perf_counter()
+        model.train()
+        x = torch.from_numpy(sampler.next_batch(mode["batch"]))
+        logits = model(x[:, :-1])
+        real = max(1, int((x[:, 1:] != pad).sum()))
+        loss = token_loss(logits, x[:, 1:], pad) / real
+        aux = model.auxiliary_loss()
+        (loss if aux is None else loss + aux).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        trained += time.perf_counter() - t0
+        tokens += real
+        steps += 1
+    return dict(
+        model=model,
+        val_nll=curve[-1][1],
+        curve=curve,
+        steps=steps,
+        train_tok_s=tokens / max(trained, 1e-9),
+        params=model.num_parameters(),
+    )
+
+
+def generation(model, tokenizer, mode: dict) -> dict:
+    """Tokens/s at batch 1 (unconstrained), then the error rate of constrained samples."""
+    model.eval()
+    bos, eos = special_id(tokenizer, "BOS_None"), special_id(tokenizer, "EOS_None")
+    pad = special_id(tokenizer, "PAD_None")
+    t0 = time.perf_counter()
+    out = sample(model, [[bos]], build_processors(top_p=0.9), Stopping(mode["gen_tokens"]), [0])
+    gen_tok_s = len(out[0]) / (time.perf_counter() - t0)
+    grammar = grammar_for(tokenizer)
+    errors = []
+    for seed in range(mode["samples"]):
+        procs = build_processors(top_p=0.9, grammar=grammar)
+        stop = Stopping(mode["sample_tokens"], eos_id=eos, grammar=grammar)
+        new = sample(model, [[bos]], procs, stop, [seed], pad_id=pad)[0]
+        errors.append(token_error_rate(tokenizer, [bos], new))
+    return dict(gen_tok_s=gen_tok_s, token_error_rate=float(np.mean(errors)))
+
+
+# --- time and memory per token at long lengths, each in a fresh process ----------------------
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _scale_child(kind: str, L: int, mode: dict, vocab: int, queue) -> None:
+    try:
+        cap = MEMORY_CAP_GIB << 30
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        torch.set_num_threads(torch.get_num_threads())
+        model = MusicTransformer(model_config(kind, mode, vocab, L)).train()
+        ids = torch.randint(0, vocab, (1, L))
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # VmHWM restarts from the current RSS
+        base = _status_kb("VmRSS")
+        t0 = time.perf_counter()
+        loss = model(ids).float().logsumexp(-1).mean()
+        loss.backward()
+        seconds = time.perf_counter() - t0
+        queue.put(dict(s_per_tok=seconds / L, kib_per_tok=(_status_kb("VmHWM") - base) / L))
+    except (MemoryError, RuntimeError) as exc:
+        queue.put(dict(skipped=f"does not fit under {MEMORY_CAP_GIB} GiB ({type(exc).__name__})"))
+    except ValueError as exc:
+        queue.put(dict(skipped=str(exc)[:120]))
+
+
+def scaling(kind: str, mode: dict, vocab: int) -> dict:
+    out = {}
+    ctx = mp.get_context("spawn")
+    for L in mode["lengths"]:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_scale_child, args=(kind, L, mode, vocab, queue))
+        proc.start()
+        proc.join(mode["scale_timeout_s"])
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+            out[L] = dict(skipped=f"over {mode['scale_timeout_s']} s")
+        else:
+            out[L] = queue.get() if not queue.empty() else dict(skipped=f"exit {proc.exitcode}")
+    return out
+
+
+# --- report ---------------------------------------------------------------------------------
+def table(results: dict) -> str:
+    lengths = results["lengths"]
+    head = ["kind", "val NLL", "train tok/s", "gen tok/s", "token err"]
+    head += [f"ms/tok @{L}" for L in lengths] + [f"KiB/tok @{L}" for L in lengths]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for kind, r in results["kinds"].items():
+        cells = [kind, f"{r['val_nll']:.3f}", f"{r['train_tok_s']:.0f}", f"{r['gen_tok_s']:.1f}"]
+        cells.append(f"{r['token_error_rate']:.3f}")
+        for key, scale in (("s_per_tok", 1e3), ("kib_per_tok", 1.0)):
+            for L in lengths:
+                m = r["scaling"][str(L)]
+                cells.append(f"{m[key] * scale:.2f}" if key in m else "skip")
+        rows.append("| " + " | ".join(cells) + " |")
+    notes = [
+        f"- {kind} @{L}: {m['skipped']}"
+        for kind, r in results["kinds"].items()
+        for L, m in r["scaling"].items()
+        if "skipped" in m
+    ]
+    meta = (
+        f"Mode `{results['mode']}`, {results['date']}, {results['machine']}, torch "
+        f"{results['torch']}, {results['threads']} threads; budget {results['budget_s']} s of "
+        f"training per kind at seq_len {results['seq_len']}, data `{results['data']}`."
+    )
+    return "\n".join([meta, "", *rows, "", *notes])
+
+
+def plots(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kind, r in results["kinds"].items():
+        t, nll = zip(*r["curve"], strict=True)
+        ax.plot(t, nll, marker="o", label=kind)
+    ax.set(xlabel="training wall-clock (s)", ylabel="validation NLL", title="NLL vs time")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "nll_vs_time.png", dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kind, r in results["kinds"].items():
+        pts = [(int(L), m["kib_per_tok"]) for L, m in r["scaling"].items() if "kib_per_tok" in m]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=kind)
+    ax.set(xscale="log", xlabel="sequence length", ylabel="peak KiB per token (fwd+bwd)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "memory_vs_length.png", dpi=120)
+
+
+def write_doc(results_path: Path) -> None:
+    results = json.loads(Path(results_path).read_text())
+    text = DOC.read_text()
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    DOC.write_text(text[:start] + "\n" + table(results) + "\n" + text[end:])
+    print(f"rewrote the table in {DOC}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", help="a prepared dataset (musegen prepare)")
+    ap.add_argument("--out", default="bench_family", help="folder for results.json and plots")
+    ap.add_argument("--quick", action="store_true", help="tiny shape and budget (minutes)")
+    ap.add_argument("--kinds", help="comma-separated subset (default: every registered kind)")
+    ap.add_argument("--budget-s", type=float, help="override the training budget per kind")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    ap.add_argument("--write-doc", metavar="RESULTS", help="rewrite docs/attention.md's table")
+    args = ap.parse_args(argv)
+    if args.write_doc:
+        return write_doc(Path(args.write_doc))
+    if not args.data:
+        ap.error("--data is required (or --write-doc RESULTS)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mode = dict(MODES["quick" if args.quick else "full"])
+    if args.budget_s:
+        mode["budget_s"] = args.budget_s
+    data = PreparedDataset.open(args.data)
+    tokenizer = load_tokenizer(data.tokenizer_path)
+    pad, vocab = special_id(tokenizer, "PAD_None"), len(tokenizer)
+    kinds = args.kinds.split(",") if args.kinds else list(kind_names())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = dict(
+        mode="quick" if args.quick else "full",
+        date=date.today().isoformat(),
+        machine=f"{platform.processor() or platform.machine()}, {mp.cpu_count()} cores",
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        budget_s=mode["budget_s"],
+        seq_len=mode["seq_len"],
+        data=str(args.data),
+        lengths=list(mode["lengths"]),
+        kinds={},
+    )
+    for kind in kinds:
+        print(f"[{kind}] training for {mode['budget_s']} s", file=sys.stderr, flush=True)
+        r = train_kind(kind, data, mode, pad, vocab)
+        r.update(generation(r.pop("model"), tokenizer, mode))
+        r["scaling"] = {str(L): m for L, m in scaling(kind, mode, vocab).items()}
+        results["kinds"][kind] = r
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(f"[{kind}] val NLL {r['val_nll']:.3f}", file=sys.stderr, flush=True)
+    plots(results, out)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Fine-tuning, measured: full and LoRA fine-tunes of the default model vs training from scratch,
+at the same wall-clock budget, on a small style corpus held out from the default model.
+
+    python benchmarks/bench_finetune.py --data data/style_prepared --minutes 10   # full
+    python benchmarks/bench_finetune.py --data data/style_prepared --quick        # smoke run
+
+``--data`` must be prepared with the default model's tokenizer (``musegen prepare SRC OUT
+--tokenizer-from CHECKPOINT``) from a collection the model did not train on. Each run gets the
+same ``--minutes`` (``max_minutes``; quick: a few steps); the result is the test-split NLL of
+the run's best checkpoint (and of the untouched base, for reference). Writes
+``benchmarks/results/finetune[_quick].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from musegen.checkpoint import load_pretrained
+from musegen.pipeline import default_checkpoint
+from musegen.training.config import TrainConfig
+from musegen.training.deploy import corpus_windows, windows_nll
+from musegen.training.finetune import finetune_configs
+from musegen.training.loop import train
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def run_one(name: str, args, work: Path) -> dict:
+    common = dict(
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        max_steps=args.max_steps,
+        max_minutes=args.minutes,
+        eval_every=args.eval_every,
+        save_every=args.eval_every,
+        sample_tokens=0,
+        device="cpu",
+        progress=False,
+        threads=args.threads,
+    )
+    out = str(work / name)
+    if name == "scratch":
+        base = load_pretrained(args.checkpoint).config
+        config = TrainConfig(data=args.data, out=out, lr=5e-4, **common)
+        model = base.with_overrides()
+    else:
+        rank = args.lora_rank if name == "lora" else 0
+        config, model = finetune_configs(args.checkpoint, args.data, out, rank, train=common)
+    started = time.monotonic()
+    result = train(config, model)
+    best = load_pretrained(result.best_dir).model
+    nll = windows_nll(best, *args.windows)
+    row = {"run": name, "steps": result.steps, "seconds": time.monotonic() - started, "nll": nll}
+    print(json.dumps(row))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="style corpus, the model's tokenizer")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default: shipped model")
+    parser.add_argument("--minutes", type=float, default=10.0, help="wall clock per run")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    args.checkpoint = args.checkpoint or default_checkpoint()
+    args.batch_size, args.seq_len = (2, 64) if args.quick else (8, 512)
+    args.max_steps = 3 if args.quick else 100_000  # the clock stops a full run
+    args.eval_every = 3 if args.quick else 100
+    if args.quick:
+        args.minutes = None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = load_pretrained(args.checkpoint)
+    args.windows = corpus_windows(
+        args.data, base.tokenizer, "test", args.seq_len, 8 if args.quick else 128
+    )
+    results = {
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "checkpoint": str(args.checkpoint),
+        "data": args.data,
+        "minutes_per_run": args.minutes,
+        "quick": args.quick,
+        "base_nll": windows_nll(base.model, *args.windows),
+        "runs": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="bench_finetune_") as tmp:
+        for name in ("full", "lora", "scratch"):
+            results["runs"].append(run_one(name, args, Path(tmp)))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"finetune{'_quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"base NLL {results['base_nll']:.4f}; wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

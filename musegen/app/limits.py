@@ -1,0 +1,204 @@
+"""Bounded work per request, and fairness between requests, for a shared app server.
+
+:class:`RequestLimits` is what a server operator sets with ``python app.py --max-...``: every
+request's prompt, new tokens, audio and time are capped, so no upload can hold a worker for
+minutes. :class:`Lanes` keeps a heavy request from stalling light ones:
+
+- at most ``heavy_slots`` heavy requests (a prompt over ``heavy_notes`` notes) run at once; the
+  others wait for that lane, not for the light requests' slots;
+- a heavy request runs in its own thread at a lower CPU priority (``nice`` +10 for that thread
+  only), so on a busy machine the kernel serves light requests first;
+- torch runs ``cpu_count // concurrency`` threads per request (at least 1), so parallel
+  requests share the cores instead of oversubscribing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields, replace
+from typing import Any, TypeVar
+
+from musegen.errors import MusegenError
+from musegen.score_check import PROMPT_LIMITS, ScoreLimits
+
+T = TypeVar("T")
+HEAVY_NICE = 10
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """The most one request may ask of the server (each a ``--flag`` of ``python app.py``)."""
+
+    max_prompt_notes: int = 20_000
+    max_prompt_tokens: int = 200_000
+    max_new_tokens: int = 1024
+    max_audio_seconds: float = 120.0
+    request_timeout: float = 60.0
+    heavy_notes: int = 2_000
+    heavy_slots: int = 1
+
+    def validate(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) <= 0:
+                raise MusegenError(f"--{f.name.replace('_', '-')} must be positive")
+
+    def score_limits(self) -> ScoreLimits:
+        """The prompt check (:mod:`musegen.score_check`) under these limits."""
+        return replace(
+            PROMPT_LIMITS,
+            max_notes=self.max_prompt_notes,
+            max_tokens=self.max_prompt_tokens,
+            flags=(
+                ("max_notes", "the server's --max-prompt-notes"),
+                ("max_tokens", "the server's --max-prompt-tokens"),
+            ),
+        )
+
+
+HELP = {
+    "max_prompt_notes": "prompts with more notes are refused with a one-line reason",
+    "max_prompt_tokens": "prompts longer than this many tokens (after trimming) are refused",
+    "max_new_tokens": "cap on new tokens per request (the form's own limit applies below it)",
+    "max_audio_seconds": "audio rendered per result; longer pieces are heard from this many "
+    "seconds before their end",
+    "request_timeout": "seconds of generation per request; then it stops with what it has and "
+    "says so",
+    "heavy_notes": "prompts with more notes count as heavy: they run one lane at a time, at a "
+    "lower CPU priority, so light requests are not stalled",
+    "heavy_slots": "heavy requests processed at once",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per :class:`RequestLimits` field, defaulting to the field's default."""
+    group = parser.add_argument_group("limits per request (for a shared server)")
+    for f in fields(RequestLimits):
+        flag = "--" + f.name.replace("_", "-")
+        kind = int if isinstance(f.default, int) else float
+        group.add_argument(flag, type=kind, default=f.default, help=HELP[f.name])
+
+
+def from_args(args: argparse.Namespace) -> RequestLimits:
+    limits = RequestLimits(**{f.name: getattr(args, f.name) for f in fields(RequestLimits)})
+    limits.validate()
+    return limits
+
+
+def torch_threads(concurrency: int, cpus: int | None = None) -> int:
+    """Torch threads per request so ``concurrency`` requests share the cores."""
+    return max(1, (cpus or os.cpu_count() or 1) // max(1, concurrency))
+
+
+class Deadline:
+    """Sets ``stop`` when a request has run ``seconds``; ``expired`` says whether it did."""
+
+    def __init__(self, seconds: float, stop: threading.Event) -> None:
+        self.seconds = seconds
+        self._timer = threading.Timer(seconds, self._expire, args=(stop,))
+        self._timer.daemon = True
+        self.expired = False
+
+    def _expire(self, stop: threading.Event) -> None:
+        self.expired = True
+        stop.set()
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def note(self) -> str:
+        """The status words for a request that ran out of time ("" if it did not)."""
+        if not self.expired:
+            return ""
+        return (
+            f"stopped at the server's time limit of {self.seconds:g} s per request "
+            "(--request-timeout): kept what was generated"
+        )
+
+
+class Lanes:
+    """Where a request runs: light ones in the caller's thread, heavy ones one lane at a time
+    in a lower-priority thread of their own (see the module docstring)."""
+
+    def __init__(self, heavy_slots: int = 1) -> None:
+        self._heavy = threading.BoundedSemaphore(heavy_slots)
+        self.heavy_running = 0
+
+    def iterate(self, heavy: bool, make: Callable[[], Iterator[T]]) -> Iterator[T]:
+        """The items of ``make()``, produced in the heavy lane when ``heavy``."""
+        if not heavy:
+            yield from make()
+            return
+        with self._heavy:
+            self.heavy_running += 1
+            try:
+                yield from _in_low_priority_thread(make)
+            finally:
+                self.heavy_running -= 1
+
+    def call(self, heavy: bool, fn: Callable[[], T]) -> T:
+        """``fn()``, run in the heavy lane when ``heavy``."""
+        (result,) = self.iterate(heavy, lambda: _once(fn))  # runs the lane to its end
+        return result
+
+
+def _once(fn: Callable[[], T]) -> Iterator[T]:
+    yield fn()
+
+
+_DONE = object()
+
+
+def _in_low_priority_thread(make: Callable[[], Iterator[T]]) -> Iterator[T]:
+    """Run the generator ``make()`` in a fresh thread niced by :data:`HEAVY_NICE` (a thread's
+    niceness cannot be lowered again, so the thread is never reused), passing items back."""
+    items: queue.Queue[Any] = queue.Queue()
+    cancel = threading.Event()
+
+    def work() -> None:
+        # not Linux: same priority, still its own lane
+        with contextlib.suppress(AttributeError, OSError):
+            tid = threading.get_native_id()
+            nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + HEAVY_NICE)
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        try:
+            for item in make():
+                if cancel.is_set():  # the caller went away
+                    return
+                items.put((item, None))
+        except BaseException as exc:  # handed to the caller's thread
+            items.put((_DONE, exc))
+            return
+        items.put((_DONE, None))
+
+    thread = threading.Thread(target=work, name="musegen-heavy", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = items.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        cancel.set()
+        thread.join(timeout=1.0)
+
+
+__all__ = [
+    "Deadline",
+    "Lanes",
+    "RequestLimits",
+    "add_arguments",
+    "from_args",
+    "torch_threads",
+]
