@@ -2,7 +2,7 @@
 
 The app used to render the whole piece (prompt + continuation) to WAV and draw its whole piano
 roll before showing a result; now it writes the MIDI, a piano roll zoomed on the new bars and a
-short OGG preview (2 bars of lead-in + the new bars) first, and the full WAV after. This script
+short compressed preview (2 bars of lead-in + the new bars) first, and the full WAV after. This script
 times both paths on the same result: a long multi-track prompt (made here, about 3¾ minutes and
 9 tracks, or a real file with ``--midi``) with 4 new bars appended, as the sampler's result would
 be. Model time is not included (it is the same in both).
@@ -86,7 +86,7 @@ def before(result: GenerationResult, directory: Path) -> None:
 
 
 def after(result: GenerationResult, directory: Path):
-    """The new path up to "playable": MIDI, zoomed roll, OGG preview of lead-in + new bars."""
+    """The new path up to "playable": MIDI, zoomed roll, compressed preview of lead-in + new bars."""
     return save_preview(result, directory, 0, "new")
 
 
@@ -122,7 +122,7 @@ def main() -> None:
     old_s, new_s = statistics.median(old), statistics.median(new)
     print(f"before (whole-song WAV + whole roll): median {old_s:.2f} s  {old}")
     print(
-        f"after  (preview: MIDI + zoomed roll + OGG of {variation.window.label()}): "
+        f"after  (preview: MIDI + zoomed roll + preview of {variation.window.label()}): "
         f"median {new_s:.2f} s  {new}"
     )
     print(

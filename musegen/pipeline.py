@@ -21,6 +21,7 @@ import torch
 
 from musegen.errors import CheckpointError, MidiError, MusegenError
 from musegen.generation import infill as fill
+from musegen.generation.coverage import coverage_warning
 from musegen.generation.grammar import Controls, Grammar, GrammarState
 from musegen.generation.prompt import select_prompt
 from musegen.generation.rules import grammar_for
@@ -62,10 +63,16 @@ class GenerationResult:
     finished: bool
     prompt_ids: list[int] = field(default_factory=list, repr=False)
     tokens: list[int] = field(default_factory=list, repr=False)  # the continuation's ids
+    warnings: list[str] = field(default_factory=list)  # one line each, for the user to see
 
     @property
     def new_tokens(self) -> int:
         return len(self.tokens)
+
+    @property
+    def empty(self) -> bool:
+        """No notes in the new part: never a success (the CLI and the app say so)."""
+        return self.continuation.note_num() == 0
 
     def midi_bytes(self) -> bytes:
         return score_to_midi_bytes(self.score)
@@ -335,6 +342,7 @@ class Pipeline:
             finished=not partial and not progress.stopped and not progress.hit_budget[k],
             prompt_ids=list(plan.prompt),
             tokens=list(tokens),
+            warnings=self._warnings(list(plan.prompt), self._notes_in(tokens), partial),
         )
 
     def _prompt_ids(
@@ -498,4 +506,21 @@ class Pipeline:
             finished=finished,
             prompt_ids=list(request.full[k]),
             tokens=list(tokens),
+            warnings=self._warnings(request.full[k], continuation.note_num(), partial),
         )
+
+    def _notes_in(self, ids: list[int]) -> int:
+        """Notes written by ``ids`` (one Program token per note in REMI with programs)."""
+        return sum(1 for i in ids if self.tokenizer[int(i)].startswith("Program_"))
+
+    def _warnings(self, prompt_ids: list[int], new_notes: int, partial: bool) -> list[str]:
+        """Honest limits: instruments the model barely saw, and an empty result."""
+        vocab_names = [self.tokenizer[int(i)] for i in prompt_ids if int(i) < len(self.tokenizer)]
+        programs = {int(n[8:]) for n in vocab_names if n.startswith("Program_")}
+        found = [coverage_warning(programs, self.meta)]
+        if not partial and new_notes == 0:
+            found.append(
+                "the model wrote no notes in the new bars: try another seed, a higher "
+                "temperature or fewer instrument restrictions"
+            )
+        return [w for w in found if w]

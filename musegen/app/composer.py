@@ -295,6 +295,10 @@ class Composer:
             status = f"Done: {count} {took} (the token limit came before the last bar)."
         else:
             status = f"Done: {count} {took}."
+        if all(r.empty for r in results):  # never presented as a success
+            status = f"No new notes: {count} {took} came out empty."
+        warnings = dict.fromkeys(w for r in results for w in r.warnings)
+        status = " ".join([status, *(f"Warning: {w}." for w in warnings)])
         yield Progress(pngs, status, 1.0, variations, original=original)
 
     def continue_once(

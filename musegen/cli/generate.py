@@ -131,6 +131,7 @@ class _Run:
         }
         self.failed = 0
         self.written = 0
+        self.warned: set[str] = set()
 
     def names(self, stem: str) -> list[str]:
         seed = int(self.settings.seed or 0)
@@ -159,10 +160,18 @@ class _Run:
                     "prompt_end_tick": 0 if self.args.continuation_only else result.prompt_end_tick,
                     "finished": result.finished,
                     "seconds": round(result.seconds, 3),
+                    # an empty continuation is written (to look at) but never called a success
+                    "status": "empty" if result.empty else "ok",
+                    "warnings": result.warnings,
                     **self.request,
                 },
             )
             self.written += 1
+            self.failed += result.empty
+            for warning in dict.fromkeys(result.warnings):
+                if warning not in self.warned:
+                    self.warned.add(warning)
+                    print(f"musegen: warning: {name}: {warning}", file=sys.stderr)
 
     def fail(self, prompt: Path | None, error: Exception) -> None:
         self.failed += 1

@@ -28,6 +28,7 @@ from musegen import __version__
 from musegen.config import ModelConfig
 from musegen.data.dataset import Augmentation, WindowSampler, iter_eval_windows
 from musegen.data.infill import InfillRearranger
+from musegen.data.stats import program_counts
 from musegen.errors import MusegenError
 from musegen.files import append_jsonl, write_json_atomic
 from musegen.generation.sampling import AllowedTokens, Stopping, Temperature, sample
@@ -135,6 +136,7 @@ class _Trainer:
             self.raw, config.lr, config.weight_decay, config.betas, self.device
         )
         self.sampler = self._make_sampler(train_split, config.seed)
+        self.training_programs = program_counts(train_split, self.tokenizer)
         self.val_windows = self._val_windows(val_split)
         ts.create_run_dir(self.run_dir, config, ctx)  # only now that the inputs are known good
         self.step = self.tokens = self.last_save = self.last_eval = 0
@@ -399,7 +401,12 @@ class _Trainer:
         )
 
     def _save_model(self, directory: Path, extra: dict[str, Any]) -> None:
-        facts = {"step": self.step, "tokens": self.tokens, "dataset_fingerprint": self.fingerprint}
+        facts = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "dataset_fingerprint": self.fingerprint,
+            "training_programs": self.training_programs,  # for generation's honest limits
+        }
         extra = ts.to_jsonable(facts | extra)
         lora.save_run_model(self.raw, self.tokenizer, directory, extra, self.cfg.init_from)
 

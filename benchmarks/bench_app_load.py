@@ -1,0 +1,269 @@
+"""The app under load: do light requests stay fast while one client sends heavy files?
+
+    python benchmarks/bench_app_load.py                    # 8 clients, 3 minutes per phase
+    python benchmarks/bench_app_load.py --quick            # 20 s per phase, soak of 20
+    python benchmarks/bench_app_load.py --soak 200         # only the soak: 200 requests
+
+Starts ``python app.py`` (default settings, its own TMPDIR/GRADIO_TEMP_DIR) and drives
+``/continue`` with gradio_client. Phases: *idle* (one light client alone), *light* (7 light
+clients), *mixed* (the same 7 plus one client sending heavy files: 20,000 notes, a 2,000-bar
+silence, 16 tracks). Reports failed light requests, light latency p50/p95 per phase and the
+mixed/light p95 ratio (target ≤ 2), the server's peak RSS, and the temp folder size before and
+after the sessions close. The soak sends N sequential requests with random settings and
+reports RSS and open files over time. Linux only (/proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import mido
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _save(mid: mido.MidiFile, path: Path) -> Path:
+    buf = io.BytesIO()
+    mid.save(file=buf)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def make_files(folder: Path) -> tuple[Path, list[Path]]:
+    """A 2-bar light prompt and three heavy ones."""
+
+    def song(notes, gap=0, tracks=1, length=240):
+        mid = mido.MidiFile(ticks_per_beat=480, type=1)
+        for t in range(tracks):
+            track = mido.MidiTrack()
+            for i in range(notes):
+                pitch = 48 + (i * 5 + t) % 36
+                track.append(
+                    mido.Message(
+                        "note_on",
+                        channel=t % 16,
+                        note=pitch,
+                        velocity=80,
+                        time=gap if i == 1 else 0,
+                    )
+                )
+                track.append(mido.Message("note_off", channel=t % 16, note=pitch, time=length))
+            mid.tracks.append(track)
+        return mid
+
+    light = _save(song(16), folder / "light.mid")
+    heavy = [
+        _save(song(20_000, length=60), folder / "heavy_20k_notes.mid"),
+        _save(song(3, gap=2000 * 1920), folder / "heavy_gap_2000_bars.mid"),
+        _save(song(200, tracks=16, length=120), folder / "heavy_16_tracks.mid"),
+    ]
+    return light, heavy
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def proc_stat(pid: int) -> tuple[float, float, int]:
+    """(RSS MB, peak RSS MB, open files) of ``pid``."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value
+    rss = int(fields["VmRSS"].split()[0]) / 1024
+    peak = int(fields["VmHWM"].split()[0]) / 1024
+    return rss, peak, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def folder_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
+class Server:
+    def __init__(self, args, tmp: Path) -> None:
+        self.tmp = tmp / "server-tmp"
+        self.tmp.mkdir()
+        env = dict(os.environ, TMPDIR=str(self.tmp), GRADIO_TEMP_DIR=str(self.tmp / "gradio"))
+        self.port = free_port()
+        cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(self.port), *args.app_args]
+        if args.checkpoint:
+            cmd += ["--checkpoint", args.checkpoint]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}/"
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise SystemExit(self.proc.stdout.read().decode()) from None
+                time.sleep(1)
+        raise SystemExit("the app did not start")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def call(client, path: Path, rng: random.Random | None = None) -> tuple[float, str | None]:
+    from gradio_client import handle_file
+
+    kwargs = {"bars": 1, "seed": 1}
+    if rng is not None:
+        kwargs = {
+            "bars": rng.randint(1, 4),
+            "seed": rng.randint(0, 10_000),
+            "temperature": rng.choice([0.8, 1.0, 1.2]),
+            "num_samples": rng.randint(1, 2),
+        }
+    started = time.perf_counter()
+    try:
+        client.predict(midi=handle_file(str(path)), api_name="/continue", **kwargs)
+        return time.perf_counter() - started, None
+    except Exception as exc:  # counted, reported
+        return time.perf_counter() - started, str(exc).splitlines()[0][:120]
+
+
+def phase(
+    server: Server,
+    light: Path,
+    heavy: list[Path],
+    clients: int,
+    heavy_client: bool,
+    seconds: float,
+    peak: list[float],
+) -> dict:
+    from gradio_client import Client
+
+    stop = time.time() + seconds
+    latencies: list[float] = []
+    failures: list[str] = []
+    heavy_done: list[tuple[float, str | None]] = []
+    lock = threading.Lock()
+
+    def light_client(k: int) -> None:
+        client = Client(server.url, verbose=False)
+        time.sleep(0.3 * k)  # staggered starts
+        while time.time() < stop:
+            took, error = call(client, light)
+            with lock:
+                (failures.append(error) if error else latencies.append(took))
+            time.sleep(0.5)  # a person listening before the next click
+
+    def heavy_client_fn() -> None:
+        client = Client(server.url, verbose=False)
+        i = 0
+        while time.time() < stop:
+            heavy_done.append(call(client, heavy[i % len(heavy)]))
+            i += 1
+
+    threads = [threading.Thread(target=light_client, args=(k,)) for k in range(clients)]
+    if heavy_client:
+        threads.append(threading.Thread(target=heavy_client_fn))
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        peak[0] = max(peak[0], proc_stat(server.proc.pid)[1])
+        time.sleep(0.5)
+    q = statistics.quantiles(latencies, n=20) if len(latencies) >= 2 else [float("nan")] * 19
+    return {
+        "light_requests": len(latencies),
+        "light_failed": len(failures),
+        "p50": statistics.median(latencies) if latencies else float("nan"),
+        "p95": q[18],
+        "heavy": [(round(t, 1), e) for t, e in heavy_done],
+        "failures": failures[:3],
+    }
+
+
+def soak(server: Server, light: Path, heavy: list[Path], n: int) -> None:
+    from gradio_client import Client
+
+    client = Client(server.url, verbose=False)
+    rng = random.Random(0)
+    files = [light] * 4 + heavy
+    print(f"soak: {n} sequential requests with random settings")
+    print("  request   RSS MB   open files   failed so far")
+    failed = 0
+    for i in range(1, n + 1):
+        _, error = call(client, rng.choice(files), rng)
+        failed += bool(error)
+        if i == 1 or i % max(1, n // 10) == 0:
+            rss, _, fds = proc_stat(server.proc.pid)
+            print(f"  {i:7d} {rss:8.0f} {fds:12d} {failed:15d}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=3.0, help="per load phase")
+    parser.add_argument("--clients", type=int, default=8, help="clients, one of them heavy")
+    parser.add_argument("--soak", type=int, default=200, help="sequential requests (0: none)")
+    parser.add_argument("--soak-only", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="20 s phases, soak of 20")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("app_args", nargs="*", help="passed to app.py (after --)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.minutes, args.soak = 1 / 3, min(args.soak, 20)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        light, heavy = make_files(tmp)
+        server = Server(args, tmp)
+        try:
+            before = folder_mb(server.tmp)
+            peak = [0.0]
+            if not args.soak_only:
+                seconds = args.minutes * 60
+                rows = {
+                    "idle": phase(server, light, heavy, 1, False, seconds, peak),
+                    "light": phase(server, light, heavy, args.clients - 1, False, seconds, peak),
+                    "mixed": phase(server, light, heavy, args.clients - 1, True, seconds, peak),
+                }
+                print(
+                    f"{args.clients} clients ({args.clients - 1} light + 1 heavy), "
+                    f"{args.minutes:g} min per phase, cpus={os.cpu_count()}"
+                )
+                print("  phase   light ok  failed   p50 s   p95 s")
+                for name, r in rows.items():
+                    print(
+                        f"  {name:6s} {r['light_requests']:8d} {r['light_failed']:7d} "
+                        f"{r['p50']:7.2f} {r['p95']:7.2f}"
+                    )
+                ratio = rows["mixed"]["p95"] / rows["light"]["p95"]
+                print(
+                    f"  light p95 mixed / light-only: {ratio:.2f} (target ≤ 2); "
+                    f"mixed / idle: {rows['mixed']['p95'] / rows['idle']['p95']:.2f}"
+                )
+                print(f"  heavy requests (s, error): {rows['mixed']['heavy']}")
+                if any(r["failures"] for r in rows.values()):
+                    print("  light failures:", [r["failures"] for r in rows.values()])
+            if args.soak:
+                soak(server, light, heavy, args.soak)
+            peak[0] = max(peak[0], proc_stat(server.proc.pid)[1])
+            time.sleep(2)
+            during = folder_mb(server.tmp)
+        finally:
+            server.close()
+        print(
+            f"peak RSS {peak[0]:.0f} MB; temp folder {before:.1f} MB before, {during:.1f} MB "
+            f"with the server up after the sessions, {folder_mb(server.tmp):.1f} MB after exit"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
