@@ -1,6 +1,7 @@
 """``musegen evaluate``: how good is a checkpoint, in numbers.
 
-Two families of figures: likelihood (NLL per token and perplexity on a split) and continuations
+Two families of figures: likelihood (NLL per token and perplexity on a split, and per evaluation
+group where a prepared dataset's manifest records one for its files) and continuations
 of held-out prompts (first k bars → next m bars), generated with and without the grammar
 constraint and compared with the real continuation (token errors, pitch-class histogram
 distance, note-density ratio, pitch-class entropy, groove consistency) plus a memorization
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,8 @@ class _Corpus:
     split: TokenSplit  # documents (BOS … EOS) in the checkpoint's tokenizer
     train_tokens: np.ndarray | None  # for the memorization check (prepared datasets only)
     source: str
+    # evaluation group → document indices of ``split`` (prepared datasets with corpus.json groups)
+    groups: dict[str, list[int]] = field(default_factory=dict)
 
 
 def _load_corpus(data: Path, split: str, tokenizer) -> _Corpus:
@@ -63,7 +66,9 @@ def _load_corpus(data: Path, split: str, tokenizer) -> _Corpus:
         if chosen.num_docs == 0:
             raise MusegenError(f"split {split!r} of {data} is empty; choose another with --split")
         train = dataset.split("train")
-        return _Corpus(chosen, train.tokens, f"{data} [{split}]")  # memmap, read when needed
+        groups = dataset.documents_by_group(split)
+        # train tokens stay a memmap, read when needed
+        return _Corpus(chosen, train.tokens, f"{data} [{split}]", groups)
     if not data.is_dir():
         raise MusegenError(f"--data {data} is neither a prepared dataset nor a folder")
     files = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
@@ -85,7 +90,9 @@ def _load_corpus(data: Path, split: str, tokenizer) -> _Corpus:
 
 
 # --- likelihood ----------------------------------------------------------------------------------
-def likelihood(model, split: TokenSplit, settings: EvalSettings, pad_id: int) -> dict[str, float]:
+def likelihood(
+    model, split: TokenSplit, settings: EvalSettings, pad_id: int, desc: str = "NLL"
+) -> dict[str, float]:
     """NLL per token, perplexity and accuracy over non-overlapping windows of ``split``.
 
     The windows (:func:`musegen.data.dataset.iter_eval_windows`) and the sums
@@ -94,7 +101,7 @@ def likelihood(model, split: TokenSplit, settings: EvalSettings, pad_id: int) ->
     seq_len = settings.seq_len or model.config.max_seq_len
     windows = list(iter_eval_windows(split, seq_len, pad_id, settings.max_windows))
     sums = torch.zeros(3, dtype=torch.float64)
-    bar = tqdm(total=len(windows), desc="NLL", unit="win", disable=not settings.progress)
+    bar = tqdm(total=len(windows), desc=desc, unit="win", disable=not settings.progress)
     chunk = settings.batch_size * 8  # a progress update every few batches
     for i in range(0, len(windows), chunk):
         part = np.stack(windows[i : i + chunk])
@@ -114,6 +121,26 @@ def likelihood(model, split: TokenSplit, settings: EvalSettings, pad_id: int) ->
         "tokens": int(total_tokens),
         "windows": len(windows),
     }
+
+
+def likelihood_by_group(
+    model, corpus: _Corpus, settings: EvalSettings, pad_id: int
+) -> dict[str, dict[str, float]]:
+    """NLL per evaluation group: :func:`likelihood` over each group's documents alone (the same
+    windows as a split holding only them; ``max_windows`` caps each group)."""
+    out = {}
+    for group, indices in corpus.groups.items():
+        part = corpus.split.select(indices, f"{corpus.split.name}:{group}")
+        if not part.num_tokens:
+            continue
+        like = likelihood(model, part, settings, pad_id, desc=f"NLL {group}")
+        out[group] = {
+            "nll": like["nll"],
+            "ppl": like["perplexity"],
+            "tokens": like["tokens"],
+            "windows": like["windows"],
+        }
+    return out
 
 
 # --- continuations -------------------------------------------------------------------------------
@@ -228,6 +255,7 @@ def evaluate(checkpoint: str | Path | None, data: str | Path, settings: EvalSett
         "data": corpus.source,
         "settings": asdict(settings),
         "likelihood": likelihood(pipeline.model, corpus.split, settings, pad_id),
+        "nll_by_group": likelihood_by_group(pipeline.model, corpus, settings, pad_id),
     }
     if settings.num_prompts > 0:
         report["continuations"] = continuations(pipeline, corpus, settings)
@@ -242,4 +270,13 @@ def format_report(report: dict) -> str:
         for key, value in report.get(section, {}).items():
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)
             lines.append(f"  {key:<36} {shown}")
+        if section == "likelihood" and report.get("nll_by_group"):
+            lines.append(
+                f"  {'nll by group':<18} {'nll':>8} {'ppl':>9} {'tokens':>10} {'windows':>8}"
+            )
+            for group, g in report["nll_by_group"].items():
+                lines.append(
+                    f"    {group:<16} {g['nll']:>8.4f} {g['ppl']:>9.3f} {g['tokens']:>10} "
+                    f"{g['windows']:>8}"
+                )
     return "\n".join(lines)

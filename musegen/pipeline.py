@@ -38,7 +38,7 @@ from musegen.tokenizer import count_notes, decode, encode, score_to_midi_bytes
 
 # Settings that infilling fixes itself (front ends do not offer them for infilling).
 INFILL_FIXED_SETTINGS = tuple(fill.FIXED_SETTINGS)
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "musegen-music21"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "musegen-mix"
 # With --bars and no --max-new-tokens, a safety budget per bar so a model that never ends a
 # bar still stops (its result is then marked unfinished).
 TOKENS_PER_BAR_CAP = 512

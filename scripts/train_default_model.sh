@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CORPORA=${CORPORA:-../shared/corpora}
 MINUTES=${MINUTES:-80}
-STEPS=${STEPS:-1500}
+STEPS=${STEPS:-1100}
 RUN=${RUN:-runs/mix}
 SHAPE=(--preset small --set n_layers=4 --set n_heads=4 --set d_model=256 --set d_ff=1024
        --set max_seq_len=2048 --attention local --set window=512 --set max_relative_distance=512
@@ -44,18 +44,8 @@ musegen prepare data/mix data/prepared_mix --overwrite
 musegen train --data data/prepared_mix --out "$RUN" --overwrite "${SHAPE[@]}" "${TRAIN[@]}" \
   --max-steps "$STEPS" --max-minutes "$MINUTES"
 
-# 4. Ship: weights in float16 (half the size).
-python - "$RUN" <<'PY'
-import sys
-
-import torch
-
-from musegen.checkpoint import load_pretrained, save_pretrained
-
-ck = load_pretrained(f"{sys.argv[1]}/latest")
-save_pretrained(ck.model, ck.tokenizer, "checkpoints/musegen-mix", extra={
-    k: v for k, v in ck.meta.items() if k not in ("model", "musegen_version")}, dtype=torch.float16)
-PY
+# 4. Ship: float16 weights, the data and licences, the notes per instrument it learnt from.
+python scripts/ship_checkpoint.py "$RUN/latest" data/prepared_mix checkpoints/musegen-mix
 cp "$RUN/loss.png" checkpoints/musegen-mix/loss.png
 
 # 5. Evaluate: NLL and token errors on the test split, then the per-group continuation table.

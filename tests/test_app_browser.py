@@ -102,3 +102,61 @@ def test_upload_generate_shows_player_and_pianoroll(page, app_url: str):
     if target := os.environ.get("MUSEGEN_SCREENSHOT"):
         page.mouse.move(0, 0)
         page.screenshot(path=target, full_page=True)
+
+
+@pytest.fixture(scope="module")
+def infill_url(tmp_path_factory: pytest.TempPathFactory):
+    """The app around a tiny model with room for infilling (a 512-token context)."""
+    import torch
+
+    from musegen.app import blocks as ui
+    from musegen.app.session import Workspace
+    from musegen.checkpoint import save_pretrained
+    from musegen.config import preset
+    from musegen.model.transformer import MusicTransformer
+    from musegen.pipeline import Pipeline
+    from musegen.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = MusicTransformer(preset("tiny", vocab_size=len(tokenizer), max_seq_len=512))
+    path = save_pretrained(model, tokenizer, tmp_path_factory.mktemp("ckpt") / "infill")
+    workspace = Workspace(tmp_path_factory.mktemp("workspace"))
+    demo = ui.build_app(Pipeline.from_pretrained(path), workspace=workspace, max_new_tokens=48)
+    yield ui.launch(demo, port=free_port(), block=False, quiet=True)
+    demo.close()
+    workspace.close()
+
+
+def test_select_bars_regenerate_and_play_the_preview(page, infill_url: str, tmp_path: Path):
+    """Upload, read the bars and tracks, choose bars 2-3, Regenerate: the A/B players appear
+    and the preview (lead-in + new bars, compressed) plays."""
+    from conftest import write_midi
+
+    piece = write_midi(tmp_path / "band.mid", bars=6, tracks=((0, False), (33, False)), seed=2)
+    page.goto(infill_url)
+    page.locator("#regenerate").wait_for()
+    page.locator("input[type=file]").first.set_input_files(str(piece))
+    page.get_by_text("Prompt: band.mid").wait_for()
+    assert "6 bars" in page.locator("#prompt-info").inner_text()
+    table = page.locator("#prompt-overview")
+    table.get_by_text("Electric Bass (finger)").first.wait_for()
+
+    page.locator("#infill-bars input, #infill-bars textarea").first.fill("2-3")
+    page.locator("#regenerate").click()
+    play = page.locator("#audio-0 [data-testid='waveform-controls'] button[aria-label='Play']")
+    play.wait_for()
+    page.locator("#status").get_by_text("Done").wait_for()
+    link = page.locator("#audio-0 a[data-testid='download-link']")
+    assert (link.get_attribute("href") or "").endswith((".flac", ".ogg"))
+    page.locator(
+        "#original-audio [data-testid='waveform-controls'] button[aria-label='Play']"
+    ).wait_for()
+    assert "bars 1–4" in page.locator("body").inner_text(), "zoomed: lead-in + span + 1 bar"
+    assert page.locator("#again-0").inner_text().strip() == "Keep this"
+    downloads = page.locator("#files-0").inner_text()
+    assert ".mid" in downloads and ".wav" in downloads
+    play.click()
+    page.locator("#audio-0 [data-testid='waveform-controls'] button[aria-label='Pause']").wait_for(
+        timeout=30_000
+    )

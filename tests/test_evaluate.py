@@ -7,7 +7,9 @@ from conftest import make_score, write_midi
 
 from musegen import metrics
 from musegen.cli import main
-from musegen.evaluate import EvalSettings, _split_bars, evaluate
+from musegen.data.prepare import PrepareOptions, prepare
+from musegen.data.sources import BuildReport, SourceInfo, write_corpus_json
+from musegen.evaluate import EvalSettings, _split_bars, evaluate, format_report
 
 
 def test_pitch_class_statistics() -> None:
@@ -54,6 +56,7 @@ def test_evaluate_on_a_midi_folder(tiny_checkpoint: Path, tmp_path: Path) -> Non
         num_prompts=2, prompt_bars=2, continuation_bars=1, max_windows=8, progress=False
     )
     report = evaluate(tiny_checkpoint, tmp_path / "held", settings)
+    assert report["nll_by_group"] == {}  # a plain folder has no groups
     like = report["likelihood"]
     assert like["nll"] > 0 and like["perplexity"] == pytest.approx(np.exp(like["nll"]))
     cont = report["continuations"]
@@ -91,3 +94,46 @@ def test_evaluate_bad_data_is_one_line_error(tiny_checkpoint: Path, tmp_path: Pa
     )
     assert code == 2
     assert "no .mid/.midi files" in capsys.readouterr().err
+
+
+def _grouped_corpus(folder: Path, group: str, tracks, seeds: range, test: int) -> None:
+    """A builder-like OUT_DIR: MIDI files plus a corpus.json giving each its group and split."""
+    source = SourceInfo(name=group, licence="CC0", attribution="tests", url="https://example.org")
+    report = BuildReport(source, folder)
+    for k, seed in enumerate(seeds):
+        write_midi(folder / f"{group}{k}.mid", bars=5 + 3 * k, tracks=tracks, seed=seed)
+        split = "test" if k < test else "train"
+        report.written[f"{group}{k}.mid"] = {"split": split, "group": group}
+    write_corpus_json(report, f"{group} pieces made in the test")
+
+
+def test_nll_by_group_matches_a_dataset_of_that_group_alone(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    mix = tmp_path / "mix"
+    _grouped_corpus(mix / "alpha", "classical", ((0, False),), range(0, 4), test=3)
+    _grouped_corpus(mix / "beta", "folk", ((40, False), (0, True)), range(10, 13), test=2)
+    options = PrepareOptions(tokenizer_from=str(tiny_checkpoint), workers=1)
+    prepare(mix, tmp_path / "prepared", options, progress=False)
+    prepare(mix / "alpha", tmp_path / "alpha_only", options, progress=False)
+    for max_windows in (None, 3):
+        settings = EvalSettings(num_prompts=0, seq_len=16, max_windows=max_windows, progress=False)
+        report = evaluate(tiny_checkpoint, tmp_path / "prepared", settings)
+        groups = report["nll_by_group"]
+        assert set(groups) == {"classical", "folk"}
+        alone = evaluate(tiny_checkpoint, tmp_path / "alpha_only", settings)["likelihood"]
+        classical = groups["classical"]
+        assert classical["nll"] == pytest.approx(alone["nll"], rel=1e-9)
+        assert classical["ppl"] == pytest.approx(np.exp(classical["nll"]))
+        assert (classical["tokens"], classical["windows"]) == (alone["tokens"], alone["windows"])
+        if max_windows is None:  # every target token of the split is scored once, in one group
+            whole = report["likelihood"]
+            assert sum(g["tokens"] for g in groups.values()) == whole["tokens"]
+            assert sum(g["windows"] for g in groups.values()) == whole["windows"]
+            assert sum(g["nll"] * g["tokens"] for g in groups.values()) == pytest.approx(
+                whole["nll"] * whole["tokens"]
+            )
+        else:
+            assert all(g["windows"] <= max_windows for g in groups.values())
+    shown = format_report(report)
+    assert "nll by group" in shown and "classical" in shown and "folk" in shown

@@ -15,7 +15,9 @@ examples:
 
 --data is a prepared dataset (from 'musegen prepare', tokenized with the same tokenizer) or a
 plain folder of MIDI files (tokenized here with the checkpoint's own tokenizer). The
-memorization check needs a prepared dataset: it compares samples with its train split.
+memorization check needs a prepared dataset: it compares samples with its train split. A
+prepared dataset whose manifest gives its files a group (corpus.json) also gets the NLL of
+each group's documents alone ("nll_by_group" in the JSON).
 """
 
 
@@ -40,7 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["train", "val", "test"],
         help="split of a prepared dataset to evaluate on",
     )
-    p.add_argument("--max-windows", type=int, default=256, help="windows used for NLL (0 = all)")
+    p.add_argument(
+        "--max-windows",
+        type=int,
+        default=256,
+        help="windows used for NLL, for the split and for each group (0 = all)",
+    )
     p.add_argument(
         "--seq-len",
         type=int,

@@ -55,6 +55,14 @@ class TokenSplit:
             raise IndexError(f"document {i} out of range for split {self.name!r}")
         return np.asarray(self.tokens[self.offsets[i] : self.offsets[i + 1]])
 
+    def select(self, indices: list[int], name: str | None = None) -> TokenSplit:
+        """An in-memory split of documents ``indices`` of this one, in that order."""
+        docs = [self.document(int(i)) for i in indices]
+        lengths = [len(d) for d in docs]
+        offsets = np.cumsum([0, *lengths], dtype=np.int64)
+        tokens = np.concatenate(docs) if docs else np.zeros(0, self.tokens.dtype)
+        return TokenSplit(name or self.name, tokens, offsets)
+
 
 class PreparedDataset:
     """A folder written by ``musegen prepare``, checked for completeness when opened."""
@@ -102,6 +110,29 @@ class PreparedDataset:
             raise MusegenError(f"{path} does not match its index: prepare the dataset again")
         tokens = np.memmap(path, dtype=dtype, mode="r") if size else np.zeros(0, dtype)
         return TokenSplit(name, tokens, offsets)
+
+    def documents_by_group(self, name: str) -> dict[str, list[int]]:
+        """Document indices of split ``name`` per evaluation group (``corpus.json``'s "group").
+
+        ``prepare`` writes a split's documents in the order of the manifest's "files" entries
+        whose "split" is ``name``, so document ``i`` is the ``i``-th such entry. Entries without
+        a group are left out; a dataset prepared without corpus.json files gives ``{}``.
+        """
+        entries = [e for e in self.manifest.get("files", []) if e.get("split") == name]
+        offsets = np.load(split_files(self.directory, name)[1])
+        lengths = np.diff(offsets)
+        if len(entries) != len(lengths) or any(
+            e.get("tokens") not in (None, int(n)) for e, n in zip(entries, lengths, strict=True)
+        ):
+            raise MusegenError(
+                f"{self.directory}: the manifest's {name!r} files do not match {name}.bin; "
+                "prepare the dataset again"
+            )
+        groups: dict[str, list[int]] = {}
+        for i, entry in enumerate(entries):
+            if entry.get("group"):
+                groups.setdefault(str(entry["group"]), []).append(i)
+        return dict(sorted(groups.items()))
 
 
 class Augmentation:

@@ -60,7 +60,7 @@ class SelfAttention(nn.Module):
         self.memo = WeightMemo()
 
     def forward(self, x: Tensor, ctx: AttnContext, cache: KVCache | None, layer: int) -> Tensor:
-        B, L, C = x.shape
+        B, L, _ = x.shape
         qkv = self.qkv.forward(x).view(B, L, 3, self.n_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         if self.mech is not None:

@@ -5,7 +5,8 @@ before anything can be heard is what made the app slow (the model needs a fracti
 time). :func:`preview_window` picks the bars worth hearing (``LEAD_IN_BARS`` before the new part,
 the new part, and optionally a bar after it, for an infilled span), :func:`excerpt` cuts them out
 of the score, and :func:`write_preview` renders only those to a compressed file the browser
-streams (OGG Vorbis, via soundfile). The full-length WAV is made later, when it is wanted.
+streams (FLAC via soundfile; ``.ogg`` Vorbis also works, smaller but several times slower
+to encode). The full-length WAV is made later, when it is wanted.
 """
 
 from __future__ import annotations

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Measure the default checkpoint (checkpoints/musegen-mix) against the old one
+# (checkpoints/musegen-music21). Every step is an ordinary musegen command.
+#
+#   bash scripts/evaluate_default_model.sh                       # CPU, the CLI's defaults
+#   PIECES=12 LONG=4 DEVICE=cuda bash scripts/evaluate_default_model.sh
+#
+# 1. `musegen evaluate` (new model only): NLL/perplexity on the test split of data/prepared_mix,
+#    overall and per group (nll_by_group), plus token errors and musical statistics of 100
+#    continuations → checkpoints/musegen-mix/evaluation.json.
+# 2. `musegen evaluate-groups`: held-out continuations of each kind of music, the new model and
+#    the old one side by side on the same pieces → $NEW/evaluation_groups.{json,md}.
+#
+# PIECES: pieces per group (--pieces); LONG: pieces per group for the long-piece test
+# (--long-pieces, 0 skips it; slow on a CPU); DEVICE: torch device for both models.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NEW=${NEW:-checkpoints/musegen-mix}
+OLD=${OLD:-checkpoints/musegen-music21}
+PIECES=${PIECES:-24}
+LONG=${LONG:-0}
+DEVICE=${DEVICE:-cpu}
+
+for ckpt in "$NEW" "$OLD"; do
+  if [ ! -f "$ckpt/config.json" ]; then
+    echo "error: no checkpoint at $ckpt (train it first: scripts/train_default_model.sh)" >&2
+    exit 2
+  fi
+done
+
+musegen evaluate --checkpoint "$NEW" --device "$DEVICE" --data data/prepared_mix --split test \
+  --num-prompts 100 --max-windows 64 --json "$NEW/evaluation.json"
+
+musegen evaluate-groups --checkpoint "$NEW" --compare "$OLD" --device "$DEVICE" \
+  --group classical=data/m21_bach \
+  --group folk=data/corpora/nottingham \
+  --group pop_piano=data/corpora/pop909 \
+  --group full_band=data/corpora/fullband \
+  --group drums=data/corpora/groove \
+  --group beatles=../shared/corpora/eval-only/beatles \
+  --pieces "$PIECES" --long-pieces "$LONG" \
+  --json "$NEW/evaluation_groups.json" --markdown "$NEW/evaluation_groups.md"
