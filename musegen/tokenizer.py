@@ -185,6 +185,31 @@ def score_to_midi_bytes(score: symusic.Score) -> bytes:
     return bytes(buf) if not isinstance(buf, bytes) else buf
 
 
+def instrument_name(program: int) -> str:
+    """The General MIDI name of ``program`` (-1: drums), as the app and messages show it."""
+    return "Drums" if program < 0 else str(miditok.constants.MIDI_INSTRUMENTS[program]["name"])
+
+
+def bar_ticks(score: symusic.Score, count: int) -> list[tuple[int, int, int]]:
+    """``(tick, numerator, denominator)`` of the first ``count`` bars, as miditok counts them:
+    4/4 until the first time signature, and a meter change starts a new bar where it is."""
+    sigs = {0: (4, 4)}
+    for ts in score.time_signatures:
+        if ts.numerator > 0 and ts.denominator > 0:
+            sigs[int(ts.time)] = (int(ts.numerator), int(ts.denominator))
+    times = sorted(sigs)
+    out: list[tuple[int, int, int]] = []
+    tick, i = 0, 0
+    while len(out) < count:
+        while i + 1 < len(times) and times[i + 1] <= tick:
+            i += 1
+        num, den = sigs[times[i]]
+        out.append((tick, num, den))
+        nxt = tick + max(1, score.ticks_per_quarter * 4 * num // den)
+        tick = min(nxt, times[i + 1]) if i + 1 < len(times) else nxt
+    return out
+
+
 def special_id(tokenizer: miditok.MusicTokenizer, token: str) -> int:
     return int(tokenizer.vocab[token])
 
@@ -202,12 +227,14 @@ __all__ = [
     "INFILL_TOKENS",
     "TOKENIZER_FILE",
     "TokenizerSettings",
+    "bar_ticks",
     "build_tokenizer",
     "check_bpe_vocab",
     "count_notes",
     "decode",
     "encode",
     "end_seconds",
+    "instrument_name",
     "load_score",
     "load_tick_score",
     "load_tokenizer",

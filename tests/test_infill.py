@@ -15,9 +15,9 @@ from conftest import make_score, write_midi
 
 from musegen.cli import main
 from musegen.errors import MusegenError
-from musegen.generation.infill import InfillGrammar, bar_ticks, merge, plan
+from musegen.generation.infill import InfillGrammar, merge, plan
 from musegen.pipeline import Pipeline
-from musegen.tokenizer import TokenizerSettings, build_tokenizer, encode
+from musegen.tokenizer import TokenizerSettings, bar_ticks, build_tokenizer, encode
 
 BAND = ((0, False), (33, False), (0, True))  # piano, bass, drums
 

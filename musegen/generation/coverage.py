@@ -7,15 +7,11 @@ checkpoints without them make no claim.
 
 from __future__ import annotations
 
-from miditok.constants import MIDI_INSTRUMENTS
+from musegen.tokenizer import instrument_name
 
 # Below this share of the training notes in its GM family (drums: its own), an instrument
 # counts as barely seen. Families, not programs: training remaps programs within a family.
 RARE_SHARE = 0.005
-
-
-def instrument_name(program: int) -> str:
-    return "Drums" if program < 0 else str(MIDI_INSTRUMENTS[program]["name"])
 
 
 def rare_programs(programs: set[int], meta: dict) -> list[int]:

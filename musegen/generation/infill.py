@@ -45,7 +45,14 @@ from musegen.errors import MidiError, MusegenError
 from musegen.generation.grammar import Controls
 from musegen.generation.infill_grammar import InfillGrammar
 from musegen.generation.settings import GenerationSettings, controls_for
-from musegen.tokenizer import count_notes, decode, encode, load_tick_score
+from musegen.tokenizer import (
+    bar_ticks,
+    count_notes,
+    decode,
+    encode,
+    instrument_name,
+    load_tick_score,
+)
 
 # Room kept for each target bar at least, in tokens (a sparse or new track still needs some).
 MIN_TOKENS_PER_BAR = 64
@@ -191,12 +198,6 @@ def _track_name(track: symusic.Track) -> str:
     return track.name or ("Drums" if track.is_drum else instrument_name(track.program))
 
 
-def instrument_name(program: int) -> str:
-    from miditok.constants import MIDI_INSTRUMENTS
-
-    return "Drums" if program == -1 else str(MIDI_INSTRUMENTS[program]["name"])
-
-
 def _controls(score, targets: frozenset[int] | None, bars: int, settings) -> Controls:
     """The grammar's controls: the target programs (``settings``' instruments do not apply)."""
     if targets is None and not settings.keep_instruments:
@@ -216,26 +217,6 @@ def _bar_signatures(tokenizer, ids: np.ndarray, starts: list[int], vocab: Infill
         nxt = int(ids[s + 1]) if s + 1 < len(ids) else -1
         is_ts = 0 <= nxt < len(vocab.classes) and tokenizer[nxt].startswith("TimeSig_")
         out.append(nxt if is_ts else None)
-    return out
-
-
-def bar_ticks(score: symusic.Score, count: int) -> list[tuple[int, int, int]]:
-    """``(tick, numerator, denominator)`` of the first ``count`` bars, as miditok counts them:
-    4/4 until the first time signature, and a meter change starts a new bar where it is."""
-    sigs = {0: (4, 4)}
-    for ts in score.time_signatures:
-        if ts.numerator > 0 and ts.denominator > 0:
-            sigs[int(ts.time)] = (int(ts.numerator), int(ts.denominator))
-    times = sorted(sigs)
-    out: list[tuple[int, int, int]] = []
-    tick, i = 0, 0
-    while len(out) < count:
-        while i + 1 < len(times) and times[i + 1] <= tick:
-            i += 1
-        num, den = sigs[times[i]]
-        out.append((tick, num, den))
-        nxt = tick + max(1, score.ticks_per_quarter * 4 * num // den)
-        tick = min(nxt, times[i + 1]) if i + 1 < len(times) else nxt
     return out
 
 

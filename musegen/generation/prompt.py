@@ -10,7 +10,7 @@ and an API parameter all spell it the same way:
 
 :func:`select_prompt` cuts a score to that choice: the chosen bars are moved to the start (the
 tempo and time signature in force at bar A come along), the other tracks are dropped. Bars are
-counted as the tokenizer counts them (:func:`musegen.generation.infill.bar_ticks`), so a bar
+counted as the tokenizer counts them (:func:`musegen.tokenizer.bar_ticks`), so a bar
 number means the same here, in infilling and in the app's overview. Every mistake is a
 one-line :class:`~musegen.errors.MusegenError`.
 """
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import symusic
 
 from musegen.errors import MusegenError
+from musegen.tokenizer import bar_ticks, instrument_name
 
 _RANGE = re.compile(r"^\s*(\d*)\s*(-?)\s*(\d*)\s*$")
 
@@ -97,8 +98,6 @@ def track_items(text: str) -> list[int | str] | None:
 
 def bar_starts(score: symusic.Score) -> list[int]:
     """The start tick of every bar of ``score`` that has music, plus the end of the last one."""
-    from musegen.generation.infill import bar_ticks
-
     end = max(1, int(score.end()))
     count = 16
     while True:
@@ -124,8 +123,6 @@ class TrackRow:
 def overview(score: symusic.Score) -> tuple[int, list[TrackRow]]:
     """The number of bars and one row per track (index, name, instrument, notes, bars used)."""
     import bisect
-
-    from musegen.generation.infill import instrument_name
 
     score = score if "Tick" in str(score.ttype) else score.to("tick")
     starts = bar_starts(score)

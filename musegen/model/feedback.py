@@ -111,7 +111,11 @@ class FeedbackLayer(nn.Module):
 class FeedbackStack(nn.Module):
     """``n_layers`` feedback layers run chunk by chunk (one position per chunk: exact)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def new_cache(self, config: ModelConfig, batch_size: int, device=None, dtype=None):
+        """The memory cache: one memory vector's keys/values per position and layer."""
+        return FeedbackCache(config.n_layers, batch_size, config.feedback_chunk, device, dtype)
+
+    def __init__(self, config: ModelConfig, Block: type[nn.Module] | None = None) -> None:
         super().__init__()
         self.chunk, self.n_layers = config.feedback_chunk, config.n_layers
         self.n_dist = config.max_relative_distance

@@ -31,7 +31,9 @@ from musegen.model.attention import (
     init_scale,
 )
 from musegen.model.cache import FullCache, KVCache
+from musegen.model.feedback import FeedbackStack
 from musegen.model.linear import DecodeWeight, Linear, WeightMemo
+from musegen.model.universal import UniversalStack
 
 # Above this many bytes of relative biases per layer, training checkpoints each query block
 # (see musegen.model.attention.kernels.block_attention): for 8 heads, from L ≈ 5.8k at batch 1
@@ -104,6 +106,13 @@ class Block(nn.Module):
         return self.drop.forward(x) if self.training and self.drop.p > 0 else x
 
 
+# Model-structure kinds name their stack (AttentionSpec.stack); the stacks build on Block.
+STACKS: dict[str, type[nn.Module]] = {
+    "shared_block": UniversalStack,
+    "feedback_memory": FeedbackStack,
+}
+
+
 class MusicTransformer(nn.Module):
     """Decoder-only transformer over token ids; see the module docstring for the API."""
 
@@ -120,7 +129,7 @@ class MusicTransformer(nn.Module):
             self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model)
         self.drop = nn.Dropout(config.dropout)
         # A model-structure kind (a shared block, a feedback memory) brings its own stack.
-        self.stack = spec.stack(config) if spec.stack is not None else None
+        self.stack = STACKS[spec.stack](config, Block) if spec.stack is not None else None
         self.blocks = None
         if self.stack is None:
             self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
@@ -162,6 +171,8 @@ class MusicTransformer(nn.Module):
         """An empty cache of the kind's choice: a ring buffer when its reach is bounded."""
         if device is None:
             device = self.tok_emb.weight.device
+        if self.stack is not None and hasattr(self.stack, "new_cache"):
+            return self.stack.new_cache(self.config, batch_size, device, dtype)
         return self.spec.make_cache(self.config, batch_size, device, dtype)
 
     def forward(

@@ -45,9 +45,8 @@ from musegen.model.cache import KVCache
 class UniversalStack(nn.Module):
     """One block applied up to ``n_layers`` times, each token halting on its own (ACT)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, Block: type[nn.Module]) -> None:
         super().__init__()
-        from musegen.model.transformer import Block  # the model module imports the registry
 
         self.n_steps, self.threshold = config.n_layers, config.act_threshold
         self.ponder_cost = config.ponder_cost

@@ -30,23 +30,12 @@ def check(config: ModelConfig) -> None:
         )
 
 
-def make_stack(config: ModelConfig):
-    from musegen.model.feedback import FeedbackStack
-
-    return FeedbackStack(config)
-
-
 @dataclass(frozen=True)
 class FeedbackSpec(AttentionSpec):
     """The memory cache instead of a per-layer KV cache; the stack builds its own masks."""
 
     def prepare_step(self, ctx, keys, dtype):
         return ctx
-
-    def make_cache(self, config: ModelConfig, batch_size: int, device=None, dtype=None):
-        from musegen.model.feedback import FeedbackCache
-
-        return FeedbackCache(config.n_layers, batch_size, config.feedback_chunk, device, dtype)
 
 
 SPEC = FeedbackSpec(
@@ -55,6 +44,6 @@ SPEC = FeedbackSpec(
     fields=("max_relative_distance", "feedback_chunk"),
     check=check,
     has_relative=True,
-    stack=make_stack,
+    stack="feedback_memory",
     summary="Feedback Transformer: every layer reads a memory of all layers' past states",
 )

@@ -64,9 +64,11 @@ class AttentionSpec:
     flex: bool = False  # has a FlexAttention form (the pattern's mask_mod + relative bias)
     summary: str = ""  # one line for help texts
     # How blocks are applied across depth: ``None`` is the standard stack of ``n_layers``
-    # blocks; otherwise ``stack(config)`` makes the module the model runs instead, as
-    # ``stack(x, ctx, cache) -> x`` (a block shared across depth, a feedback memory, ...).
-    stack: Callable[[ModelConfig], Module] | None = None
+    # blocks; otherwise the name of a stack in ``musegen.model.transformer.STACKS``, the module
+    # the model runs instead as ``stack(x, ctx, cache) -> x`` (a block shared across depth, a
+    # feedback memory, ...). A name, not the class: the stacks build on the model's Block, so
+    # the model module owns the table and the attention package never imports the model.
+    stack: str | None = None
     # A kind with parameters or state of its own (projections, spans, centroids): ``None`` for
     # kinds that are a plain function; otherwise ``module(config)`` makes, per layer, the module
     # that SelfAttention calls as ``module(q, k, v, rel, ctx, cache, layer)`` in place of

@@ -28,12 +28,6 @@ def check(config: ModelConfig) -> None:
         raise ValueError(f"attention='universal' needs ponder_cost >= 0, got {config.ponder_cost}")
 
 
-def make_stack(config: ModelConfig):
-    from musegen.model.universal import UniversalStack
-
-    return UniversalStack(config)
-
-
 SPEC = AttentionSpec(
     name="universal",
     forward=relative_attention,
@@ -42,6 +36,6 @@ SPEC = AttentionSpec(
     check=check,
     has_relative=True,
     recompute_long=True,
-    stack=make_stack,
+    stack="shared_block",
     summary="one relative block shared across depth, adaptive depth per token (ACT)",
 )

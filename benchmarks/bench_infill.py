@@ -1,0 +1,130 @@
+"""Does infilling use the right side? Held-out pieces, bars 9–12 regenerated, same checkpoint.
+
+    python benchmarks/bench_infill.py --data data/prepared_mix [--pieces 12] [--groups full_band,pop_piano]
+
+1. NLL of the span's tokens (the fill-in-the-middle target) given both sides vs given the left
+   side only (the same layout with an empty suffix): lower with both sides means the model
+   reads the music after the gap.
+2. Seam statistics against the real bars 9–12: pitch-class histogram distance and note-density
+   ratio of (a) the infilled bars and (b) a left-only continuation of the same 4 bars.
+Prints per piece and the medians; writes --json if given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from musegen import metrics
+from musegen.data.dataset import PreparedDataset
+from musegen.data.infill import InfillVocab, layout, split_span
+from musegen.pipeline import Pipeline
+from musegen.tokenizer import decode
+
+SPAN = (9, 12)  # 1-based, inclusive
+
+
+def target_nll(model, prompt: np.ndarray, target: np.ndarray) -> float:
+    ids = torch.as_tensor(np.concatenate([prompt, target]), dtype=torch.long)[None]
+    with torch.no_grad():
+        out = model(ids[:, :-1])
+        logits = out[0] if isinstance(out, tuple) else out
+    start = len(prompt) - 1
+    return float(F.cross_entropy(logits[0, start:].float(), ids[0, start + 1 :]))
+
+
+def real_bars(score, a: int, b: int):
+    ticks = metrics.bar_length(score)
+    return score.clip((a - 1) * ticks, b * ticks, clip_end=False).shift_time(-(a - 1) * ticks)
+
+
+def seam(generated, real) -> dict[str, float]:
+    dist = metrics.histogram_distance(
+        metrics.pitch_class_histogram(generated), metrics.pitch_class_histogram(real)
+    )
+    dens_real = max(real.note_num(), 1)
+    return {"pc_distance": dist, "density_ratio": generated.note_num() / dens_real}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--pieces", type=int, default=12, help="per group")
+    ap.add_argument("--groups", default="full_band,pop_piano,classical,folk")
+    ap.add_argument("--context", type=int, default=700, help="tokens of each side")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    pipe = Pipeline.from_pretrained(args.checkpoint)
+    model, tok = pipe.model, pipe.tokenizer
+    vocab = InfillVocab.from_tokenizer(tok)
+    dataset = PreparedDataset.open(args.data)
+    split = dataset.split("test")
+    rows = []
+    for group, docs in dataset.documents_by_group("test").items():
+        if group not in args.groups.split(","):
+            continue
+        taken = 0
+        for d in docs:
+            doc = np.asarray(split.document(d), np.int64)[1:-1]  # no BOS/EOS
+            bars = np.flatnonzero(doc == vocab.bar)
+            if len(bars) < SPAN[1] + 4 or taken >= args.pieces:
+                continue
+            start, stop = int(bars[SPAN[0] - 1]), int(bars[SPAN[1]])
+            given, target = split_span(doc[start:stop], vocab, None)
+            prefix, suffix = doc[:start][-args.context :], doc[stop:][: args.context]
+            both = target_nll(model, layout(prefix, given, suffix, vocab), target)
+            left = target_nll(model, layout(prefix, given, suffix[:0], vocab), target)
+            score = decode(tok, doc[: int(bars[min(len(bars) - 1, SPAN[1] + 4)])].tolist())
+            real = real_bars(score, *SPAN)
+            [filled] = pipe.infill(score, bars=SPAN, seed=taken)
+            prompt8 = score.clip(0, int(filled.prompt_end_tick), clip_end=False)
+            [cont] = pipe.continue_midi(prompt8, bars=SPAN[1] - SPAN[0] + 1, seed=taken)
+            row = {
+                "group": group,
+                "doc": int(d),
+                "nll_both_sides": both,
+                "nll_left_only": left,
+                "infill": seam(filled.continuation, real),
+                "left_only": seam(cont.continuation, real),
+            }
+            rows.append(row)
+            taken += 1
+            print(
+                f"{group} doc {d}: NLL both {both:.3f} left {left:.3f} | pc dist infill "
+                f"{row['infill']['pc_distance']:.3f} left {row['left_only']['pc_distance']:.3f}"
+                f" | density infill {row['infill']['density_ratio']:.2f} left "
+                f"{row['left_only']['density_ratio']:.2f}",
+                flush=True,
+            )
+    med = statistics.median
+    summary = {
+        "pieces": len(rows),
+        "nll_both_sides": med(r["nll_both_sides"] for r in rows),
+        "nll_left_only": med(r["nll_left_only"] for r in rows),
+        "both_lower_share": sum(r["nll_both_sides"] < r["nll_left_only"] for r in rows) / len(rows),
+        "pc_distance_infill": med(r["infill"]["pc_distance"] for r in rows),
+        "pc_distance_left_only": med(r["left_only"]["pc_distance"] for r in rows),
+        "density_err_infill": med(
+            abs(np.log(max(r["infill"]["density_ratio"], 1e-3))) for r in rows
+        ),
+        "density_err_left_only": med(
+            abs(np.log(max(r["left_only"]["density_ratio"], 1e-3))) for r in rows
+        ),
+    }
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
