@@ -93,6 +93,8 @@ def test_upload_generate_shows_player_and_pianoroll(page, app_url: str):
     roll.wait_for()
     assert (roll.get_attribute("src") or "").endswith(".png")
     assert page.evaluate("img => img.complete && img.naturalWidth > 100", roll.element_handle())
+    # The preview comes first; the full-length WAV is offered once the request is done.
+    page.locator("#status").get_by_text("Done").wait_for()
     downloads = page.locator("#files-0").inner_text()
     assert ".mid" in downloads and ".wav" in downloads
     assert page.locator("#status").inner_text().startswith(("Done", "Stopped early"))

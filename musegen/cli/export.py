@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(config.json says so). Every command loads it like any checkpoint and runs its\n"
             "projections with int8 kernels on CPU (see docs/deploy.md)."
         ),
-        epilog="example:\n  musegen export --int8 checkpoints/musegen-music21 checkpoints/int8",
+        epilog="example:\n  musegen export --int8 checkpoints/musegen-mix checkpoints/int8",
         formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="fp32 checkpoint")

@@ -14,12 +14,12 @@ from musegen.errors import MusegenError
 
 EPILOG = """\
 examples:
-  musegen prepare ~/my_midi data/mine --tokenizer-from checkpoints/musegen-music21
-  musegen finetune --from checkpoints/musegen-music21 --data data/mine --out runs/mine
-  musegen finetune --from checkpoints/musegen-music21 --data data/mine --out runs/mine-lora \\
+  musegen prepare ~/my_midi data/mine --tokenizer-from checkpoints/musegen-mix
+  musegen finetune --from checkpoints/musegen-mix --data data/mine --out runs/mine
+  musegen finetune --from checkpoints/musegen-mix --data data/mine --out runs/mine-lora \\
       --lora-rank 8 --max-steps 300
   musegen generate --adapter runs/mine-lora/best --prompt song.mid --out out/
-  musegen merge-adapter checkpoints/musegen-music21 runs/mine-lora/best checkpoints/mine
+  musegen merge-adapter checkpoints/musegen-mix runs/mine-lora/best checkpoints/mine
 
 Defaults for a short run on a small corpus: 500 steps, peak learning rate 1e-4 for all
 weights and 1e-3 for LoRA, warm-up 4% of the run. Any training field can be set with

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "every command loads without --adapter. An adapter trained on another base is\n"
             "refused, naming what differs."
         ),
-        epilog="example:\n  musegen merge-adapter checkpoints/musegen-music21 runs/mine/best "
+        epilog="example:\n  musegen merge-adapter checkpoints/musegen-mix runs/mine/best "
         "checkpoints/mine",
         formatter_class=HelpFormatter,
     )

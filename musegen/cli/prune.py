@@ -20,9 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             "examples:\n"
-            "  musegen prune checkpoints/musegen-music21 ckpt/pruned-mlp --sparsity 0.5 "
+            "  musegen prune checkpoints/musegen-mix ckpt/pruned-mlp --sparsity 0.5 "
             "--structured mlp --data data/prepared --recover-steps 200\n"
-            "  musegen prune checkpoints/musegen-music21 ckpt/sparse --sparsity 0.3"
+            "  musegen prune checkpoints/musegen-mix ckpt/sparse --sparsity 0.3"
         ),
         formatter_class=HelpFormatter,
     )
