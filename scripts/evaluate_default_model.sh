@@ -20,6 +20,9 @@ OLD=${OLD:-checkpoints/musegen-music21}
 PIECES=${PIECES:-24}
 LONG=${LONG:-0}
 DEVICE=${DEVICE:-cpu}
+# EVAL_BAND: an optional folder of real band MIDI to measure on only (e.g. the Beatles
+# transcriptions of craffel/midi-ground-truth: no licence, never for training).
+EVAL_BAND=${EVAL_BAND:-}
 
 for ckpt in "$NEW" "$OLD"; do
   if [ ! -f "$ckpt/config.json" ]; then
@@ -37,6 +40,6 @@ musegen evaluate-groups --checkpoint "$NEW" --compare "$OLD" --device "$DEVICE" 
   --group pop_piano=data/corpora/pop909 \
   --group full_band=data/corpora/fullband \
   --group drums=data/corpora/groove \
-  --group beatles=../shared/corpora/eval-only/beatles \
+  ${EVAL_BAND:+--group band_eval="$EVAL_BAND"} \
   --pieces "$PIECES" --long-pieces "$LONG" \
   --json "$NEW/evaluation_groups.json" --markdown "$NEW/evaluation_groups.md"

@@ -31,8 +31,8 @@ where the pieces come from (give --data, --group, or both):
 examples:
   musegen evaluate-groups --data data/prepared --json eval.json --markdown eval.md
   musegen evaluate-groups --checkpoint checkpoints/musegen-music21 \\
-      --group pop_piano=../shared/corpora/pop909 --group drums=../shared/corpora/groove \\
-      --group beatles=../shared/corpora/eval-only/beatles --pieces 12
+      --group pop_piano=~/datasets/pop909 --group drums=~/datasets/groove \\
+      --group band=~/midi/my_band_songs --pieces 12
   musegen evaluate-groups --checkpoint runs/new/best --compare checkpoints/musegen-music21 \\
       --data data/prepared --long-pieces 4 --markdown card_table.md
 
