@@ -19,6 +19,7 @@ from typing import Any
 import symusic
 import torch
 
+from musegen.data.infill import suffix_budget
 from musegen.errors import CheckpointError, MidiError, MusegenError
 from musegen.generation import infill as fill
 from musegen.generation.coverage import coverage_warning
@@ -33,6 +34,7 @@ from musegen.generation.sampling import (
     iter_sample,
 )
 from musegen.generation.settings import GenerationSettings, controls_for
+from musegen.model.attention import reach_of
 from musegen.score_check import PROMPT_LIMITS, ScoreLimits, check_score, check_tokens, load_checked
 from musegen.tokenizer import count_notes, decode, encode, score_to_midi_bytes
 
@@ -270,7 +272,10 @@ class Pipeline:
         limits = replace(self.score_limits.without_trim(), min_notes=0)
         name = str(piece) if isinstance(piece, (str, Path)) else "the piece"
         piece = load_checked(piece, limits, name)
-        plan = fill.plan(self.tokenizer, piece, bars, tracks, self.config.max_seq_len, settings)
+        budget = suffix_budget(reach_of(self.config))
+        plan = fill.plan(
+            self.tokenizer, piece, bars, tracks, self.config.max_seq_len, settings, budget
+        )
         settings = settings.with_overrides(bars=plan.num_bars)
         grammar = self._infill_grammar(plan)
         start = grammar.start(plan.prefix)

@@ -68,6 +68,15 @@ def page(app_url: str):
         browser.close()
 
 
+def _wait_for_downloads(page) -> None:
+    """Both files are offered: the file list renders after the status on a loaded machine."""
+    page.wait_for_function(
+        "() => ['.mid', '.wav'].every(x => "
+        "(document.querySelector('#files-0')?.innerText || '').includes(x))",
+        timeout=60_000,
+    )
+
+
 def test_upload_generate_shows_player_and_pianoroll(page, app_url: str):
     base = app_url.rstrip("/")
     elsewhere: list[str] = []
@@ -95,8 +104,7 @@ def test_upload_generate_shows_player_and_pianoroll(page, app_url: str):
     assert page.evaluate("img => img.complete && img.naturalWidth > 100", roll.element_handle())
     # The preview comes first; the full-length WAV is offered once the request is done.
     page.locator("#status").get_by_text("Done").wait_for()
-    downloads = page.locator("#files-0").inner_text()
-    assert ".mid" in downloads and ".wav" in downloads
+    _wait_for_downloads(page)
     assert page.locator("#status").inner_text().startswith(("Done", "Stopped early"))
     assert "rendered with" in page.inner_text("body") or "built-in synth" in page.inner_text("body")
     assert not elsewhere, f"the page fetched from outside the app: {elsewhere[:5]}"
@@ -157,8 +165,7 @@ def test_select_bars_regenerate_and_play_the_preview(page, infill_url: str, tmp_
     ).wait_for()
     assert "bars 1–4" in page.locator("body").inner_text(), "zoomed: lead-in + span + 1 bar"
     assert page.locator("#again-0").inner_text().strip() == "Keep this"
-    downloads = page.locator("#files-0").inner_text()
-    assert ".mid" in downloads and ".wav" in downloads
+    _wait_for_downloads(page)
     play.click()
     page.locator("#audio-0 [data-testid='waveform-controls'] button[aria-label='Pause']").wait_for(
         timeout=30_000

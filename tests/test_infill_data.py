@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import symusic
 
-from musegen.data.dataset import Augmentation
-from musegen.data.infill import InfillRearranger, InfillVocab, split_span
+from musegen.data.dataset import Augmentation, TokenSplit, WindowSampler
+from musegen.data.infill import InfillRearranger, InfillVocab, split_span, suffix_budget
 from musegen.errors import MusegenError
 from musegen.tokenizer import TokenizerSettings, build_tokenizer, decode, encode
 
@@ -80,6 +80,40 @@ def test_rearranged_window_layout(tokenizer, ids):
             given = out[marks[0] + 1 : marks[1]]
             assert (target == vocab.bar).sum() == (given == vocab.bar).sum() >= 1
             assert target[0] == vocab.bar
+
+
+def test_suffix_budget_keeps_the_right_side_within_reach(tokenizer, ids):
+    """A bounded suffix: the span sits near the window's end, so both sides stay in view."""
+    rearranger = InfillRearranger(tokenizer, rate=1.0, suffix_tokens=40)
+    vocab = rearranger.vocab
+    window = ids[:400]
+    for seed in range(20):
+        out = rearranger.apply(window, np.random.default_rng(seed))
+        assert len(out) <= len(window)
+        suffix_at = int(np.flatnonzero(out == vocab.suffix)[0])
+        fill_at = int(np.flatnonzero(out == vocab.fill)[0])
+        assert fill_at - suffix_at - 1 <= 40
+        # The right side is the window's real continuation after the span.
+        suffix = out[suffix_at + 1 : fill_at]
+        assert any(
+            np.array_equal(window[i : i + len(suffix)], suffix) for i in range(len(window))
+        )
+    with pytest.raises(MusegenError, match="suffix_tokens"):
+        InfillRearranger(tokenizer, rate=1.0, suffix_tokens=0)
+    assert suffix_budget(512) == 256 and suffix_budget(None) is None
+
+
+def test_sampler_pads_shortened_infilling_examples(tokenizer, ids):
+    pad = tokenizer.vocab["PAD_None"]
+    split = TokenSplit("train", ids.astype(np.uint32), np.array([0, len(ids)], np.int64))
+    rearranger = InfillRearranger(tokenizer, rate=1.0, suffix_tokens=20)
+    sampler = WindowSampler(split, seq_len=300, seed=0, pad_id=pad, infill=rearranger)
+    batch = sampler.next_batch(8)
+    assert batch.shape == (8, 301)
+    for row in batch:
+        assert (row == rearranger.vocab.fill).sum() == 1
+        real = int(np.flatnonzero(row != pad)[-1]) + 1
+        assert np.all(row[real:] == pad)  # padding only at the end, ignored by the loss
 
 
 def test_rate_zero_leaves_windows_alone(tokenizer, ids):

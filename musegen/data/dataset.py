@@ -323,7 +323,7 @@ class WindowSampler:
                 window = self.augmentation.apply(window, rng)
             if self.infill is not None:
                 window = self.infill.maybe_apply(window, rng)
-            batch[row, :n] = window
+            batch[row, : len(window)] = window  # an infilling example may be shorter
         return batch
 
     def state_dict(self) -> dict:

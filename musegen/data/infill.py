@@ -130,6 +130,18 @@ def layout(
     ).astype(np.int64)
 
 
+def suffix_budget(reach: int | None) -> int | None:
+    """Tokens of the right side an infilling prompt keeps, for a model that sees ``reach`` tokens
+    back (``None``: its whole context, no bound).
+
+    In the layout the target comes after the suffix, so with a bounded reach (local attention)
+    a long suffix would push the prefix, and the suffix's own start, out of the target's view:
+    the model would learn to ignore the right side. Half the reach keeps the start of the suffix
+    and the end of the prefix both in view; training and ``Pipeline.infill`` use the same budget.
+    """
+    return None if reach is None else max(1, reach // 2)
+
+
 class InfillRearranger:
     """Turns a fraction of training windows into infilling examples (``--infill-rate``).
 
@@ -137,13 +149,27 @@ class InfillRearranger:
     the examples (``track_rate``) regenerate a random non-empty subset of the span's programs
     instead of all of them. The result has the window's length: the suffix, then the prefix, is
     shortened by what the sentinels and the repeated bar lines add.
+
+    ``suffix_tokens`` (see :func:`suffix_budget`) bounds the right side: the span is then chosen
+    among the window's last bars, and a suffix still longer keeps its head (the example is
+    shorter than the window; the sampler pads it).
     """
 
-    def __init__(self, tokenizer, rate: float, max_bars: int = 8, track_rate: float = 0.5):
+    def __init__(
+        self,
+        tokenizer,
+        rate: float,
+        max_bars: int = 8,
+        track_rate: float = 0.5,
+        suffix_tokens: int | None = None,
+    ):
         if not 0 <= rate <= 1:
             raise MusegenError(f"infill rate must be in [0, 1], got {rate}")
+        if suffix_tokens is not None and suffix_tokens < 1:
+            raise MusegenError(f"suffix_tokens must be at least 1, got {suffix_tokens}")
         self.vocab = InfillVocab.from_tokenizer(tokenizer)
         self.rate, self.max_bars, self.track_rate = rate, max_bars, track_rate
+        self.suffix_tokens = suffix_tokens
 
     def maybe_apply(self, window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.rate <= 0 or rng.random() >= self.rate:
@@ -154,9 +180,13 @@ class InfillRearranger:
         bars = np.flatnonzero(window == self.vocab.bar)
         if len(bars) < 3:
             return window
-        first = int(rng.integers(1, len(bars) - 1))
-        n = int(rng.integers(1, min(self.max_bars, len(bars) - 1 - first) + 1))
-        start, stop = int(bars[first]), int(bars[first + n])
+        low = 2  # the bar line that ends the span: bars[0] stays in the prefix
+        if self.suffix_tokens is not None:
+            near = np.flatnonzero(len(window) - bars <= self.suffix_tokens)
+            low = max(low, int(near[0])) if len(near) else len(bars) - 1
+        last = int(rng.integers(low, len(bars)))
+        n = int(rng.integers(1, min(self.max_bars, last - 1) + 1))
+        start, stop = int(bars[last - n]), int(bars[last])
         span = window[start:stop]
         targets = None
         programs = span_programs(span, self.vocab)
@@ -164,8 +194,8 @@ class InfillRearranger:
             k = int(rng.integers(1, len(programs)))
             targets = frozenset(int(p) for p in rng.choice(programs, size=k, replace=False))
         given, target = split_span(span, self.vocab, targets)
-        prefix, suffix = window[:start], window[stop:]
-        excess = len(prefix) + len(given) + len(suffix) + len(target) + 4 - len(window)
+        prefix, suffix = window[:start], window[stop : stop + (self.suffix_tokens or len(window))]
+        excess = max(0, len(prefix) + len(given) + len(suffix) + len(target) + 4 - len(window))
         cut = min(excess, len(suffix))
         suffix = suffix[: len(suffix) - cut]
         prefix = prefix[excess - cut :]

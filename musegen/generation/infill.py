@@ -88,13 +88,15 @@ def plan(
     tracks: Sequence[Track] | None,
     max_seq_len: int,
     settings: GenerationSettings | None = None,
+    suffix_tokens: int | None = None,
 ) -> InfillPlan:
     """The prompt and merge plan for regenerating ``bars`` of ``piece`` (see the module doc).
 
     ``tracks``: None regenerates every track; otherwise track indices, ``"drums"`` (or -1) and
     ``"program:P"`` (the tracks of GM program P, or a new track of it when the piece has none).
     With every track regenerated, the piece's instruments are used, or any when
-    ``settings.keep_instruments`` is off.
+    ``settings.keep_instruments`` is off. ``suffix_tokens`` bounds the right side the prompt
+    keeps, as in training (:func:`musegen.data.infill.suffix_budget`).
     Every mistake is a one-line :class:`MusegenError` / :class:`MidiError`.
     """
     vocab = InfillVocab.from_tokenizer(tokenizer)  # old checkpoints: the clear error
@@ -121,7 +123,7 @@ def plan(
             f"bars {a}-{b} need about {need} tokens of context (the kept tracks and room for "
             f"the new part), more than the model's {max_seq_len}: choose fewer bars"
         )
-    prefix, suffix = _fit(ids, starts, a, b, max_seq_len - need, tokenizer)
+    prefix, suffix = _fit(ids, starts, a, b, max_seq_len - need, tokenizer, suffix_tokens)
     return InfillPlan(
         score=score,
         bars=(a, b),
@@ -234,9 +236,18 @@ def _check_meters(score, signatures: list, last: int, tokenizer) -> list[int]:
     return [tick for tick, _, _ in bars]
 
 
-def _fit(ids: np.ndarray, starts: list[int], a: int, b: int, room: int, tokenizer):
+def _fit(
+    ids: np.ndarray,
+    starts: list[int],
+    a: int,
+    b: int,
+    room: int,
+    tokenizer,
+    suffix_tokens: int | None = None,
+):
     """The prefix tail and suffix head that share ``room`` tokens (60/40, cut at bar lines
-    where possible; what one side does not use goes to the other)."""
+    where possible; what one side does not use goes to the other; the suffix head keeps at
+    most ``suffix_tokens``)."""
     bos, eos = tokenizer.vocab.get("BOS_None"), tokenizer.vocab.get("EOS_None")
     first = starts[a - 1]
     stop = starts[b] if b < len(starts) else len(ids)
@@ -246,6 +257,8 @@ def _fit(ids: np.ndarray, starts: list[int], a: int, b: int, room: int, tokenize
     if eos is not None:
         suffix = np.concatenate([suffix, [eos]])
     front = round(room * PREFIX_SHARE)
+    if suffix_tokens is not None:
+        front = max(front, room - suffix_tokens)
     if len(suffix) < room - front:  # a short suffix leaves its share to the prefix
         front = room - len(suffix)
     shift = 1 if bos is not None else 0
@@ -256,6 +269,8 @@ def _fit(ids: np.ndarray, starts: list[int], a: int, b: int, room: int, tokenize
     else:
         head = prefix[keep:] if keep is not None else prefix[len(prefix) - front :]
     back = room - len(head)  # what whole bars left of the prefix's share goes to the suffix
+    if suffix_tokens is not None:
+        back = min(back, suffix_tokens)
     ends = [s - stop for s in starts if stop < s <= stop + back]  # bar starts inside the suffix
     tail = suffix[: ends[-1]] if ends and len(suffix) > back else suffix[:back]
     return head.astype(np.int64), tail.astype(np.int64)

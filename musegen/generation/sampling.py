@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from musegen.generation.grammar import Grammar, GrammarState
-from musegen.model.attention import get_kind
+from musegen.model.attention import reach_of
 
 
 @dataclass
@@ -182,7 +182,7 @@ class _Runner:
         config = model.config
         # A kind that sees the whole past cannot grow past max_seq_len: the loop slides by
         # re-prefilling. A bounded reach keeps a constant cache, so it generates for ever.
-        unbounded = get_kind(config.attention).bounded_reach(config) is None
+        unbounded = reach_of(config) is None
         self.limit = config.max_seq_len if unbounded else None
         self.cache = None
         self.rows: list[list[int]] = []

@@ -27,12 +27,13 @@ from tqdm.auto import tqdm
 from musegen import __version__
 from musegen.config import ModelConfig
 from musegen.data.dataset import Augmentation, WindowSampler, iter_eval_windows
-from musegen.data.infill import InfillRearranger
+from musegen.data.infill import InfillRearranger, suffix_budget
 from musegen.data.stats import program_counts
 from musegen.errors import MusegenError
 from musegen.files import append_jsonl, write_json_atomic
 from musegen.generation.sampling import AllowedTokens, Stopping, Temperature, sample
 from musegen.metrics import evaluate_windows, token_loss
+from musegen.model.attention import reach_of
 from musegen.model.transformer import MusicTransformer
 from musegen.tokenizer import special_id
 from musegen.training import lora, optim
@@ -176,7 +177,10 @@ class _Trainer:
                 cfg.program_within,
                 cfg.program_across,
             )
-        infill = InfillRearranger(self.tokenizer, cfg.infill_rate) if cfg.infill_rate else None
+        infill = None
+        if cfg.infill_rate:
+            budget = suffix_budget(reach_of(self.model_config))
+            infill = InfillRearranger(self.tokenizer, cfg.infill_rate, suffix_tokens=budget)
         return WindowSampler(
             split,
             self.seq_len,

@@ -63,6 +63,11 @@ def get_kind(name: str) -> AttentionSpec:
         ) from None
 
 
+def reach_of(config) -> int | None:
+    """How many tokens back a model of ``config`` sees; ``None``: its whole context."""
+    return get_kind(config.attention).bounded_reach(config)
+
+
 def kind_names() -> tuple[str, ...]:
     """Every registered kind, built-in ones first."""
     return tuple(_KINDS)
@@ -86,6 +91,7 @@ __all__ = [
     "inference_kernels",
     "init_scale",
     "kind_names",
+    "reach_of",
     "register",
     "skewed_band_bias",
     "unregister",
