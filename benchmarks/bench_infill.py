@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from musegen import metrics
 from musegen.data.dataset import PreparedDataset
-from musegen.data.infill import InfillVocab, layout, split_span
+from musegen.data.infill import InfillVocab, layout, split_span, suffix_budget
+from musegen.model.attention import reach_of
 from musegen.pipeline import Pipeline
 from musegen.tokenizer import decode
 
@@ -61,12 +62,14 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--pieces", type=int, default=12, help="per group")
     ap.add_argument("--groups", default="full_band,pop_piano,classical,folk")
-    ap.add_argument("--context", type=int, default=700, help="tokens of each side")
+    ap.add_argument("--context", type=int, default=700, help="most tokens of each side")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     pipe = Pipeline.from_pretrained(args.checkpoint)
     model, tok = pipe.model, pipe.tokenizer
     vocab = InfillVocab.from_tokenizer(tok)
+    # The right side as training and Pipeline.infill keep it (bounded by the attention's reach).
+    right = min(args.context, suffix_budget(reach_of(pipe.config)) or args.context)
     dataset = PreparedDataset.open(args.data)
     split = dataset.split("test")
     rows = []
@@ -81,7 +84,7 @@ def main() -> None:
                 continue
             start, stop = int(bars[SPAN[0] - 1]), int(bars[SPAN[1]])
             given, target = split_span(doc[start:stop], vocab, None)
-            prefix, suffix = doc[:start][-args.context :], doc[stop:][: args.context]
+            prefix, suffix = doc[:start][-args.context :], doc[stop:][:right]
             both = target_nll(model, layout(prefix, given, suffix, vocab), target)
             left = target_nll(model, layout(prefix, given, suffix[:0], vocab), target)
             score = decode(tok, doc[: int(bars[min(len(bars) - 1, SPAN[1] + 4)])].tolist())

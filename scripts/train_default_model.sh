@@ -3,8 +3,13 @@
 # corpora → mix → prepare → train (continuation + infilling) → ship (fp16) → evaluate.
 # Every step is an ordinary musegen command; on a GPU add `--device cuda` to train.
 #
-#   bash scripts/train_default_model.sh                     # CPU: the session's budget
-#   MINUTES=600 STEPS=12000 bash scripts/train_default_model.sh   # a longer run
+#   bash scripts/train_default_model.sh                     # CPU: two sessions' budget
+#   MINUTES=600 STEPS=12000 STAGE2_STEPS=0 bash scripts/train_default_model.sh   # one longer run
+#
+# The shipped model was trained in two stages on the 2-core CPU (two sessions): stage 1 from
+# scratch, shipped as float16; stage 2 starts from those weights (a fresh optimiser and a
+# shorter warm-up, lower peak rate) with more infilling examples, whose right side is bounded by
+# the attention's reach (musegen.data.infill.suffix_budget).
 #
 # CORPORA points at the folder holding groove/, pop909/ and nottingham/ (see datasets/README.md
 # for where to download them). Only licensed data goes in: the music21 collections with
@@ -15,6 +20,8 @@ CORPORA=${CORPORA:-../shared/corpora}
 MINUTES=${MINUTES:-80}
 STEPS=${STEPS:-1100}
 RUN=${RUN:-runs/mix}
+STAGE2_STEPS=${STAGE2_STEPS:-1800}
+STAGE2_MINUTES=${STAGE2_MINUTES:-85}
 SHAPE=(--preset small --set n_layers=4 --set n_heads=4 --set d_model=256 --set d_ff=1024
        --set max_seq_len=2048 --attention local --set window=512 --set max_relative_distance=512
        --set dropout=0.0)
@@ -47,6 +54,17 @@ musegen train --data data/prepared_mix --out "$RUN" --overwrite "${SHAPE[@]}" "$
 # 4. Ship: float16 weights, the data and licences, the notes per instrument it learnt from.
 python scripts/ship_checkpoint.py "$RUN/latest" data/prepared_mix checkpoints/musegen-mix
 cp "$RUN/loss.png" checkpoints/musegen-mix/loss.png
+
+# 4b. Stage 2: continue from the shipped weights, more infilling, then ship again.
+if [ "$STAGE2_STEPS" -gt 0 ]; then
+  TRAIN2=(--seq-len 2048 --batch-size 4 --lr 6e-4 --set warmup_steps=50 --infill-rate 0.35
+          --eval-every 200 --save-every 50 --eval-windows 24 --log-every 10 --sample-tokens 0
+          --device cpu --threads 2)
+  musegen train --data data/prepared_mix --out "$RUN-2" --overwrite "${SHAPE[@]}" "${TRAIN2[@]}" \
+    --init-from checkpoints/musegen-mix --max-steps "$STAGE2_STEPS" --max-minutes "$STAGE2_MINUTES"
+  python scripts/ship_checkpoint.py "$RUN-2/latest" data/prepared_mix checkpoints/musegen-mix
+  cp "$RUN-2/loss.png" checkpoints/musegen-mix/loss.png
+fi
 
 # 5. Evaluate: NLL and token errors on the test split, then the per-group continuation table.
 musegen evaluate --checkpoint checkpoints/musegen-mix --data data/prepared_mix --split test \
