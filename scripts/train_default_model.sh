@@ -57,9 +57,7 @@ cp "$RUN/loss.png" checkpoints/musegen-mix/loss.png
 
 # 4b. Stage 2: continue from the shipped weights, more infilling, then ship again.
 if [ "$STAGE2_STEPS" -gt 0 ]; then
-  TRAIN2=(--seq-len 2048 --batch-size 4 --lr 6e-4 --set warmup_steps=50 --infill-rate 0.35
-          --eval-every 200 --save-every 50 --eval-windows 24 --log-every 10 --sample-tokens 0
-          --device cpu --threads 2)
+  TRAIN2=("${TRAIN[@]}" --lr 6e-4 --set warmup_steps=50 --infill-rate 0.35 --eval-every 200)
   musegen train --data data/prepared_mix --out "$RUN-2" --overwrite "${SHAPE[@]}" "${TRAIN2[@]}" \
     --init-from checkpoints/musegen-mix --max-steps "$STAGE2_STEPS" --max-minutes "$STAGE2_MINUTES"
   python scripts/ship_checkpoint.py "$RUN-2/latest" data/prepared_mix checkpoints/musegen-mix

@@ -344,5 +344,12 @@ def test_long_pieces_are_cut_at_bar_lines_to_fit_the_context():
     assert prefix == ids[bars[19] - len(prefix) : bars[19]]  # the newest bars before the span
     assert tail == ids[bars[21] : bars[21] + len(tail)]  # the first bars after it
     assert bars[21] + len(tail) in bars  # ends where a bar starts
+    capped = plan(tok, score, (20, 21), [1], 512, suffix_tokens=40)
+    c_suffix, c_fill = (
+        capped.prompt.index(v["Infill_Suffix"]),
+        capped.prompt.index(v["Infill_Fill"]),
+    )
+    assert 0 < c_fill - c_suffix - 1 <= 40 < len(tail)  # the bound a local-attention model needs
+    assert capped.prompt[c_suffix + 1 : c_fill] == tail[: c_fill - c_suffix - 1]  # the head
     short = plan(tok, make_score(bars=4, tracks=BAND), (2, 2), None, 512)
     assert short.prompt[0] == v["BOS_None"] and v["EOS_None"] in short.prompt  # all of it

@@ -87,6 +87,7 @@ def test_suffix_budget_keeps_the_right_side_within_reach(tokenizer, ids):
     rearranger = InfillRearranger(tokenizer, rate=1.0, suffix_tokens=40)
     vocab = rearranger.vocab
     window = ids[:400]
+    lengths = []
     for seed in range(20):
         out = rearranger.apply(window, np.random.default_rng(seed))
         assert len(out) <= len(window)
@@ -95,7 +96,9 @@ def test_suffix_budget_keeps_the_right_side_within_reach(tokenizer, ids):
         assert fill_at - suffix_at - 1 <= 40
         # The right side is the window's real continuation after the span.
         suffix = out[suffix_at + 1 : fill_at]
+        lengths.append(len(suffix))
         assert any(np.array_equal(window[i : i + len(suffix)], suffix) for i in range(len(window)))
+    assert max(lengths) > 0  # a right side is kept, not dropped
     with pytest.raises(MusegenError, match="suffix_tokens"):
         InfillRearranger(tokenizer, rate=1.0, suffix_tokens=0)
     assert suffix_budget(512) == 256 and suffix_budget(None) is None

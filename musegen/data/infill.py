@@ -147,8 +147,8 @@ class InfillRearranger:
 
     A span of 1–``max_bars`` whole bars with at least one bar line after it is chosen; half of
     the examples (``track_rate``) regenerate a random non-empty subset of the span's programs
-    instead of all of them. The result has the window's length: the suffix, then the prefix, is
-    shortened by what the sentinels and the repeated bar lines add.
+    instead of all of them. The result is at most the window's length: the suffix, then the
+    prefix, is shortened by what the sentinels and the repeated bar lines add.
 
     ``suffix_tokens`` (see :func:`suffix_budget`) bounds the right side: the span is then chosen
     among the window's last bars, and a suffix still longer keeps its head (the example is
