@@ -11,6 +11,7 @@ token-error rate of generated samples.
     python benchmarks/bench_deploy.py --data data/prepared               # full (idle machine)
     python benchmarks/bench_deploy.py --data data/prepared --quick       # a smoke run
     python benchmarks/bench_deploy.py --write-doc                        # docs/deploy.md table
+    python benchmarks/bench_deploy.py --speed-repeats 5                  # fp32/int8 speed, medians
 
 Writes ``benchmarks/results/deploy[_quick].json`` and ``deploy[_quick].png`` (NLL vs batch-8
 speed); ``--write-doc`` fills the table of ``docs/deploy.md`` from the JSON.
@@ -42,6 +43,7 @@ DOC = ROOT / "docs" / "deploy.md"
 BEGIN, END = "<!-- bench_deploy:begin -->", "<!-- bench_deploy:end -->"
 PRUNED_FULL = (("mlp", 0.25), ("mlp", 0.5), ("heads", 0.25), ("magnitude", 0.5))
 PRUNED_QUICK = (("mlp", 0.5),)
+FP_INT8 = ("fp32", "int8")
 
 
 def gpt2_like(config: ModelConfig):
@@ -153,6 +155,30 @@ def bench_model(name: str, base: Path, args, work: Path) -> dict:
     return {"model": name, "config": config.to_dict(), **reference, "rows": rows}
 
 
+def speed_repeats(args) -> None:
+    """fp32, int8 and GPT-2 timed in turn ``args.speed_repeats`` times: medians of the ratios
+    (one timed run per variant, as in the full table, is noisy on a shared machine)."""
+    loaded = load_pretrained(args.checkpoint)
+    config, prompt, new = loaded.config, 64, 256
+    gpt2 = gpt2_like(config)
+    models = {p: Pipeline.from_pretrained(args.checkpoint, precision=p).model for p in FP_INT8}
+    for model in models.values():
+        tps_ours(model, config.vocab_size, 8, prompt, 4)  # warm-up
+    ratios: dict[str, list[float]] = {}
+    for _ in range(args.speed_repeats):
+        for batch in (1, 8):
+            reference = tps_gpt2(gpt2, config.vocab_size, batch, prompt, new)
+            for precision, model in models.items():
+                tps = tps_ours(model, config.vocab_size, batch, prompt, new)
+                ratios.setdefault(f"{precision} b{batch}", []).append(tps / reference)
+    print(f"{args.checkpoint.name}: × GPT-2 of the same shape, median of {args.speed_repeats}")
+    for name, values in ratios.items():
+        values.sort()
+        print(
+            f"  {name:9s} {values[len(values) // 2]:.2f}  (all: {', '.join(f'{v:.2f}' for v in values)})"
+        )
+
+
 def large_model(args, work: Path) -> tuple[str, Path]:
     if args.large:
         return f"{Path(args.large).name}", Path(args.large)
@@ -230,6 +256,9 @@ def main() -> None:
     parser.add_argument("--recover", type=int, default=200, help="recovery steps after pruning")
     parser.add_argument("--write-doc", action="store_true", help="fill docs/deploy.md, then stop")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--speed-repeats", type=int, default=0, help="only time fp32/int8 vs GPT-2, N times"
+    )
     args = parser.parse_args()
     suffix = "_quick" if args.quick else ""
     json_path = args.json or RESULTS / f"deploy{suffix}.json"
@@ -239,6 +268,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.checkpoint = args.checkpoint or default_checkpoint()
+    if args.speed_repeats:
+        speed_repeats(args)
+        return
     args.prompt, args.new_tokens = (32, 16) if args.quick else (64, 256)
     args.samples, args.sample_tokens = (2, 64) if args.quick else (100, 256)
     args.windows = 8 if args.quick else 128

@@ -22,13 +22,30 @@ from pathlib import Path
 import torch
 
 from musegen.checkpoint import load_pretrained
-from musegen.pipeline import default_checkpoint
+from musegen.evaluate import EvalSettings, continuations, load_corpus
+from musegen.pipeline import Pipeline, default_checkpoint
 from musegen.training.config import TrainConfig
 from musegen.training.deploy import corpus_windows, windows_nll
 from musegen.training.finetune import finetune_configs
 from musegen.training.loop import train
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+STATS = (
+    "pitch_class_histogram_distance",
+    "note_density_ratio",
+    "groove_consistency_generated",
+    "groove_consistency_real",
+    "token_error_rate_constrained",
+)
+
+
+def continuation_stats(checkpoint: Path, args) -> dict:
+    """``musegen evaluate``'s continuation figures for ``checkpoint`` on the style's test split."""
+    settings = EvalSettings(num_prompts=args.prompts, progress=False)
+    pipeline = Pipeline.from_pretrained(checkpoint)
+    corpus = load_corpus(Path(args.data), "test", pipeline.tokenizer)
+    found = continuations(pipeline, corpus, settings)
+    return {name: found[name] for name in (*STATS, "prompts") if name in found}
 
 
 def run_one(name: str, args, work: Path) -> dict:
@@ -54,9 +71,10 @@ def run_one(name: str, args, work: Path) -> dict:
         config, model = finetune_configs(args.checkpoint, args.data, out, rank, train=common)
     started = time.monotonic()
     result = train(config, model)
-    best = load_pretrained(result.best_dir).model
-    nll = windows_nll(best, *args.windows)
-    row = {"run": name, "steps": result.steps, "seconds": time.monotonic() - started, "nll": nll}
+    seconds = time.monotonic() - started
+    nll = windows_nll(load_pretrained(result.best_dir).model, *args.windows)
+    row = {"run": name, "steps": result.steps, "seconds": seconds, "nll": nll}
+    row["continuations"] = continuation_stats(result.best_dir, args)
     print(json.dumps(row))
     return row
 
@@ -69,13 +87,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--prompts", type=int, default=12, help="held-out continuation prompts")
     args = parser.parse_args()
     args.checkpoint = args.checkpoint or default_checkpoint()
     args.batch_size, args.seq_len = (2, 64) if args.quick else (8, 512)
     args.max_steps = 3 if args.quick else 100_000  # the clock stops a full run
     args.eval_every = 3 if args.quick else 100
     if args.quick:
-        args.minutes = None
+        args.minutes, args.prompts = None, min(args.prompts, 2)
     if args.threads:
         torch.set_num_threads(args.threads)
     base = load_pretrained(args.checkpoint)
@@ -89,6 +108,7 @@ def main() -> None:
         "minutes_per_run": args.minutes,
         "quick": args.quick,
         "base_nll": windows_nll(base.model, *args.windows),
+        "base_continuations": continuation_stats(args.checkpoint, args),
         "runs": [],
     }
     with tempfile.TemporaryDirectory(prefix="bench_finetune_") as tmp:
@@ -97,7 +117,39 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"finetune{'_quick' if args.quick else ''}.json"
     path.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"base NLL {results['base_nll']:.4f}; wrote {path}")
+    print(table(results))
+    print(f"wrote {path}")
+
+
+def table(results: dict) -> str:
+    """The runs as a markdown table (the base model first, untouched)."""
+    lines = [
+        f"{results['minutes_per_run']} min per run, {results['when']}; continuations: "
+        f"{results['base_continuations'].get('prompts', 0)} held-out prompts, 4 bars each.\n",
+        "| run | steps | test NLL | pitch-class dist. | density ratio | groove (real) "
+        "| token errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = [
+        {
+            "run": "base (no training)",
+            "steps": 0,
+            "nll": results["base_nll"],
+            "continuations": results["base_continuations"],
+        },
+        *results["runs"],
+    ]
+    for r in rows:
+        c = r["continuations"]
+        lines.append(
+            f"| {r['run']} | {r['steps']} | {r['nll']:.4f} "
+            f"| {c.get('pitch_class_histogram_distance', float('nan')):.3f} "
+            f"| {c.get('note_density_ratio', float('nan')):.2f} "
+            f"| {c.get('groove_consistency_generated', float('nan')):.2f} "
+            f"({c.get('groove_consistency_real', float('nan')):.2f}) "
+            f"| {c.get('token_error_rate_constrained', float('nan')):.4f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

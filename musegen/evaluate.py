@@ -53,7 +53,7 @@ class _Corpus:
     groups: dict[str, list[int]] = field(default_factory=dict)
 
 
-def _load_corpus(data: Path, split: str, tokenizer) -> _Corpus:
+def load_corpus(data: Path, split: str, tokenizer) -> _Corpus:
     """A prepared dataset's split, or every MIDI file under a plain folder."""
     if (data / MANIFEST).is_file():
         dataset = PreparedDataset.open(data)
@@ -248,7 +248,7 @@ def evaluate(checkpoint: str | Path | None, data: str | Path, settings: EvalSett
     started = time.perf_counter()
     pipeline = Pipeline.from_pretrained(checkpoint, device=settings.device)
     tokenizer = pipeline.tokenizer
-    corpus = _load_corpus(Path(data), settings.split, tokenizer)
+    corpus = load_corpus(Path(data), settings.split, tokenizer)
     pad_id = special_id(tokenizer, "PAD_None")
     report = {
         "checkpoint": str(pipeline.checkpoint_dir),

@@ -165,6 +165,21 @@ def test_workspace_gives_unique_dirs_and_cleans_up(tmp_path: Path):
     assert not (tmp_path / "ws").exists()
 
 
+def test_janitor_removes_what_api_clients_leave_without_a_new_request(tmp_path: Path):
+    ws = Workspace(tmp_path / "ws", keep_finished_s=0.0, idle_finished_s=0.0)
+    ws.start_janitor(every_s=0.02)
+    ws.start_janitor(every_s=0.02)  # once per workspace
+    with ws.request("api-client") as folder:
+        (folder / "out.mid").write_bytes(b"MThd")
+        time.sleep(0.2)
+        assert (folder / "out.mid").exists(), "a request in flight keeps its folder"
+    deadline = time.monotonic() + 10
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not folder.exists() and not any((tmp_path / "ws").iterdir())
+    ws.close()
+
+
 # ----- generation without a server ----------------------------------------------------------
 def test_stream_previews_then_files_and_stop_keeps_results(pipeline, tmp_path: Path):
     from musegen.app.composer import Composer

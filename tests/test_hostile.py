@@ -15,7 +15,8 @@ import mido
 import pytest
 from conftest import write_midi
 
-from musegen.app.limits import Deadline, Lanes, RequestLimits, torch_threads
+from musegen.app.limits import Deadline, Lanes, RequestLimits, delete_cache, torch_threads
+from musegen.errors import MusegenError
 from musegen.score_check import (
     PROMPT_LIMITS,
     ScoreError,
@@ -197,6 +198,14 @@ def test_limits_name_the_flag_that_sets_them(folder: Path) -> None:
     score = load_checked(folder / "tracks_16.mid", ScoreLimits())
     with pytest.raises(ScoreError, match="too many tracks: 16 > 8"):
         check_score(score, ScoreLimits(max_tracks=8))
+
+
+def test_served_files_are_kept_as_long_as_the_operator_says() -> None:
+    assert delete_cache(RequestLimits()) == (600, 3600)  # look every 10 min, delete after 1 h
+    assert delete_cache(RequestLimits(keep_files_minutes=1)) == (15, 60)
+    assert delete_cache(RequestLimits(keep_files_minutes=0.01)) == (5, 1)
+    with pytest.raises(MusegenError, match="--keep-files-minutes must be positive"):
+        RequestLimits(keep_files_minutes=0).validate()
 
 
 def test_prompt_work_is_bounded_by_the_check(pipeline, folder: Path) -> None:

@@ -18,7 +18,7 @@ import gradio as gr
 
 from musegen.app.composer import MAX_VARIATIONS, Composer
 from musegen.app.events import Handlers
-from musegen.app.limits import RequestLimits
+from musegen.app.limits import RequestLimits, delete_cache
 from musegen.app.session import (
     GM_INSTRUMENTS,
     MAX_UPLOAD_BYTES,
@@ -293,7 +293,8 @@ def build_app(
     """
     examples = list_examples()
     composer = Composer(pipeline, soundfont, workspace, max_new_tokens, limits=limits)
-    with gr.Blocks(title="musegen", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
+    cache = delete_cache(composer.limits)
+    with gr.Blocks(title="musegen", analytics_enabled=False, delete_cache=cache) as demo:
         state = gr.State(SessionState())
         gr.Markdown(INTRO, elem_id="musegen-title")
         with gr.Row():

@@ -24,7 +24,7 @@ from musegen.app.results import (
     save_original,
     save_preview,
 )
-from musegen.app.session import Workspace, safe_stem
+from musegen.app.session import IDLE_FINISHED_S, KEEP_FINISHED_S, Workspace, safe_stem
 from musegen.errors import MusegenError
 from musegen.generation.prompt import (
     bar_range,
@@ -128,7 +128,10 @@ class Composer:
         self.lanes = Lanes(self.limits.heavy_slots)
         pipeline.score_limits = self.limits.score_limits()
         self.max_new_tokens = min(n for n in (max_new_tokens, self.limits.max_new_tokens) if n)
-        self.workspace = workspace or Workspace()
+        # Request folders go after at most ten minutes, sooner when served files do.
+        keep = min(IDLE_FINISHED_S, max(KEEP_FINISHED_S, 60 * self.limits.keep_files_minutes))
+        self.workspace = workspace or Workspace(idle_finished_s=keep)
+        self.workspace.start_janitor()
         self._stops: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 

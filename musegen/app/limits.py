@@ -41,6 +41,7 @@ class RequestLimits:
     request_timeout: float = 60.0
     heavy_notes: int = 2_000
     heavy_slots: int = 1
+    keep_files_minutes: float = 60.0
 
     def validate(self) -> None:
         for f in fields(self):
@@ -71,6 +72,8 @@ HELP = {
     "heavy_notes": "prompts with more notes count as heavy: they run one lane at a time, at a "
     "lower CPU priority, so light requests are not stalled",
     "heavy_slots": "heavy requests processed at once",
+    "keep_files_minutes": "uploads and results stay on the server this long, then they are "
+    "deleted (a browser's players stop working after it; downloads are the client's)",
 }
 
 
@@ -87,6 +90,12 @@ def from_args(args: argparse.Namespace) -> RequestLimits:
     limits = RequestLimits(**{f.name: getattr(args, f.name) for f in fields(RequestLimits)})
     limits.validate()
     return limits
+
+
+def delete_cache(limits: RequestLimits) -> tuple[int, int]:
+    """Gradio's ``delete_cache`` (how often to look, how old a file may get) for the limits."""
+    age = max(1, round(limits.keep_files_minutes * 60))
+    return max(5, min(600, age // 4)), age
 
 
 def torch_threads(concurrency: int, cpus: int | None = None) -> int:

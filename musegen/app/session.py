@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,7 +150,9 @@ class Workspace:
     until :meth:`finish`; nothing removes an in-flight folder. Starting a request removes the
     session's folders that finished more than ``keep_finished_s`` ago (by then Gradio has
     copied what it serves into its own cache), a session ending removes its finished folders,
-    and folders older than ``max_age_s`` are swept.
+    and folders older than ``max_age_s`` are swept. An API client never says it is done, so
+    :meth:`start_janitor` also removes every folder finished ``idle_finished_s`` ago on a timer,
+    not only when the next request comes.
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class Workspace:
         self._lock = threading.Lock()
         self._in_flight: set[Path] = set()
         self._finished: dict[Path, float] = {}  # folder → when its request finished (monotonic)
+        self._janitor_stop: threading.Event | None = None
 
     def _session_dir(self, key: str) -> Path:
         return self.root / (re.sub(r"[^A-Za-z0-9]", "", key)[:32] or "anon")
@@ -184,20 +187,42 @@ class Workspace:
     def new_request_dir(self, key: str) -> Path:
         """A fresh empty folder for one request of session ``key``, in flight until
         :meth:`finish`; the session's folders that finished long enough ago are removed."""
-        self.sweep()
         session = self._session_dir(key)
-        cutoff = time.monotonic() - self.keep_finished_s
+        self.expire(session)
         with self._lock:
-            # Other sessions' too, later (an API client never closes a tab to say it is done).
-            others = time.monotonic() - max(self.keep_finished_s, self.idle_finished_s)
-            for old in list(self._finished):
-                if self._finished[old] <= (cutoff if old.parent == session else others):
-                    shutil.rmtree(old, ignore_errors=True)
-                    del self._finished[old]
             path = session / uuid.uuid4().hex
             path.mkdir(parents=True)
             self._in_flight.add(path)
         return path
+
+    def expire(self, session: Path | None = None) -> None:
+        """Remove finished folders: ``session``'s after ``keep_finished_s``, every other
+        session's after ``idle_finished_s`` (an API client never closes a tab to say it is
+        done), and anything older than ``max_age_s``."""
+        self.sweep()
+        now = time.monotonic()
+        mine = now - self.keep_finished_s
+        others = now - max(self.keep_finished_s, self.idle_finished_s)
+        with self._lock:
+            for old in list(self._finished):
+                if self._finished[old] <= (mine if old.parent == session else others):
+                    shutil.rmtree(old, ignore_errors=True)
+                    del self._finished[old]
+                    with suppress(OSError):  # only if empty
+                        old.parent.rmdir()
+
+    def start_janitor(self, every_s: float = 30.0) -> None:
+        """Run :meth:`expire` every ``every_s`` seconds in a daemon thread (once per
+        workspace), so an idle server gets back to its starting size."""
+        if self._janitor_stop is not None:
+            return
+        stop = self._janitor_stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(every_s):
+                self.expire()
+
+        threading.Thread(target=loop, name="musegen-workspace-janitor", daemon=True).start()
 
     def finish(self, path: Path) -> None:
         """The request writing to ``path`` is done (its folder may go once it is old enough)."""
@@ -242,6 +267,8 @@ class Workspace:
         return removed
 
     def close(self) -> None:
+        if self._janitor_stop is not None:
+            self._janitor_stop.set()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
