@@ -18,6 +18,7 @@ from musegen.pipeline import GenerationResult
 from musegen.render.audio import render_audio, write_audio
 from musegen.render.pianoroll import render_pianoroll
 from musegen.render.preview import (
+    PLAYBACK_RATE,
     PREVIEW_SUFFIX,
     Window,
     preview_window,
@@ -114,7 +115,9 @@ def save_full(
 ) -> Variation:
     """Add the full-length WAV (at most the last ``max_seconds``: the server's cap) and the
     whole piece's piano roll to ``variation``."""
-    rendered = render_audio(score, soundfont=soundfont, max_seconds=max_seconds)
+    rendered = render_audio(
+        score, soundfont=soundfont, sample_rate=PLAYBACK_RATE, max_seconds=max_seconds
+    )
     wav_path = variation.midi_path.with_suffix(".wav")
     write_audio(rendered, wav_path)
     full_png = variation.midi_path.parent / f"{variation.midi_path.stem}_full.png"

@@ -23,6 +23,9 @@ from musegen.render.pianoroll import render_pianoroll
 
 LEAD_IN_BARS = 2  # bars of the prompt heard (and shown) before the new part
 PREVIEW_SUFFIX = ".flac"  # streamed by every current browser; encodes ~5x faster than Vorbis
+# What the app plays is rendered at 48 kHz, midirenderer's own rate, so it is never resampled
+# (resampling two minutes of audio to 44.1 kHz took 5 s of a heavy request); browsers play both.
+PLAYBACK_RATE = 48_000
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,12 @@ def write_preview(
 ) -> RenderedAudio:
     """Render ``window`` of ``score`` to ``path`` (``.ogg``, ``.flac`` or ``.wav``); at most
     its last ``max_seconds``."""
-    rendered = render_audio(excerpt(score, window), soundfont=soundfont, max_seconds=max_seconds)
+    rendered = render_audio(
+        excerpt(score, window),
+        soundfont=soundfont,
+        sample_rate=PLAYBACK_RATE,
+        max_seconds=max_seconds,
+    )
     write_audio(rendered, path)
     return rendered
 
@@ -92,6 +100,7 @@ def write_zoomed_roll(score: symusic.Score, window: Window, path: Path, title: s
 
 __all__ = [
     "LEAD_IN_BARS",
+    "PLAYBACK_RATE",
     "PREVIEW_SUFFIX",
     "Window",
     "excerpt",
