@@ -231,7 +231,8 @@ def test_deadline_stops_a_request_and_says_so(pipeline, tmp_path: Path) -> None:
     settings = GenerationSettings(bars=0, max_new_tokens=100_000, seed=3)
     (found,) = composer.continue_once(None, settings, "s1")
     assert "--request-timeout" in found.summary and "stopped" in found.summary
-    assert found.midi_path.is_file()
+    assert found.midi_path.is_file() and found.wav_path.is_file() and found.png_path.is_file()
+    assert found.full_png_path is None, "the API returns no whole-piece roll, so none is drawn"
     with Deadline(10.0, threading.Event()) as deadline:
         pass
     assert not deadline.expired and deadline.note() == ""

@@ -362,7 +362,9 @@ class Composer:
         out = []
         for i, r in enumerate(results):
             v = save_preview(r, directory, i, stem, self.soundfont, audio=False)
-            out.append(save_full(v, r.score, self.soundfont, self.audio_cap))
+            # The API returns the zoomed roll only; drawing the whole piece too was a quarter
+            # of a light request's time.
+            out.append(save_full(v, r.score, self.soundfont, self.audio_cap, full_roll=False))
         return out
 
     def _pianoroll(self, result: GenerationResult, path: Path, index: int, infill=None) -> Path:

@@ -112,18 +112,21 @@ def save_full(
     score: symusic.Score,
     soundfont: str | Path | None = None,
     max_seconds: float | None = None,
+    full_roll: bool = True,
 ) -> Variation:
-    """Add the full-length WAV (at most the last ``max_seconds``: the server's cap) and the
-    whole piece's piano roll to ``variation``."""
+    """Add the full-length WAV (at most the last ``max_seconds``: the server's cap) and, with
+    ``full_roll``, the whole piece's piano roll to ``variation``."""
     rendered = render_audio(
         score, soundfont=soundfont, sample_rate=PLAYBACK_RATE, max_seconds=max_seconds
     )
     wav_path = variation.midi_path.with_suffix(".wav")
     write_audio(rendered, wav_path)
-    full_png = variation.midi_path.parent / f"{variation.midi_path.stem}_full.png"
-    split = variation.window.new_at if variation.window is not None else None
-    render_pianoroll(score, path=full_png, split_tick=split, title="The whole piece")
-    variation.wav_path, variation.full_png_path = wav_path, full_png
+    variation.wav_path = wav_path
+    if full_roll:
+        full_png = variation.midi_path.parent / f"{variation.midi_path.stem}_full.png"
+        split = variation.window.new_at if variation.window is not None else None
+        render_pianoroll(score, path=full_png, split_tick=split, title="The whole piece")
+        variation.full_png_path = full_png
     if variation.preview_path is None:  # no preview was made: the summary names this renderer
         head, _, _ = variation.summary.rpartition(" · audio ")
         variation.summary = f"{head} · audio {renderer_phrase(rendered.renderer)}"
