@@ -3,6 +3,7 @@
     python benchmarks/bench_app_load.py                    # 8 clients, 3 minutes per phase
     python benchmarks/bench_app_load.py --quick            # 20 s per phase, soak of 20
     python benchmarks/bench_app_load.py --soak 200         # only the soak: 200 requests
+    python benchmarks/bench_app_load.py --requests 3       # each file's cost, no server
 
 Starts ``python app.py`` (default settings but one, its own TMPDIR/GRADIO_TEMP_DIR) and drives
 ``/continue`` with gradio_client. Phases: *idle* (one light client alone), *light* (7 light
@@ -215,6 +216,39 @@ def soak(server: Server, light: Path, heavy: list[Path], n: int) -> None:
             print(f"  {i:7d} {rss:8.0f} {fds:12d} {failed:15d}", flush=True)
 
 
+def request_costs(repeats: int, profile: bool) -> None:
+    """Seconds of one ``/continue`` request (1 bar) per file, in-process through the app's
+    Composer (no server, no queue): median of ``repeats``. ``profile``: where a light one goes."""
+    import cProfile
+    import pstats
+
+    import torch
+
+    from musegen.app.composer import Composer
+    from musegen.generation.settings import GenerationSettings
+    from musegen.pipeline import Pipeline
+
+    torch.set_num_threads(1)  # as in the app with its default concurrency on 2 cores
+    composer = Composer(Pipeline.from_pretrained(None))
+    settings = GenerationSettings(bars=1, seed=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        light, heavy = make_files(Path(tmp))
+        print(f"one request, in-process, median of {repeats}:")
+        for path in (light, *heavy):
+            data = path.read_bytes()
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                composer.continue_once(data, settings, "bench", path.stem)
+                times.append(time.perf_counter() - started)
+            print(f"  {path.stem:22s} {statistics.median(times):6.2f} s")
+        if profile:
+            composer.lanes.call = lambda heavy, fn: fn()  # profile in this thread
+            profiler = cProfile.Profile()
+            profiler.runcall(composer.continue_once, light.read_bytes(), settings, "bench")
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+
+
 def settle(server: Server, start_mb: float, seconds: float) -> float:
     """Wait (at most ``seconds``) until the temp folder is back to ``start_mb``; time waited."""
     started = time.monotonic()
@@ -243,8 +277,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--settle", type=float, default=240.0, help="seconds to wait for the temp folder to empty"
     )
+    parser.add_argument(
+        "--requests", type=int, default=0, help="only time each file's request in-process, N times"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="with --requests: profile a light one"
+    )
     parser.add_argument("app_args", nargs="*", help="passed to app.py (after --)")
     args = parser.parse_args(argv)
+    if args.requests:
+        request_costs(args.requests, args.profile)
+        return 0
     if args.quick:
         args.minutes, args.soak = 1 / 3, min(args.soak, 20)
     with tempfile.TemporaryDirectory() as tmp:

@@ -39,13 +39,13 @@ STATS = (
 )
 
 
-def continuation_stats(checkpoint: Path, args) -> dict:
-    """``musegen evaluate``'s continuation figures for ``checkpoint`` on the style's test split."""
-    settings = EvalSettings(num_prompts=args.prompts, progress=False)
+def measure(checkpoint: Path, args) -> tuple[float, dict]:
+    """Test NLL and ``musegen evaluate``'s continuation figures of ``checkpoint`` on the style."""
     pipeline = Pipeline.from_pretrained(checkpoint)
-    corpus = load_corpus(Path(args.data), "test", pipeline.tokenizer)
-    found = continuations(pipeline, corpus, settings)
-    return {name: found[name] for name in (*STATS, "prompts") if name in found}
+    nll = windows_nll(pipeline.model, *args.windows)
+    settings = EvalSettings(num_prompts=args.prompts, progress=False)
+    found = continuations(pipeline, args.corpus, settings)
+    return nll, {name: found[name] for name in (*STATS, "prompts") if name in found}
 
 
 def run_one(name: str, args, work: Path) -> dict:
@@ -72,9 +72,9 @@ def run_one(name: str, args, work: Path) -> dict:
     started = time.monotonic()
     result = train(config, model)
     seconds = time.monotonic() - started
-    nll = windows_nll(load_pretrained(result.best_dir).model, *args.windows)
+    nll, stats = measure(result.best_dir, args)
     row = {"run": name, "steps": result.steps, "seconds": seconds, "nll": nll}
-    row["continuations"] = continuation_stats(result.best_dir, args)
+    row["continuations"] = stats
     print(json.dumps(row))
     return row
 
@@ -97,18 +97,20 @@ def main() -> None:
         args.minutes, args.prompts = None, min(args.prompts, 2)
     if args.threads:
         torch.set_num_threads(args.threads)
-    base = load_pretrained(args.checkpoint)
+    tokenizer = load_pretrained(args.checkpoint).tokenizer
     args.windows = corpus_windows(
-        args.data, base.tokenizer, "test", args.seq_len, 8 if args.quick else 128
+        args.data, tokenizer, "test", args.seq_len, 8 if args.quick else 128
     )
+    args.corpus = load_corpus(Path(args.data), "test", tokenizer)
+    base_nll, base_continuations = measure(args.checkpoint, args)
     results = {
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "checkpoint": str(args.checkpoint),
         "data": args.data,
         "minutes_per_run": args.minutes,
         "quick": args.quick,
-        "base_nll": windows_nll(base.model, *args.windows),
-        "base_continuations": continuation_stats(args.checkpoint, args),
+        "base_nll": base_nll,
+        "base_continuations": base_continuations,
         "runs": [],
     }
     with tempfile.TemporaryDirectory(prefix="bench_finetune_") as tmp:

@@ -167,8 +167,14 @@ def test_workspace_gives_unique_dirs_and_cleans_up(tmp_path: Path):
 
 def test_janitor_removes_what_api_clients_leave_without_a_new_request(tmp_path: Path):
     ws = Workspace(tmp_path / "ws", keep_finished_s=0.0, idle_finished_s=0.0)
+
+    def janitors() -> int:
+        return sum(t.name == "musegen-workspace-janitor" for t in threading.enumerate())
+
+    before = janitors()
     ws.start_janitor(every_s=0.02)
-    ws.start_janitor(every_s=0.02)  # once per workspace
+    ws.start_janitor(every_s=0.02)
+    assert janitors() == before + 1, "one janitor per workspace"
     with ws.request("api-client") as folder:
         (folder / "out.mid").write_bytes(b"MThd")
         time.sleep(0.2)

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,7 +199,6 @@ class Workspace:
         """Remove finished folders: ``session``'s after ``keep_finished_s``, every other
         session's after ``idle_finished_s`` (an API client never closes a tab to say it is
         done), and anything older than ``max_age_s``."""
-        self.sweep()
         now = time.monotonic()
         mine = now - self.keep_finished_s
         others = now - max(self.keep_finished_s, self.idle_finished_s)
@@ -208,8 +207,7 @@ class Workspace:
                 if self._finished[old] <= (mine if old.parent == session else others):
                     shutil.rmtree(old, ignore_errors=True)
                     del self._finished[old]
-                    with suppress(OSError):  # only if empty
-                        old.parent.rmdir()
+        self.sweep()  # also removes the session folders this emptied
 
     def start_janitor(self, every_s: float = 30.0) -> None:
         """Run :meth:`expire` every ``every_s`` seconds in a daemon thread (once per
