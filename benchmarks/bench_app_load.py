@@ -12,9 +12,9 @@ silence, 16 tracks, back to back). A light client is a person: after each result
 thinks for ``--think`` seconds on average (uniform between half and one and a half times that)
 before the next click; ``--think 0.5`` instead saturates the two cores, which measures capacity
 rather than fairness. Reports failed light requests, light latency p50/p95 per phase, the
-mixed/idle p95 ratio (target ≤ 2) and mixed/light-only, the server's peak RSS, and the temp
-folder size before and after the sessions close. The soak sends N sequential requests with random settings and
-reports RSS and open files over time. Then it waits until the temp folder is back to its size
+mixed/idle p95 ratio (target ≤ 2) and mixed/light-only, the server's peak RSS (with its worker
+processes), and the temp folder size before and after the sessions close. The soak sends N
+sequential requests with random settings and reports RSS and open files over time. Then it waits until the temp folder is back to its size
 at start (the app runs with ``--keep-files-minutes 1`` so that this happens within minutes).
 Linux only (/proc).
 """
@@ -83,15 +83,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the app's worker processes)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            todo += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
 def proc_stat(pid: int) -> tuple[float, float, int]:
-    """(RSS MB, peak RSS MB, open files) of ``pid``."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        fields[key] = value
-    rss = int(fields["VmRSS"].split()[0]) / 1024
-    peak = int(fields["VmHWM"].split()[0]) / 1024
-    return rss, peak, len(os.listdir(f"/proc/{pid}/fd"))
+    """(RSS MB, peak RSS MB, open files) of ``pid`` and its worker processes, summed (the peak
+    is the sum of each process's own peak: an upper bound of the peak they reached together)."""
+    rss = peak = 0.0
+    files = 0
+    for p in tree(pid):
+        try:
+            fields = dict(
+                line.partition(":")[::2]
+                for line in Path(f"/proc/{p}/status").read_text().splitlines()
+            )
+            files += len(os.listdir(f"/proc/{p}/fd"))
+        except FileNotFoundError:  # it ended meanwhile
+            continue
+        rss += int(fields["VmRSS"].split()[0]) / 1024
+        peak += int(fields["VmHWM"].split()[0]) / 1024
+    return rss, peak, files
 
 
 def folder_mb(path: Path) -> float:

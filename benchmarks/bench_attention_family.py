@@ -2,6 +2,8 @@
 
     python benchmarks/bench_attention_family.py --data data/prepared_mix --out bench_family
     python benchmarks/bench_attention_family.py --data data/prepared_mix --quick   # minutes
+    python benchmarks/bench_attention_family.py --data data/prepared_mix --kinds relative,local \
+        --resume          # the hours-long full run, a few kinds per sitting, one results.json
     python benchmarks/bench_attention_family.py --write-doc bench_family/results.json
 
 Per kind, at the same model shape, the same training windows (same seed) and the same
@@ -221,7 +223,8 @@ def table(results: dict) -> str:
         if "skipped" in m
     ]
     meta = (
-        f"Mode `{results['mode']}`, {results['date']}, {results['machine']}, torch "
+        f"Mode `{results['mode']}`, {', '.join(results.get('dates', [results['date']]))}, "
+        f"{results['machine']}, torch "
         f"{results['torch']}, {results['threads']} threads; budget {results['budget_s']} s of "
         f"training per kind at seq_len {results['seq_len']}, data `{results['data']}`."
     )
@@ -261,6 +264,24 @@ def write_doc(results_path: Path) -> None:
     print(f"rewrote the table in {DOC}")
 
 
+SAME_RUN = ("mode", "machine", "torch", "threads", "budget_s", "seq_len", "data", "lengths")
+
+
+def kept_kinds(path: Path, results: dict) -> dict:
+    """The kinds an earlier sitting of the same run measured (nothing if the run differs)."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    differs = [k for k in SAME_RUN if earlier.get(k) != results[k]]
+    if differs:
+        raise SystemExit(
+            f"--resume: {path} is another run ({', '.join(differs)} differ); "
+            "choose another --out or run without --resume"
+        )
+    results["dates"] = sorted({*earlier.get("dates", [earlier["date"]]), results["date"]})
+    return earlier["kinds"]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", help="a prepared dataset (musegen prepare)")
@@ -270,6 +291,12 @@ def main(argv=None) -> None:
     ap.add_argument("--budget-s", type=float, help="override the training budget per kind")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--write-doc", metavar="RESULTS", help="rewrite docs/attention.md's table")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the kinds already in OUT/results.json (same mode, budget, data and lengths) "
+        "and run the others: the full run takes hours, so it may span several sittings",
+    )
     args = ap.parse_args(argv)
     if args.write_doc:
         return write_doc(Path(args.write_doc))
@@ -298,7 +325,11 @@ def main(argv=None) -> None:
         lengths=list(mode["lengths"]),
         kinds={},
     )
+    results["kinds"] = kept_kinds(out / "results.json", results) if args.resume else {}
     for kind in kinds:
+        if kind in results["kinds"]:
+            print(f"[{kind}] kept from the earlier sitting", file=sys.stderr, flush=True)
+            continue
         print(f"[{kind}] training for {mode['budget_s']} s", file=sys.stderr, flush=True)
         r = train_kind(kind, data, mode, pad, vocab)
         r.update(generation(r.pop("model"), tokenizer, mode))

@@ -122,6 +122,9 @@ class Pipeline:
         self.bos, self.pad = vocab.get("BOS_None"), vocab.get("PAD_None", 0)
         self._grammars: dict[Controls | tuple, Grammar] = {}  # tuple: infilling's
         self._grammar_lock = threading.Lock()
+        # How to load this pipeline again (from_pretrained's arguments), e.g. in a worker
+        # process; None when it was built in memory.
+        self.source: dict[str, Any] | None = None
 
     @classmethod
     def from_pretrained(
@@ -156,7 +159,14 @@ class Pipeline:
             info = merge_adapter(loaded.model, loaded.tokenizer, adapter, directory)
             meta["adapter"] = {"path": str(adapter), "rank": info["rank"], "alpha": info["alpha"]}
         model = set_precision(loaded.model, precision, device)
-        return cls(model, loaded.tokenizer, loaded.config, Path(loaded.directory), meta)
+        pipeline = cls(model, loaded.tokenizer, loaded.config, Path(loaded.directory), meta)
+        pipeline.source = {
+            "checkpoint": str(directory),
+            "device": device,
+            "adapter": None if adapter is None else str(adapter),
+            "precision": precision,
+        }
+        return pipeline
 
     # --- public API -------------------------------------------------------------------------
     def continue_midi(

@@ -67,6 +67,7 @@ def served(pipeline, tmp_path_factory: pytest.TempPathFactory):
     url = ui.launch(demo, port=free_port(), block=False, quiet=True, max_upload_bytes=UPLOAD_LIMIT)
     yield url, workspace
     demo.close()
+    demo.musegen_composer.close()
     workspace.close()
 
 

@@ -43,6 +43,7 @@ def app_url(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
     )
     yield ui.launch(demo, port=free_port(), block=False, quiet=True)
     demo.close()
+    demo.musegen_composer.close()
     workspace.close()
 
 
@@ -135,6 +136,7 @@ def infill_url(tmp_path_factory: pytest.TempPathFactory):
     demo = ui.build_app(Pipeline.from_pretrained(path), workspace=workspace, max_new_tokens=48)
     yield ui.launch(demo, port=free_port(), block=False, quiet=True)
     demo.close()
+    demo.musegen_composer.close()
     workspace.close()
 
 

@@ -69,6 +69,7 @@ def served(pipeline, tmp_path_factory):
     url = ui.launch(demo, port=free_port(), block=False, quiet=True)
     yield url, workspace
     demo.close()
+    demo.musegen_composer.close()
     workspace.close()
 
 

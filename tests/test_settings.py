@@ -186,6 +186,7 @@ def served(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
     url = ui.launch(demo, port=free_port(), block=False, quiet=True)
     yield url, demo
     demo.close()
+    demo.musegen_composer.close()
     workspace.close()
 
 

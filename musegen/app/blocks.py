@@ -18,7 +18,7 @@ import gradio as gr
 
 from musegen.app.composer import MAX_VARIATIONS, Composer
 from musegen.app.events import Handlers
-from musegen.app.limits import RequestLimits, delete_cache
+from musegen.app.limits import RequestLimits, delete_cache, queue_slots
 from musegen.app.session import (
     GM_INSTRUMENTS,
     MAX_UPLOAD_BYTES,
@@ -285,14 +285,24 @@ def build_app(
     workspace: Workspace | None = None,
     max_new_tokens: int | None = None,
     limits: RequestLimits | None = None,
+    processes: bool = False,
 ) -> gr.Blocks:
     """The app around an already-loaded pipeline, queued with ``concurrency`` parallel jobs.
 
     ``max_new_tokens`` caps every request (a shared server stays responsive; tests stay fast);
-    ``limits``: the rest of what one request may ask (:class:`~musegen.app.limits.RequestLimits`).
+    ``limits``: the rest of what one request may ask (:class:`~musegen.app.limits.RequestLimits`);
+    ``processes``: light requests in worker processes too (:mod:`musegen.app.worker`).
     """
     examples = list_examples()
-    composer = Composer(pipeline, soundfont, workspace, max_new_tokens, limits=limits)
+    composer = Composer(
+        pipeline,
+        soundfont,
+        workspace,
+        max_new_tokens,
+        limits=limits,
+        concurrency=concurrency,
+        processes=processes,
+    )
     cache = delete_cache(composer.limits)
     with gr.Blocks(title="musegen", analytics_enabled=False, delete_cache=cache) as demo:
         state = gr.State(SessionState())
@@ -317,7 +327,8 @@ def build_app(
         _api_block(handlers)
         demo.unload(handlers.session_closed)
     demo.musegen_composer = composer  # for tests and cleanup at exit
-    demo.queue(default_concurrency_limit=concurrency, max_size=64)
+    # The lanes (musegen.app.limits) decide what computes; the queue admits enough for them.
+    demo.queue(default_concurrency_limit=queue_slots(concurrency, composer.limits), max_size=64)
     return demo
 
 

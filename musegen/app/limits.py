@@ -4,10 +4,16 @@
 request's prompt, new tokens, audio and time are capped, so no upload can hold a worker for
 minutes. :class:`Lanes` keeps a heavy request from stalling light ones:
 
-- at most ``heavy_slots`` heavy requests (a prompt over ``heavy_notes`` notes) run at once; the
-  others wait for that lane, not for the light requests' slots;
-- a heavy request runs in its own thread at a lower CPU priority (``nice`` +10 for that thread
-  only), so on a busy machine the kernel serves light requests first;
+- light requests compute ``light_slots`` at a time (``--concurrency``), heavy ones (a prompt
+  over ``heavy_notes`` notes) ``heavy_slots`` at a time, each kind in its own lane: a heavy
+  request never takes a light request's slot. Gradio's queue admits enough requests for both
+  lanes (:func:`queue_slots`), and at most ``heavy_queue`` heavy requests wait for their lane;
+  one more is refused at once with a one-line reason, so heavy uploads can never fill the
+  queue that light requests go through;
+- a heavy request runs at the lowest CPU priority (``nice`` 19): in a worker process of its
+  own (:mod:`musegen.app.worker`; the app's light requests get worker processes too, so no
+  request waits for another's Python interpreter lock), or, for a pipeline built in memory, in
+  a thread of its own; the kernel serves light requests first;
 - torch runs ``cpu_count // concurrency`` threads per request (at least 1), so parallel
   requests share the cores instead of oversubscribing them.
 """
@@ -27,7 +33,7 @@ from musegen.errors import MusegenError
 from musegen.score_check import PROMPT_LIMITS, ScoreLimits
 
 T = TypeVar("T")
-HEAVY_NICE = 10
+HEAVY_NICE = 19  # as low as a priority goes: light requests first
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class RequestLimits:
     request_timeout: float = 60.0
     heavy_notes: int = 2_000
     heavy_slots: int = 1
+    heavy_queue: int = 4
     keep_files_minutes: float = 60.0
 
     def validate(self) -> None:
@@ -69,9 +76,11 @@ HELP = {
     "seconds before their end",
     "request_timeout": "seconds of generation per request; then it stops with what it has and "
     "says so",
-    "heavy_notes": "prompts with more notes count as heavy: they run one lane at a time, at a "
-    "lower CPU priority, so light requests are not stalled",
+    "heavy_notes": "prompts with more notes count as heavy: they run in a lane of their own, at "
+    "the lowest CPU priority, so light requests are not stalled",
     "heavy_slots": "heavy requests processed at once",
+    "heavy_queue": "heavy requests that may wait for the heavy lane; more are refused at once "
+    "with a one-line reason (light requests never wait behind them)",
     "keep_files_minutes": "uploads and results stay on the server this long, then they are "
     "deleted (a browser's players stop working after it; downloads are the client's)",
 }
@@ -133,28 +142,52 @@ class Deadline:
         )
 
 
-class Lanes:
-    """Where a request runs: light ones in the caller's thread, heavy ones one lane at a time
-    in a lower-priority thread of their own (see the module docstring)."""
+def queue_slots(concurrency: int, limits: RequestLimits) -> int:
+    """Requests gradio lets run at once per event: every light slot, every heavy slot and the
+    heavy requests that may wait, so waiting heavy requests never hold a light request's place."""
+    return concurrency + limits.heavy_slots + limits.heavy_queue
 
-    def __init__(self, heavy_slots: int = 1) -> None:
+
+class Lanes:
+    """Where a request runs: light ones ``light_slots`` at a time in the caller's thread, heavy
+    ones ``heavy_slots`` at a time in a lowest-priority thread of their own, with at most
+    ``heavy_queue`` heavy requests waiting (see the module docstring)."""
+
+    def __init__(self, heavy_slots: int = 1, light_slots: int = 2, heavy_queue: int = 4) -> None:
+        self._light = threading.BoundedSemaphore(light_slots)
         self._heavy = threading.BoundedSemaphore(heavy_slots)
+        self._admit = threading.Lock()
+        self.heavy_capacity = heavy_slots + heavy_queue
+        self.heavy_admitted = 0  # running or waiting
         self.heavy_running = 0
 
     def iterate(self, heavy: bool, make: Callable[[], Iterator[T]]) -> Iterator[T]:
-        """The items of ``make()``, produced in the heavy lane when ``heavy``."""
+        """The items of ``make()``, produced in the light or heavy lane; ``make`` is called
+        once the lane is free, so a request's time budget starts there."""
         if not heavy:
-            yield from make()
+            with self._light:
+                yield from make()
             return
-        with self._heavy:
-            self.heavy_running += 1
-            try:
-                yield from _in_low_priority_thread(make)
-            finally:
-                self.heavy_running -= 1
+        with self._admit:
+            if self.heavy_admitted >= self.heavy_capacity:
+                raise MusegenError(
+                    f"the server is busy with {self.heavy_admitted} large pieces: try again in a "
+                    "minute, or choose fewer bars or tracks of the piece as the prompt"
+                )
+            self.heavy_admitted += 1
+        try:
+            with self._heavy:
+                self.heavy_running += 1
+                try:
+                    yield from _in_low_priority_thread(make)
+                finally:
+                    self.heavy_running -= 1
+        finally:
+            with self._admit:
+                self.heavy_admitted -= 1
 
     def call(self, heavy: bool, fn: Callable[[], T]) -> T:
-        """``fn()``, run in the heavy lane when ``heavy``."""
+        """``fn()``, run in its lane."""
         (result,) = self.iterate(heavy, lambda: _once(fn))  # runs the lane to its end
         return result
 
@@ -209,5 +242,6 @@ __all__ = [
     "RequestLimits",
     "add_arguments",
     "from_args",
+    "queue_slots",
     "torch_threads",
 ]

@@ -61,6 +61,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="requests processed at once (at most --heavy-slots of them heavy); the rest wait "
         "in the queue; torch gets cpu_count // concurrency threads per request",
     )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="compute light requests in the server's own threads instead of one worker process "
+        "per --concurrency slot: less memory (one model copy), but concurrent requests slow "
+        "each other down through Python's interpreter lock",
+    )
     from musegen.app.limits import add_arguments as add_limit_arguments
 
     add_limit_arguments(parser)
@@ -93,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         soundfont=args.soundfont,
         concurrency=args.concurrency,
         limits=limits,
+        processes=not args.in_process,
     )
     # A service manager's SIGTERM should clean up like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -101,5 +109,6 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise MusegenError(f"cannot listen on {args.host}:{args.port} ({exc})") from None
     finally:
+        demo.musegen_composer.close()
         demo.musegen_composer.workspace.close()
     return 0
