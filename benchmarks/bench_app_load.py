@@ -4,11 +4,12 @@
     python benchmarks/bench_app_load.py --quick            # 20 s per phase, soak of 20
     python benchmarks/bench_app_load.py --soak 200         # only the soak: 200 requests
     python benchmarks/bench_app_load.py --requests 3       # each file's cost, no server
+    python benchmarks/bench_app_load.py --contention       # why requests run in processes
 
 Starts ``python app.py`` (default settings but one, its own TMPDIR/GRADIO_TEMP_DIR) and drives
 ``/continue`` with gradio_client. Phases: *idle* (one light client alone), *light* (7 light
 clients), *mixed* (the same 7 plus one client sending heavy files: 20,000 notes, a 2,000-bar
-silence, 16 tracks, back to back). A light client is a person: after each result it listens and
+silence, 16 tracks, back to back). Each client is a process of its own. A light client is a person: after each result it listens and
 thinks for ``--think`` seconds on average (uniform between half and one and a half times that)
 before the next click; ``--think 0.5`` instead saturates the two cores, which measures capacity
 rather than fairness. Reports failed light requests, light latency p50/p95 per phase, the
@@ -164,49 +165,74 @@ def call(client, path: Path, rng: random.Random | None = None) -> tuple[float, s
         return time.perf_counter() - started, str(exc).splitlines()[0][:120]
 
 
+def light_client(url: str, light: Path, k: int, think: float, stop: float, out) -> None:
+    """A person: clicks, waits for the result, listens and thinks, clicks again."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    rng = random.Random(k)
+    time.sleep(rng.uniform(0, think))  # people do not click in step
+    while time.time() < stop:
+        took, error = call(client, light)
+        out.put(("light", took, error))
+        time.sleep(rng.uniform(0.5 * think, 1.5 * think))  # listening, then the next click
+
+
+def heavy_client(url: str, heavy: list[Path], stop: float, out) -> None:
+    """A script sending heavy files back to back."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    i = 0
+    while time.time() < stop:
+        out.put(("heavy", *call(client, heavy[i % len(heavy)])))
+        i += 1
+
+
 def phase(
     server: Server,
     light: Path,
     heavy: list[Path],
     clients: int,
-    heavy_client: bool,
+    with_heavy: bool,
     seconds: float,
     think: float,
     peak: list[float],
 ) -> dict:
-    from gradio_client import Client
+    """One load phase. Every client is a process of its own, as real clients are other
+    machines: in one process, the heavy client's 20 MB downloads would hold the interpreter
+    lock that the light clients' timing threads need, and count against the server."""
+    import multiprocessing as mp
 
+    context = mp.get_context("spawn")
+    out = context.Queue()
     stop = time.time() + seconds
+    procs = [
+        context.Process(target=light_client, args=(server.url, light, k, think, stop, out))
+        for k in range(clients)
+    ]
+    if with_heavy:
+        procs.append(context.Process(target=heavy_client, args=(server.url, heavy, stop, out)))
+    for proc in procs:
+        proc.start()
     latencies: list[float] = []
     failures: list[str] = []
     heavy_done: list[tuple[float, str | None]] = []
-    lock = threading.Lock()
 
-    def light_client(k: int) -> None:
-        client = Client(server.url, verbose=False)
-        rng = random.Random(k)
-        time.sleep(rng.uniform(0, think))  # people do not click in step
-        while time.time() < stop:
-            took, error = call(client, light)
-            with lock:
+    def drain() -> None:
+        while not out.empty():
+            kind, took, error = out.get()
+            if kind == "heavy":
+                heavy_done.append((took, error))
+            else:
                 (failures.append(error) if error else latencies.append(took))
-            time.sleep(rng.uniform(0.5 * think, 1.5 * think))  # listening, then the next click
 
-    def heavy_client_fn() -> None:
-        client = Client(server.url, verbose=False)
-        i = 0
-        while time.time() < stop:
-            heavy_done.append(call(client, heavy[i % len(heavy)]))
-            i += 1
-
-    threads = [threading.Thread(target=light_client, args=(k,)) for k in range(clients)]
-    if heavy_client:
-        threads.append(threading.Thread(target=heavy_client_fn))
-    for t in threads:
-        t.start()
-    while any(t.is_alive() for t in threads):
+    while any(proc.is_alive() for proc in procs):
         peak[0] = max(peak[0], proc_stat(server.proc.pid)[1])
+        drain()
         time.sleep(0.5)
+    time.sleep(0.5)
+    drain()
     q = statistics.quantiles(latencies, n=20) if len(latencies) >= 2 else [float("nan")] * 19
     return {
         "light_requests": len(latencies),
@@ -268,6 +294,55 @@ def request_costs(repeats: int, profile: bool) -> None:
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
 
 
+def contention() -> None:
+    """One heavy request (the 16-track file, 1 bar) alone and beside a thread that runs Python
+    without pause (as the server's own threads do in bursts): computed in this process's
+    threads, where every torch op waits for the interpreter lock, vs in a worker process."""
+    import torch
+
+    from musegen.app.composer import Composer
+    from musegen.app.runner import Job
+    from musegen.generation.settings import GenerationSettings
+    from musegen.pipeline import Pipeline
+
+    torch.set_num_threads(1)
+    composer = Composer(Pipeline.from_pretrained(None))
+    settings = composer.checked(GenerationSettings(bars=1, seed=1))
+
+    def busy(stop: threading.Event) -> None:
+        while not stop.is_set():
+            pass
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, heavy = make_files(Path(tmp))
+        data = heavy[2].read_bytes()
+
+        def in_thread() -> None:
+            with composer.workspace.request("bench") as directory:
+                job = Job(data, settings, directory, "t", streaming=False)
+                list(composer.runner.run(job, threading.Event()))
+
+        def in_worker() -> None:
+            composer.continue_once(data, settings, "bench")
+
+        in_worker()  # the worker starts and loads its model
+        print("one heavy request (16 tracks, 1 bar), seconds:")
+        for name, fn in (("server thread", in_thread), ("worker process", in_worker)):
+            started = time.perf_counter()
+            fn()
+            alone = time.perf_counter() - started
+            stop = threading.Event()
+            spinner = threading.Thread(target=busy, args=(stop,))
+            spinner.start()
+            started = time.perf_counter()
+            fn()
+            beside = time.perf_counter() - started
+            stop.set()
+            spinner.join()
+            print(f"  {name:15s} alone {alone:6.2f}   beside a busy Python thread {beside:6.2f}")
+    composer.close()
+
+
 def settle(server: Server, start_mb: float, seconds: float) -> float:
     """Wait (at most ``seconds``) until the temp folder is back to ``start_mb``; time waited."""
     started = time.monotonic()
@@ -302,8 +377,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="with --requests: profile a light one"
     )
+    parser.add_argument(
+        "--contention",
+        action="store_true",
+        help="only time a heavy request beside a busy Python thread, in a thread vs a worker",
+    )
     parser.add_argument("app_args", nargs="*", help="passed to app.py (after --)")
     args = parser.parse_args(argv)
+    if args.contention:
+        contention()
+        return 0
     if args.requests:
         request_costs(args.requests, args.profile)
         return 0

@@ -2,8 +2,9 @@
 
 Python threads share one interpreter lock, and every torch op gives it up and takes it back.
 While one thread runs Python (tokenizing a 20,000-note prompt, a sampling loop, drawing a roll),
-each op of every other thread can wait a whole switch interval to get the lock back: with a
-pure-Python thread beside it, one heavy request took 91 s instead of 4 (``benchmarks/README.md``).
+each op of every other thread can wait a whole switch interval to get the lock back: beside a
+busy Python thread, one heavy request took 73.7 s instead of 1.7 in a thread, 1.7 s instead of
+1.5 in a worker process (``benchmarks/bench_app_load.py --contention``).
 Lowering a thread's CPU priority does nothing against that. So heavy requests run in worker
 processes of their own, at a lower CPU priority (``nice`` +10), each with its own copy of the
 model, loaded the way the server loaded it (:attr:`Pipeline.source`). A job is plain data
