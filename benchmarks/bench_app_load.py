@@ -275,6 +275,7 @@ def request_costs(repeats: int, profile: bool) -> None:
 
     torch.set_num_threads(1)  # as in the app with its default concurrency on 2 cores
     composer = Composer(Pipeline.from_pretrained(None))
+    composer.workers = None  # every request in this process (heavy ones in their thread)
     settings = GenerationSettings(bars=1, seed=1)
     with tempfile.TemporaryDirectory() as tmp:
         light, heavy = make_files(Path(tmp))
@@ -288,7 +289,6 @@ def request_costs(repeats: int, profile: bool) -> None:
                 times.append(time.perf_counter() - started)
             print(f"  {path.stem:22s} {statistics.median(times):6.2f} s")
         if profile:
-            composer.lanes.call = lambda heavy, fn: fn()  # profile in this thread
             profiler = cProfile.Profile()
             profiler.runcall(composer.continue_once, light.read_bytes(), settings, "bench")
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)

@@ -39,9 +39,8 @@ STATS = (
 )
 
 
-def measure(checkpoint: Path, args) -> tuple[float, dict]:
-    """Test NLL and ``musegen evaluate``'s continuation figures of ``checkpoint`` on the style."""
-    pipeline = Pipeline.from_pretrained(checkpoint)
+def measure(pipeline: Pipeline, args) -> tuple[float, dict]:
+    """Test NLL and ``musegen evaluate``'s continuation figures of ``pipeline`` on the style."""
     nll = windows_nll(pipeline.model, *args.windows)
     settings = EvalSettings(num_prompts=args.prompts, progress=False)
     found = continuations(pipeline, args.corpus, settings)
@@ -72,7 +71,7 @@ def run_one(name: str, args, work: Path) -> dict:
     started = time.monotonic()
     result = train(config, model)
     seconds = time.monotonic() - started
-    nll, stats = measure(result.best_dir, args)
+    nll, stats = measure(Pipeline.from_pretrained(result.best_dir), args)
     row = {"run": name, "steps": result.steps, "seconds": seconds, "nll": nll}
     row["continuations"] = stats
     print(json.dumps(row))
@@ -97,12 +96,13 @@ def main() -> None:
         args.minutes, args.prompts = None, min(args.prompts, 2)
     if args.threads:
         torch.set_num_threads(args.threads)
-    tokenizer = load_pretrained(args.checkpoint).tokenizer
+    base = Pipeline.from_pretrained(args.checkpoint)
+    tokenizer = base.tokenizer
     args.windows = corpus_windows(
         args.data, tokenizer, "test", args.seq_len, 8 if args.quick else 128
     )
     args.corpus = load_corpus(Path(args.data), "test", tokenizer)
-    base_nll, base_continuations = measure(args.checkpoint, args)
+    base_nll, base_continuations = measure(base, args)
     results = {
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "checkpoint": str(args.checkpoint),

@@ -41,6 +41,10 @@ def _prompt(notes: int) -> bytes:
     return make_score(bars=max(1, notes // 8)).dumps_midi()
 
 
+def _not_here(*_args):
+    raise AssertionError("computed in the server process, not in a worker")
+
+
 def test_lanes_keep_light_slots_and_refuse_a_full_heavy_queue() -> None:
     lanes = Lanes(heavy_slots=1, light_slots=2, heavy_queue=1)
     running, peak, lock = [0], [0], threading.Lock()
@@ -67,15 +71,18 @@ def test_lanes_keep_light_slots_and_refuse_a_full_heavy_queue() -> None:
 
     hold = threading.Event()
     heavy = [
-        threading.Thread(target=lambda: lanes.call(True, lambda: hold.wait(5))) for _ in range(2)
+        threading.Thread(target=lambda: list(lanes.iterate(True, lambda: iter([hold.wait(5)]))))
+        for _ in range(2)
     ]
     for t in heavy:  # one runs, one waits: the lane's capacity
         t.start()
     time.sleep(0.3)
     assert lanes.heavy_admitted == 2 and lanes.heavy_running == 1
     with pytest.raises(MusegenError, match="busy with 2 large pieces"):
-        lanes.call(True, lambda: 0)
-    assert lanes.call(False, lambda: "light") == "light", "light requests do not wait for them"
+        list(lanes.iterate(True, lambda: iter([0])))
+    assert list(lanes.iterate(False, lambda: iter(["light"]))) == ["light"], (
+        "light requests do not wait for them"
+    )
     hold.set()
     for t in heavy:
         t.join(5)
@@ -92,7 +99,9 @@ def test_heavy_request_runs_in_a_worker_with_the_servers_results(composer) -> No
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the worker runs, so both sample the same tokens
     try:
-        (in_worker,) = composer.continue_once(prompt, settings, "w1", "big")
+        with pytest.MonkeyPatch.context() as patch:  # nothing of it may run in this process
+            patch.setattr(composer.runner, "run", _not_here)
+            (in_worker,) = composer.continue_once(prompt, settings, "w1", "big")
         process = composer.workers._workers[0]._process
         assert process is not None and process.is_alive()
         with composer.workspace.request("w2") as directory:  # the same job in this process
@@ -118,7 +127,7 @@ def test_stop_reaches_the_worker_and_a_dead_worker_is_replaced(composer) -> None
     steps = composer.stream(score, GenerationSettings(bars=0, max_new_tokens=4000, seed=2), "d")
     next(steps)
     worker._process.kill()
-    with pytest.raises(MusegenError, match="worker for large pieces stopped"):
+    with pytest.raises(MusegenError, match="worker process stopped"):
         list(steps)
     settings = GenerationSettings(bars=1, seed=3, max_new_tokens=8)
     (again,) = composer.continue_once(_prompt(HEAVY_NOTES * 2), settings, "d", "again")
@@ -138,6 +147,7 @@ def test_light_requests_in_worker_processes(tiny_checkpoint: Path, tmp_path: Pat
         concurrency=2,
         processes=True,
     )
+    composer.runner.run = _not_here  # nothing of it may run in this process
     try:
         assert len(composer.light_workers._workers) == 2
         score = symusic.Score.from_midi(_prompt(16))  # light, given as a Score like the page

@@ -86,7 +86,6 @@ class Composer:
         processes: bool = False,
     ) -> None:
         self.pipeline = pipeline
-        self.soundfont = soundfont
         # Bounded work per request (musegen.app.limits); the pipeline checks prompts with them.
         self.limits = limits or RequestLimits()
         self.runner = Runner(pipeline, soundfont, self.limits, stream_every)

@@ -186,15 +186,6 @@ class Lanes:
             with self._admit:
                 self.heavy_admitted -= 1
 
-    def call(self, heavy: bool, fn: Callable[[], T]) -> T:
-        """``fn()``, run in its lane."""
-        (result,) = self.iterate(heavy, lambda: _once(fn))  # runs the lane to its end
-        return result
-
-
-def _once(fn: Callable[[], T]) -> Iterator[T]:
-    yield fn()
-
 
 _DONE = object()
 

@@ -1,19 +1,19 @@
-"""The heavy lane's own processes: large prompts are generated away from the server's GIL.
+"""Worker processes: requests are generated away from the server's interpreter lock.
 
 Python threads share one interpreter lock, and every torch op gives it up and takes it back.
 While one thread runs Python (tokenizing a 20,000-note prompt, a sampling loop, drawing a roll),
 each op of every other thread can wait a whole switch interval to get the lock back: beside a
 busy Python thread, one heavy request took 73.7 s instead of 1.7 in a thread, 1.7 s instead of
 1.5 in a worker process (``benchmarks/bench_app_load.py --contention``).
-Lowering a thread's CPU priority does nothing against that. So heavy requests run in worker
-processes of their own, at a lower CPU priority (``nice`` +10), each with its own copy of the
+Lowering a thread's CPU priority does nothing against that. So requests run in worker
+processes, heavy ones at the lowest CPU priority (``nice`` 19), each with its own copy of the
 model, loaded the way the server loaded it (:attr:`Pipeline.source`). A job is plain data
 (:class:`~musegen.app.runner.Job`); its progress comes back through a queue. The request's stop
 flag (Stop, the time budget, a client that went away) reaches the worker through a shared
 value, so a cancelled job ends soon and its leftovers are dropped by job id.
 
-A worker starts with the first heavy request (its model loads then) and is replaced if it dies;
-the request that was running gets a one-line error, the server stays up.
+A worker starts with its first request or :meth:`WorkerPool.warm` (its model loads then) and is
+replaced if it dies; the request that was running gets a one-line error, the server stays up.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class WorkerSpec:
     nice: int = HEAVY_NICE
 
 
-class HeavyWorker:
+class Worker:
     """One process running one job at a time."""
 
     def __init__(self, spec: WorkerSpec) -> None:
@@ -63,7 +63,7 @@ class HeavyWorker:
         self._process = context.Process(
             target=_serve,
             args=(self.spec, self._inbox, self._outbox, self._stop, os.getpid()),
-            name="musegen-heavy-worker",
+            name="musegen-worker",
             daemon=True,
         )
         self._process.start()
@@ -89,8 +89,8 @@ class HeavyWorker:
                         code = self._process.exitcode
                         self._process = None
                         raise MusegenError(
-                            f"the worker for large pieces stopped (exit code {code}) while "
-                            "generating: try again, or with a shorter prompt"
+                            f"the worker process stopped (exit code {code}) while generating: "
+                            "try again, or with a shorter prompt"
                         ) from None
                     continue
                 if owner != job_id:  # what a cancelled job sent after its caller left
@@ -113,11 +113,11 @@ class HeavyWorker:
 
 
 class WorkerPool:
-    """``size`` workers; :meth:`run` takes a free one (the heavy lane bounds how many run)."""
+    """``size`` workers; :meth:`run` takes a free one (the lane bounds how many run)."""
 
     def __init__(self, spec: WorkerSpec, size: int) -> None:
-        self._workers = [HeavyWorker(spec) for _ in range(size)]
-        self._idle: queue.Queue[HeavyWorker] = queue.Queue()
+        self._workers = [Worker(spec) for _ in range(size)]
+        self._idle: queue.Queue[Worker] = queue.Queue()
         for worker in self._workers:
             self._idle.put(worker)
 
@@ -197,4 +197,4 @@ def _serve(spec: WorkerSpec, inbox, outbox, stop_value, parent: int) -> None:
             done.set()
 
 
-__all__ = ["HeavyWorker", "WorkerPool", "WorkerSpec"]
+__all__ = ["Worker", "WorkerPool", "WorkerSpec"]
