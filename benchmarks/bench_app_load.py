@@ -9,14 +9,18 @@
 Starts ``python app.py`` (default settings but one, its own TMPDIR/GRADIO_TEMP_DIR) and drives
 ``/continue`` with gradio_client. Phases: *idle* (one light client alone), *light* (7 light
 clients), *mixed* (the same 7 plus one client sending heavy files: 20,000 notes, a 2,000-bar
-silence, 16 tracks, back to back). Each client is a process of its own. A light client is a person: after each result it listens and
-thinks for ``--think`` seconds on average (uniform between half and one and a half times that)
-before the next click; ``--think 0.5`` instead saturates the two cores, which measures capacity
-rather than fairness. Reports failed light requests, light latency p50/p95 per phase, the
-mixed/idle p95 ratio (target ≤ 2) and mixed/light-only, the server's peak RSS (with its worker
-processes), and the temp folder size before and after the sessions close. The soak sends N
-sequential requests with random settings and reports RSS and open files over time. Then it waits until the temp folder is back to its size
-at start (the app runs with ``--keep-files-minutes 1`` so that this happens within minutes).
+silence, 16 tracks, back to back), in ``--rounds`` interleaved rounds (outside load on a shared
+machine drifts; each phase's rounds are pooled). Each client is a process of its own; the idle
+client pauses 1 s (alone, its pause only sets the sample count). A light client is a person:
+after each result it listens and thinks for ``--think`` seconds on average (uniform between half
+and one and a half times that) before the next click; ``--think 0.5`` instead saturates the two
+cores, which measures capacity rather than fairness. Reports failed light requests, light
+latency p50/p95 per phase, the mixed/idle p95 ratio (target ≤ 2) and mixed/light-only, the
+server's peak RSS (with its worker processes), the CPU seconds of the server, the light clients
+and the heavy client per phase, and the temp folder size before and after the sessions close.
+The soak sends N sequential requests with random settings and reports RSS and open files over
+time. Then it waits until the temp folder is back to its size at start (the app runs with
+``--keep-files-minutes 1`` so that this happens within minutes).
 Linux only (/proc).
 """
 
@@ -38,6 +42,7 @@ from pathlib import Path
 import mido
 
 ROOT = Path(__file__).resolve().parents[1]
+IDLE_THINK = 1.0  # seconds between the idle phase's requests
 
 
 def _save(mid: mido.MidiFile, path: Path) -> Path:
@@ -91,7 +96,10 @@ def tree(pid: int) -> list[int]:
         p = todo.pop()
         out.append(p)
         for task in Path(f"/proc/{p}/task").glob("*"):
-            todo += [int(c) for c in (task / "children").read_text().split()]
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except FileNotFoundError:  # the thread or process ended meanwhile
+                continue
     return out
 
 
@@ -112,6 +120,23 @@ def proc_stat(pid: int) -> tuple[float, float, int]:
         rss += int(fields["VmRSS"].split()[0]) / 1024
         peak += int(fields["VmHWM"].split()[0]) / 1024
     return rss, peak, files
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its worker processes."""
+    ticks = 0
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except FileNotFoundError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def folder_mb(path: Path) -> float:
@@ -176,6 +201,7 @@ def light_client(url: str, light: Path, k: int, think: float, stop: float, out) 
         took, error = call(client, light)
         out.put(("light", took, error))
         time.sleep(rng.uniform(0.5 * think, 1.5 * think))  # listening, then the next click
+    out.put(("cpu light", own_cpu(), None))
 
 
 def heavy_client(url: str, heavy: list[Path], stop: float, out) -> None:
@@ -187,6 +213,7 @@ def heavy_client(url: str, heavy: list[Path], stop: float, out) -> None:
     while time.time() < stop:
         out.put(("heavy", *call(client, heavy[i % len(heavy)])))
         i += 1
+    out.put(("cpu heavy", own_cpu(), None))
 
 
 def phase(
@@ -218,11 +245,14 @@ def phase(
     latencies: list[float] = []
     failures: list[str] = []
     heavy_done: list[tuple[float, str | None]] = []
+    cpu = {"server": -cpu_seconds(server.proc.pid), "cpu light": 0.0, "cpu heavy": 0.0}
 
     def drain() -> None:
         while not out.empty():
             kind, took, error = out.get()
-            if kind == "heavy":
+            if kind.startswith("cpu"):
+                cpu[kind] += took
+            elif kind == "heavy":
                 heavy_done.append((took, error))
             else:
                 (failures.append(error) if error else latencies.append(took))
@@ -233,14 +263,27 @@ def phase(
         time.sleep(0.5)
     time.sleep(0.5)
     drain()
+    cpu["server"] += cpu_seconds(server.proc.pid)
+    return {
+        "latencies": latencies,
+        "failures": failures,
+        "heavy": [(round(t, 1), e) for t, e in heavy_done],
+        "cpu": [cpu["server"], cpu["cpu light"], cpu["cpu heavy"]],
+    }
+
+
+def pooled(rounds: list[dict]) -> dict:
+    """One phase's rounds together: light latency p50/p95 over all of them, summed CPU."""
+    latencies = [t for r in rounds for t in r["latencies"]]
     q = statistics.quantiles(latencies, n=20) if len(latencies) >= 2 else [float("nan")] * 19
     return {
         "light_requests": len(latencies),
-        "light_failed": len(failures),
+        "light_failed": sum(len(r["failures"]) for r in rounds),
         "p50": statistics.median(latencies) if latencies else float("nan"),
         "p95": q[18],
-        "heavy": [(round(t, 1), e) for t, e in heavy_done],
-        "failures": failures[:3],
+        "heavy": [h for r in rounds for h in r["heavy"]],
+        "failures": [f for r in rounds for f in r["failures"]][:3],
+        "cpu": [sum(c) for c in zip(*(r["cpu"] for r in rounds), strict=True)],
     }
 
 
@@ -354,6 +397,9 @@ def settle(server: Server, start_mb: float, seconds: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=3.0, help="per load phase")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="idle, light, mixed in turn, this many times"
+    )
     parser.add_argument("--clients", type=int, default=8, help="clients, one of them heavy")
     parser.add_argument(
         "--think", type=float, default=8.0, help="a light client's mean pause between requests (s)"
@@ -391,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         request_costs(args.requests, args.profile)
         return 0
     if args.quick:
-        args.minutes, args.soak = 1 / 3, min(args.soak, 20)
+        args.minutes, args.soak, args.rounds = 1 / 3, min(args.soak, 20), 1
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         light, heavy = make_files(tmp)
@@ -400,28 +446,43 @@ def main(argv: list[str] | None = None) -> int:
             before = folder_mb(server.tmp)
             peak = [0.0]
             if not args.soak_only:
-                seconds = args.minutes * 60
+                seconds = args.minutes * 60 / args.rounds
                 n, think = args.clients - 1, args.think
-                rows = {
-                    "idle": phase(server, light, heavy, 1, False, seconds, think, peak),
-                    "light": phase(server, light, heavy, n, False, seconds, think, peak),
-                    "mixed": phase(server, light, heavy, n, True, seconds, think, peak),
-                }
+                # one client alone never has company, so its pause only sets the sample count
+                plan = {"idle": (1, False, IDLE_THINK), "light": (n, False, think)}
+                plan["mixed"] = (n, True, think)
+                runs: dict[str, list[dict]] = {name: [] for name in plan}
+                for _ in range(args.rounds):  # interleaved: outside load drifts
+                    for name, (clients, with_heavy, pause) in plan.items():
+                        runs[name].append(
+                            phase(server, light, heavy, clients, with_heavy, seconds, pause, peak)
+                        )
+                rows = {name: pooled(r) for name, r in runs.items()}
                 print(
                     f"{args.clients} clients ({n} light + 1 heavy), {args.minutes:g} min per "
-                    f"phase, think {think:g} s, cpus={os.cpu_count()}"
+                    f"phase in {args.rounds} rounds, think {think:g} s (idle: {IDLE_THINK:g} s), "
+                    f"cpus={os.cpu_count()}"
                 )
-                print("  phase   light ok  failed   p50 s   p95 s")
+                print(
+                    "  phase   light ok  failed   p50 s   p95 s   CPU s: server+workers, "
+                    "light clients, heavy client"
+                )
                 for name, r in rows.items():
                     print(
                         f"  {name:6s} {r['light_requests']:8d} {r['light_failed']:7d} "
-                        f"{r['p50']:7.2f} {r['p95']:7.2f}"
+                        f"{r['p50']:7.2f} {r['p95']:7.2f}   "
+                        + ", ".join(f"{c:.0f}" for c in r["cpu"])
                     )
                 ratio = rows["mixed"]["p95"] / rows["idle"]["p95"]
                 print(
                     f"  light p95 mixed / idle: {ratio:.2f} (target ≤ 2); "
                     f"mixed / light-only: {rows['mixed']['p95'] / rows['light']['p95']:.2f}"
                 )
+                each = [
+                    pooled([m])["p95"] / pooled([i])["p95"]
+                    for i, m in zip(runs["idle"], runs["mixed"], strict=True)
+                ]
+                print("  mixed / idle p95 per round: " + ", ".join(f"{r:.2f}" for r in each))
                 print(f"  heavy requests (s, error): {rows['mixed']['heavy']}")
                 if any(r["failures"] for r in rows.values()):
                     print("  light failures:", [r["failures"] for r in rows.values()])

@@ -245,7 +245,10 @@ def test_heavy_lane_runs_one_at_a_time_at_low_priority() -> None:
     seen = []
 
     def work():
-        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        tid = threading.get_native_id()
+        seen.append(os.getpriority(os.PRIO_PROCESS, tid))
+        if hasattr(os, "SCHED_IDLE"):  # Linux: runs only on a core no one else wants
+            assert os.sched_getscheduler(tid) == os.SCHED_IDLE
         yield lanes.heavy_running
         yield 2
 

@@ -10,7 +10,8 @@ minutes. :class:`Lanes` keeps a heavy request from stalling light ones:
   lanes (:func:`queue_slots`), and at most ``heavy_queue`` heavy requests wait for their lane;
   one more is refused at once with a one-line reason, so heavy uploads can never fill the
   queue that light requests go through;
-- a heavy request runs at the lowest CPU priority (``nice`` 19): in a worker process of its
+- a heavy request runs at the lowest CPU priority (``nice`` 19 and, on Linux, the idle
+  scheduling class): in a worker process of its
   own (:mod:`musegen.app.worker`; the app's light requests get worker processes too, so no
   request waits for another's Python interpreter lock), or, for a pipeline built in memory, in
   a thread of its own; the kernel serves light requests first;
@@ -34,6 +35,19 @@ from musegen.score_check import PROMPT_LIMITS, ScoreLimits
 
 T = TypeVar("T")
 HEAVY_NICE = 19  # as low as a priority goes: light requests first
+
+
+def lower_priority(nice: int, tid: int = 0) -> None:
+    """Lower thread ``tid``'s CPU priority (0: the calling process) by ``nice``; at
+    :data:`HEAVY_NICE`, also the kernel's idle class where there is one (Linux ``SCHED_IDLE``):
+    a niced task still takes a share of a busy core, an idle-class task runs only when no other
+    task wants it. Elsewhere: unchanged, still its own lane."""
+    with contextlib.suppress(AttributeError, OSError):
+        tid = tid or os.getpid()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    if nice >= HEAVY_NICE:
+        with contextlib.suppress(AttributeError, OSError):
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
 
 
 @dataclass(frozen=True)
@@ -197,11 +211,7 @@ def _in_low_priority_thread(make: Callable[[], Iterator[T]]) -> Iterator[T]:
     cancel = threading.Event()
 
     def work() -> None:
-        # not Linux: same priority, still its own lane
-        with contextlib.suppress(AttributeError, OSError):
-            tid = threading.get_native_id()
-            nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + HEAVY_NICE)
-            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        lower_priority(HEAVY_NICE, threading.get_native_id())
         try:
             for item in make():
                 if cancel.is_set():  # the caller went away
@@ -233,6 +243,7 @@ __all__ = [
     "RequestLimits",
     "add_arguments",
     "from_args",
+    "lower_priority",
     "queue_slots",
     "torch_threads",
 ]

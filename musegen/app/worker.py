@@ -6,11 +6,11 @@ each op of every other thread can wait a whole switch interval to get the lock b
 busy Python thread, one heavy request took 73.7 s instead of 1.7 in a thread, 1.7 s instead of
 1.5 in a worker process (``benchmarks/bench_app_load.py --contention``).
 Lowering a thread's CPU priority does nothing against that. So requests run in worker
-processes, heavy ones at the lowest CPU priority (``nice`` 19), each with its own copy of the
-model, loaded the way the server loaded it (:attr:`Pipeline.source`). A job is plain data
-(:class:`~musegen.app.runner.Job`); its progress comes back through a queue. The request's stop
-flag (Stop, the time budget, a client that went away) reaches the worker through a shared
-value, so a cancelled job ends soon and its leftovers are dropped by job id.
+processes, heavy ones at the lowest CPU priority (``nice`` 19, the idle class on Linux), each
+with its own copy of the model, loaded the way the server loaded it (:attr:`Pipeline.source`).
+A job is plain data (:class:`~musegen.app.runner.Job`); its progress comes back through a
+queue. The request's stop flag (Stop, the time budget, a client that went away) reaches the
+worker through a shared value, so a cancelled job ends soon and its leftovers are dropped by job id.
 
 A worker starts with its first request or :meth:`WorkerPool.warm` (its model loads then) and is
 replaced if it dies; the request that was running gets a one-line error, the server stays up.
@@ -18,7 +18,6 @@ replaced if it dies; the request that was running gets a one-line error, the ser
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import multiprocessing as mp
 import os
@@ -29,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from musegen.app.limits import HEAVY_NICE, RequestLimits
+from musegen.app.limits import HEAVY_NICE, RequestLimits, lower_priority
 from musegen.app.runner import Job, Progress
 from musegen.errors import MusegenError
 
@@ -148,9 +147,8 @@ def _portable(exc: BaseException) -> BaseException:
 
 def _serve(spec: WorkerSpec, inbox, outbox, stop_value, parent: int) -> None:
     """The worker's loop: load the model once, then run jobs until told to stop or orphaned."""
-    with contextlib.suppress(AttributeError, OSError):
-        if spec.nice:
-            os.nice(spec.nice)
+    if spec.nice:
+        lower_priority(spec.nice)
     import torch
 
     from musegen.app.runner import Runner
