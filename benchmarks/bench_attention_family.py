@@ -197,8 +197,12 @@ def scaling(kind: str, mode: dict, vocab: int) -> dict:
             proc.kill()
             proc.join()
             out[L] = dict(skipped=f"over {mode['scale_timeout_s']} s")
+        elif not queue.empty():
+            out[L] = queue.get()
+        elif proc.exitcode == -9:  # SIGKILL before torch saw a failed allocation
+            out[L] = dict(skipped="killed by the kernel: out of memory")
         else:
-            out[L] = queue.get() if not queue.empty() else dict(skipped=f"exit {proc.exitcode}")
+            out[L] = dict(skipped=f"exit {proc.exitcode}")
     return out
 
 
@@ -228,6 +232,9 @@ def table(results: dict) -> str:
         f"{results['torch']}, {results['threads']} threads; budget {results['budget_s']} s of "
         f"training per kind at seq_len {results['seq_len']}, data `{results['data']}`."
     )
+    left = [kind for kind in kind_names() if kind not in results["kinds"]]
+    if left:  # a run in sittings, written before its last one
+        notes.append(f"- not measured yet: {', '.join(left)}")
     return "\n".join([meta, "", *rows, "", *notes])
 
 
