@@ -2,7 +2,7 @@
 
     python benchmarks/bench_app_load.py                    # 8 clients, 3 minutes per phase
     python benchmarks/bench_app_load.py --quick            # 20 s per phase, soak of 20
-    python benchmarks/bench_app_load.py --soak 200         # only the soak: 200 requests
+    python benchmarks/bench_app_load.py --soak-only --soak 200   # only the soak: 200 requests
     python benchmarks/bench_app_load.py --requests 3       # each file's cost, no server
     python benchmarks/bench_app_load.py --contention       # why requests run in processes
 
@@ -201,7 +201,7 @@ def light_client(url: str, light: Path, k: int, think: float, stop: float, out) 
         took, error = call(client, light)
         out.put(("light", took, error))
         time.sleep(rng.uniform(0.5 * think, 1.5 * think))  # listening, then the next click
-    out.put(("cpu light", own_cpu(), None))
+    out.put(("cpu", own_cpu(), "light"))
 
 
 def heavy_client(url: str, heavy: list[Path], stop: float, out) -> None:
@@ -213,7 +213,7 @@ def heavy_client(url: str, heavy: list[Path], stop: float, out) -> None:
     while time.time() < stop:
         out.put(("heavy", *call(client, heavy[i % len(heavy)])))
         i += 1
-    out.put(("cpu heavy", own_cpu(), None))
+    out.put(("cpu", own_cpu(), "heavy"))
 
 
 def phase(
@@ -245,17 +245,17 @@ def phase(
     latencies: list[float] = []
     failures: list[str] = []
     heavy_done: list[tuple[float, str | None]] = []
-    cpu = {"server": -cpu_seconds(server.proc.pid), "cpu light": 0.0, "cpu heavy": 0.0}
+    cpu = {"server": -cpu_seconds(server.proc.pid), "light": 0.0, "heavy": 0.0}
 
     def drain() -> None:
         while not out.empty():
-            kind, took, error = out.get()
-            if kind.startswith("cpu"):
-                cpu[kind] += took
+            kind, seconds, detail = out.get()  # detail: an error, or which client's CPU
+            if kind == "cpu":  # a client's own CPU seconds, sent as it ends
+                cpu[detail] += seconds
             elif kind == "heavy":
-                heavy_done.append((took, error))
+                heavy_done.append((seconds, detail))
             else:
-                (failures.append(error) if error else latencies.append(took))
+                (failures.append(detail) if detail else latencies.append(seconds))
 
     while any(proc.is_alive() for proc in procs):
         peak[0] = max(peak[0], proc_stat(server.proc.pid)[1])
@@ -268,7 +268,7 @@ def phase(
         "latencies": latencies,
         "failures": failures,
         "heavy": [(round(t, 1), e) for t, e in heavy_done],
-        "cpu": [cpu["server"], cpu["cpu light"], cpu["cpu heavy"]],
+        "cpu": list(cpu.values()),  # server+workers, light clients, heavy client
     }
 
 

@@ -105,7 +105,7 @@ class Composer:
             )
             self.workers = WorkerPool(spec, self.limits.heavy_slots)
             if processes:
-                self.light_workers = WorkerPool(replace(spec, nice=0), concurrency)
+                self.light_workers = WorkerPool(replace(spec, background=False), concurrency)
                 self.light_workers.warm()  # their models load while the server starts
         self.max_new_tokens = min(n for n in (max_new_tokens, self.limits.max_new_tokens) if n)
         # Request folders go after at most ten minutes, sooner when served files do.

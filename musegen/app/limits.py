@@ -10,11 +10,11 @@ minutes. :class:`Lanes` keeps a heavy request from stalling light ones:
   lanes (:func:`queue_slots`), and at most ``heavy_queue`` heavy requests wait for their lane;
   one more is refused at once with a one-line reason, so heavy uploads can never fill the
   queue that light requests go through;
-- a heavy request runs at the lowest CPU priority (``nice`` 19 and, on Linux, the idle
-  scheduling class): in a worker process of its
-  own (:mod:`musegen.app.worker`; the app's light requests get worker processes too, so no
-  request waits for another's Python interpreter lock), or, for a pipeline built in memory, in
-  a thread of its own; the kernel serves light requests first;
+- a heavy request runs at the lowest CPU priority (:func:`to_background`: ``nice`` 19 and, on
+  Linux, the idle scheduling class): in a worker process of its own
+  (:mod:`musegen.app.worker`; the app's light requests get worker processes too, so no request
+  waits for another's Python interpreter lock), or, for a pipeline built in memory, in a thread
+  of its own; the kernel serves light requests first;
 - torch runs ``cpu_count // concurrency`` threads per request (at least 1), so parallel
   requests share the cores instead of oversubscribing them.
 """
@@ -37,17 +37,17 @@ T = TypeVar("T")
 HEAVY_NICE = 19  # as low as a priority goes: light requests first
 
 
-def lower_priority(nice: int, tid: int = 0) -> None:
-    """Lower thread ``tid``'s CPU priority (0: the calling process) by ``nice``; at
-    :data:`HEAVY_NICE`, also the kernel's idle class where there is one (Linux ``SCHED_IDLE``):
-    a niced task still takes a share of a busy core, an idle-class task runs only when no other
+def to_background(tid: int = 0) -> None:
+    """Give thread ``tid`` (0: the calling process) the lowest CPU priority: nice
+    :data:`HEAVY_NICE` and, where there is one, the kernel's idle class (Linux ``SCHED_IDLE``). A
+    niced task still takes a share of a busy core; an idle-class task runs only when no other
     task wants it. Elsewhere: unchanged, still its own lane."""
+    tid = tid or os.getpid()
     with contextlib.suppress(AttributeError, OSError):
-        tid = tid or os.getpid()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-    if nice >= HEAVY_NICE:
-        with contextlib.suppress(AttributeError, OSError):
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + HEAVY_NICE)
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
 
 
 @dataclass(frozen=True)
@@ -205,13 +205,13 @@ _DONE = object()
 
 
 def _in_low_priority_thread(make: Callable[[], Iterator[T]]) -> Iterator[T]:
-    """Run the generator ``make()`` in a fresh thread niced by :data:`HEAVY_NICE` (a thread's
+    """Run the generator ``make()`` in a fresh thread at :func:`to_background` priority (a thread's
     niceness cannot be lowered again, so the thread is never reused), passing items back."""
     items: queue.Queue[Any] = queue.Queue()
     cancel = threading.Event()
 
     def work() -> None:
-        lower_priority(HEAVY_NICE, threading.get_native_id())
+        to_background(threading.get_native_id())
         try:
             for item in make():
                 if cancel.is_set():  # the caller went away
@@ -243,7 +243,7 @@ __all__ = [
     "RequestLimits",
     "add_arguments",
     "from_args",
-    "lower_priority",
     "queue_slots",
+    "to_background",
     "torch_threads",
 ]

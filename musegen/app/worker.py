@@ -10,7 +10,8 @@ processes, heavy ones at the lowest CPU priority (``nice`` 19, the idle class on
 with its own copy of the model, loaded the way the server loaded it (:attr:`Pipeline.source`).
 A job is plain data (:class:`~musegen.app.runner.Job`); its progress comes back through a
 queue. The request's stop flag (Stop, the time budget, a client that went away) reaches the
-worker through a shared value, so a cancelled job ends soon and its leftovers are dropped by job id.
+worker through a shared value, so a cancelled job ends soon and its leftovers are dropped by
+job id.
 
 A worker starts with its first request or :meth:`WorkerPool.warm` (its model loads then) and is
 replaced if it dies; the request that was running gets a one-line error, the server stays up.
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from musegen.app.limits import HEAVY_NICE, RequestLimits, lower_priority
+from musegen.app.limits import RequestLimits, to_background
 from musegen.app.runner import Job, Progress
 from musegen.errors import MusegenError
 
@@ -44,7 +45,7 @@ class WorkerSpec:
     soundfont: str | None
     limits: RequestLimits
     stream_every: int
-    nice: int = HEAVY_NICE
+    background: bool = True  # lowest CPU priority (heavy requests)
 
 
 class Worker:
@@ -147,8 +148,8 @@ def _portable(exc: BaseException) -> BaseException:
 
 def _serve(spec: WorkerSpec, inbox, outbox, stop_value, parent: int) -> None:
     """The worker's loop: load the model once, then run jobs until told to stop or orphaned."""
-    if spec.nice:
-        lower_priority(spec.nice)
+    if spec.background:
+        to_background()
     import torch
 
     from musegen.app.runner import Runner
