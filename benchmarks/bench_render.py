@@ -8,18 +8,29 @@ Each backend renders it once to warm up (loading a SoundFont is reported separat
 app keeps the engine loaded), then ``--repeat`` times; the best run counts. CPU time is
 ``time.process_time`` (all threads of this process), so a busy machine does not inflate it.
 The target is ≥ 20× real time for the default backend (the first in the list).
+
+Then the piano roll, the other picture-or-sound work of every app request: CPU seconds per
+1200×480 PNG (median of ``--repeat``+3 runs) for a 3-bar excerpt (what a light request draws)
+and for the whole piece, beside the renderer at git revision ``--roll-reference`` (default: the
+last matplotlib one) loaded from this checkout's history, measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import statistics
+import subprocess
 import time
+import types
+from pathlib import Path
 
 import symusic
 
+from musegen.render import pianoroll
 from musegen.render.audio import available_backends, render_audio
-from musegen.render.pianoroll import render_pianoroll
+
+ROLL_REFERENCE = "b840ff7"  # the last matplotlib piano roll
 
 TARGET = 20.0
 
@@ -76,6 +87,12 @@ def main() -> None:
     parser.add_argument("--bars", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--soundfont", default=None)
+    parser.add_argument(
+        "--roll-reference",
+        default=ROLL_REFERENCE,
+        metavar="REV",
+        help="git revision whose piano roll is the reference (default: %(default)s)",
+    )
     args = parser.parse_args()
     score = four_track_piece(args.bars)
     notes = sum(len(t.notes) for t in score.tracks)
@@ -95,9 +112,54 @@ def main() -> None:
         print(
             f"{backend:<13} {out.renderer:<34} {first_cpu:>9.2f} s {warm:>6.2f} s {speed:>11.1f}×{flag}"
         )
-    t = time.process_time()
-    render_pianoroll(score, split_tick=score.tpq * 4 * args.bars // 2)
-    print(f"piano roll (1200×480 PNG): {time.process_time() - t:.2f} CPU s")
+    rolls(score, args.bars, args.repeat + 3, args.roll_reference)
+
+
+def reference_module(revision: str) -> types.ModuleType | None:
+    """``musegen/render/pianoroll.py`` as it was at ``revision`` (None outside a git checkout)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        source = subprocess.run(
+            ["git", "show", f"{revision}:musegen/render/pianoroll.py"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    module = types.ModuleType(f"pianoroll_{revision}")
+    exec(compile(source, f"pianoroll@{revision}", "exec"), module.__dict__)
+    return module
+
+
+def rolls(score: symusic.Score, bars: int, repeat: int, revision: str) -> None:
+    """CPU seconds per roll now and at ``revision``, for a preview and for the whole piece."""
+    cases = [
+        ("3-bar preview", score.clip(0, score.tpq * 4 * 3, clip_end=True), score.tpq * 4),
+        (f"{bars}-bar piece, 4 tracks", score, score.tpq * 4 * bars // 2),
+    ]
+    reference = reference_module(revision)
+    print(f"\npiano roll, 1200×480 PNG: CPU s per picture (median of {repeat})")
+    for name, piece, split in cases:
+        now = cpu_per_roll(pianoroll, piece, split, repeat)
+        row = f"  {name:<24} now {now:.3f} s"
+        if reference is not None:
+            then = cpu_per_roll(reference, piece, split, repeat)
+            row += f" · at {revision} {then:.3f} s · {then / now:.1f}× less"
+        print(row)
+    if reference is None:
+        print(f"  (revision {revision} is not in this checkout's history: no reference)")
+
+
+def cpu_per_roll(module, score: symusic.Score, split: int, repeat: int) -> float:
+    module.render_pianoroll(score, split_tick=split, title="warm-up")
+    times = []
+    for _ in range(repeat):
+        t = time.process_time()
+        module.render_pianoroll(score, split_tick=split, title="Variation 1 · bars 2–3")
+        times.append(time.process_time() - t)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":

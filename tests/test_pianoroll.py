@@ -67,21 +67,21 @@ def test_split_marks_prompt_and_fades_it() -> None:
 
 def test_drums_get_their_own_lane_and_legend_uses_gm_names() -> None:
     score = make_score(bars=4, tracks=((0, False), (40, False), (0, True)))
-    fig = pianoroll._figure(score, None, "demo", 1200, 480)
-    labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert labels == ["Acoustic Grand Piano", "Violin", "Drums"]
-    assert len(fig.axes) == 2  # pitched roll + drum lane
-    lanes = [t.get_text() for t in fig.axes[1].get_yticklabels()]
-    assert lanes == ["Kick", "Snare", "Hi-hat"]
-    octaves = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    assert all(label.startswith("C") for label in octaves) and len(octaves) >= 2
+    image, layout = pianoroll.draw_roll(score, None, "demo", 1200, 480)
+    assert layout.legend == ["Acoustic Grand Piano", "Violin", "Drums"]
+    assert layout.drum_lanes == ["Kick", "Snare", "Hi-hat"]
+    assert all(label.startswith("C") for label in layout.pitch_labels)
+    assert len(layout.pitch_labels) >= 2
+    # The drum lane sits under the pitched roll: drum green only in the bottom fifth.
+    pixels = np.asarray(image)[..., :3] / 255
+    rows = np.nonzero((np.abs(pixels - to_rgb(pianoroll.PALETTE[2])).max(-1) < 0.1).any(1))[0]
+    assert rows[rows > 40].min() > 0.7 * 480  # below the legend, whose swatch is green too
 
 
 def test_repeated_instruments_are_numbered() -> None:
     score = make_score(bars=2, tracks=((0, False), (0, False)))
-    fig = pianoroll._figure(score, None, None, 1200, 480)
-    labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert labels == ["Acoustic Grand Piano 1", "Acoustic Grand Piano 2"]
+    _, layout = pianoroll.draw_roll(score, None, None, 1200, 480)
+    assert layout.legend == ["Acoustic Grand Piano 1", "Acoustic Grand Piano 2"]
 
 
 def test_bar_grid_follows_time_signature_changes() -> None:
@@ -98,8 +98,7 @@ def test_bar_grid_follows_time_signature_changes() -> None:
 
 def test_long_piece_stays_readable() -> None:
     score = make_score(bars=200, tracks=((0, False), (0, True)))
-    fig = pianoroll._figure(score, 100 * 1920, None, 1200, 480)
-    labels = [t.get_text() for t in fig.axes[-1].get_xticklabels() if t.get_text()]
+    labels = pianoroll.draw_roll(score, 100 * 1920, None, 1200, 480)[1].bar_labels
     assert 8 <= len(labels) <= 40  # thinned bar numbers, not 200 overlapping ones
     assert labels[0] == "1"
     image = _decode(render_pianoroll(score, split_tick=100 * 1920))
@@ -122,7 +121,6 @@ def test_bad_inputs(tmp_path: Path) -> None:
 
 def test_split_at_zero_means_no_prompt() -> None:
     score = make_score(bars=2)
-    assert not pianoroll._figure(score, 0, None, 1200, 480).axes[0].texts
-    labels = [t.get_text() for t in pianoroll._figure(score, 1920, None, 1200, 480).axes[0].texts]
-    assert any("prompt" in label for label in labels)
-    assert any("continuation" in label for label in labels)
+    assert pianoroll.draw_roll(score, 0, None, 1200, 480)[1].marks == []
+    marks = pianoroll.draw_roll(score, 1920, None, 1200, 480)[1].marks
+    assert marks == ["prompt", "continuation"]

@@ -90,6 +90,63 @@ def test_lanes_keep_light_slots_and_refuse_a_full_heavy_queue() -> None:
     assert queue_slots(3, RequestLimits(heavy_slots=1, heavy_queue=4)) == 8
 
 
+def test_light_requests_pause_heavy_work_for_a_bounded_time() -> None:
+    calls: list[bool] = []
+    lanes = Lanes(light_slots=2, pause=calls.append, max_pause_s=0.5)
+    both_in, release = threading.Barrier(3), threading.Event()
+
+    def light():
+        both_in.wait(5)
+        release.wait(5)
+        yield 1
+
+    threads = [threading.Thread(target=lambda: list(lanes.iterate(False, light))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    both_in.wait(5)
+    assert calls == [True], "paused once, when the first light request started"
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert calls == [True, False] and lanes.light_running == 0
+    list(lanes.iterate(True, lambda: iter([0])))  # heavy requests do not pause anything
+    assert calls == [True, False]
+
+    def long_light():
+        time.sleep(1.0)
+        yield 1
+
+    list(lanes.iterate(False, long_light))
+    assert calls == [True, False, True, False], "resumed after max_pause_s, not twice"
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_paused_worker_stops_and_finishes_its_request_after_resuming(composer) -> None:
+    composer.workers.warm()
+    pid = composer.workers._workers[0]._process.pid
+    composer.workers.pause(True)
+    try:
+        assert _state(pid) == "T", "stopped while light requests compute"
+        settings = GenerationSettings(bars=1, seed=6, max_new_tokens=8)
+        result: list = []
+        thread = threading.Thread(
+            target=lambda: result.extend(
+                composer.continue_once(_prompt(HEAVY_NOTES * 2), settings, "paused", "big")
+            )
+        )
+        thread.start()
+        thread.join(1.0)
+        assert thread.is_alive() and not result, "nothing computes while paused"
+    finally:
+        composer.workers.pause(False)
+    thread.join(60)
+    assert _state(pid) != "T" and result and result[0].midi_path.is_file()
+
+
 def test_heavy_request_runs_in_a_worker_with_the_servers_results(composer) -> None:
     import torch
 

@@ -89,7 +89,6 @@ class Composer:
         # Bounded work per request (musegen.app.limits); the pipeline checks prompts with them.
         self.limits = limits or RequestLimits()
         self.runner = Runner(pipeline, soundfont, self.limits, stream_every)
-        self.lanes = Lanes(self.limits.heavy_slots, concurrency, self.limits.heavy_queue)
         # Heavy requests run in worker processes that load the model as it was loaded here
         # (a pipeline built in memory has no source: they stay in a low-priority thread);
         # with ``processes``, light ones too, one worker per slot (musegen.app.worker).
@@ -107,6 +106,13 @@ class Composer:
             if processes:
                 self.light_workers = WorkerPool(replace(spec, background=False), concurrency)
                 self.light_workers.warm()  # their models load while the server starts
+        self.lanes = Lanes(
+            self.limits.heavy_slots,
+            concurrency,
+            self.limits.heavy_queue,
+            pause=self.workers.pause if self.workers is not None else None,
+            max_pause_s=self.limits.request_timeout,
+        )
         self.max_new_tokens = min(n for n in (max_new_tokens, self.limits.max_new_tokens) if n)
         # Request folders go after at most ten minutes, sooner when served files do.
         keep = min(IDLE_FINISHED_S, max(KEEP_FINISHED_S, 60 * self.limits.keep_files_minutes))

@@ -15,6 +15,13 @@ minutes. :class:`Lanes` keeps a heavy request from stalling light ones:
   (:mod:`musegen.app.worker`; the app's light requests get worker processes too, so no request
   waits for another's Python interpreter lock), or, for a pipeline built in memory, in a thread
   of its own; the kernel serves light requests first;
+- while any light request computes, heavy worker processes are paused outright (``pause``:
+  SIGSTOP, then SIGCONT when the last light request ends, or after ``max_pause_s`` at the
+  latest, so a steady stream of light requests slows heavy ones without starving them). The
+  idle class alone keeps a heavy worker off a core a light request wants, but not out of the
+  caches and memory bandwidth they share: beside it, light requests were 1.33× slower at p95
+  (``benchmarks/bench_app_load.py``). A heavy request pays with time; its own budget
+  (``--request-timeout``) still ends it with what it has;
 - torch runs ``cpu_count // concurrency`` threads per request (at least 1), so parallel
   requests share the cores instead of oversubscribing them.
 """
@@ -165,22 +172,63 @@ def queue_slots(concurrency: int, limits: RequestLimits) -> int:
 class Lanes:
     """Where a request runs: light ones ``light_slots`` at a time in the caller's thread, heavy
     ones ``heavy_slots`` at a time in a lowest-priority thread of their own, with at most
-    ``heavy_queue`` heavy requests waiting (see the module docstring)."""
+    ``heavy_queue`` heavy requests waiting (see the module docstring). ``pause(True)`` is called
+    when light requests start computing and ``pause(False)`` when the last one ends, or once
+    they have computed for ``max_pause_s`` without a break."""
 
-    def __init__(self, heavy_slots: int = 1, light_slots: int = 2, heavy_queue: int = 4) -> None:
+    def __init__(
+        self,
+        heavy_slots: int = 1,
+        light_slots: int = 2,
+        heavy_queue: int = 4,
+        pause: Callable[[bool], None] | None = None,
+        max_pause_s: float = 60.0,
+    ) -> None:
         self._light = threading.BoundedSemaphore(light_slots)
         self._heavy = threading.BoundedSemaphore(heavy_slots)
         self._admit = threading.Lock()
         self.heavy_capacity = heavy_slots + heavy_queue
         self.heavy_admitted = 0  # running or waiting
         self.heavy_running = 0
+        self.light_running = 0
+        self._pause = pause
+        self._max_pause_s = max_pause_s
+        self._watchdog: threading.Timer | None = None  # set while heavy work is paused
+
+    def _count_light(self, delta: int) -> None:
+        """Count a light request in (+1) or out (-1); pause or resume heavy work at 0."""
+        with self._admit:
+            self.light_running += delta
+            if self._pause is None:
+                return
+            if delta > 0 and self.light_running == 1:
+                self._pause(True)
+                self._watchdog = threading.Timer(self._max_pause_s, self._resume_if_paused)
+                self._watchdog.daemon = True
+                self._watchdog.start()
+            elif delta < 0 and self.light_running == 0:
+                self._resume_locked()
+
+    def _resume_if_paused(self) -> None:
+        with self._admit:
+            self._resume_locked()
+
+    def _resume_locked(self) -> None:
+        if self._watchdog is not None and self._pause is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+            self._pause(False)
 
     def iterate(self, heavy: bool, make: Callable[[], Iterator[T]]) -> Iterator[T]:
         """The items of ``make()``, produced in the light or heavy lane; ``make`` is called
         once the lane is free, so a request's time budget starts there."""
         if not heavy:
             with self._light:
-                yield from make()
+                self._count_light(+1)
+                try:
+                    yield from make()
+                finally:
+                    self._count_light(-1)
             return
         with self._admit:
             if self.heavy_admitted >= self.heavy_capacity:

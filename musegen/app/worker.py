@@ -13,19 +13,24 @@ queue. The request's stop flag (Stop, the time budget, a client that went away) 
 worker through a shared value, so a cancelled job ends soon and its leftovers are dropped by
 job id.
 
-A worker starts with its first request or :meth:`WorkerPool.warm` (its model loads then) and is
-replaced if it dies; the request that was running gets a one-line error, the server stays up.
+While light requests compute, the heavy workers are paused (:meth:`WorkerPool.pause`, called by
+:class:`~musegen.app.limits.Lanes`). A worker starts with its first request or
+:meth:`WorkerPool.warm` (its model loads then) and is replaced if it dies; the request that was running gets a one-line error, the server stays up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing as mp
 import os
 import pickle
 import queue
+import signal
+import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +39,7 @@ from musegen.app.runner import Job, Progress
 from musegen.errors import MusegenError
 
 POLL_S = 0.2  # how often a waiting request looks at its stop flag and the worker's health
+_SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="musegen-spawner")  # lives as long as we do
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,10 @@ class Worker:
     def warm(self) -> None:
         """Start the process now (its model loads in the background)."""
         if self._process is None or not self._process.is_alive():
-            self._start()
+            # Started from one long-lived thread: a Linux child's parent-death signal
+            # (_die_with_parent) fires when the *thread* that started it ends, and request
+            # threads come and go.
+            _SPAWNER.submit(self._start).result()
 
     def run(self, job: Job, stop: threading.Event) -> Iterator[Progress]:
         """The job's progress, computed in the worker process."""
@@ -103,7 +112,15 @@ class Worker:
         finally:
             self._stop.value = job_id  # the caller left early: the worker ends this job soon
 
+    def signal(self, number: int) -> None:
+        """Send signal ``number`` to the process, if it is running."""
+        if self._process is not None and self._process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._process.pid, number)
+
     def close(self) -> None:
+        if sys.platform == "linux":
+            self.signal(signal.SIGCONT)  # a paused process cannot end
         if self._process is not None and self._process.is_alive():
             self._inbox.put((0, None))
             self._process.join(5)
@@ -132,9 +149,31 @@ class WorkerPool:
         for worker in self._workers:
             worker.warm()
 
+    def pause(self, paused: bool) -> None:
+        """Stop (SIGSTOP) or continue (SIGCONT) every started worker (:class:`~musegen.app.
+        limits.Lanes` pauses heavy work for light). Linux only, where a paused worker still
+        dies with the server (:func:`_die_with_parent`); elsewhere nothing happens."""
+        if sys.platform == "linux":
+            for worker in self._workers:
+                worker.signal(signal.SIGSTOP if paused else signal.SIGCONT)
+
     def close(self) -> None:
         for worker in self._workers:
             worker.close()
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this process when the server dies (precisely: when the
+    server thread that started it ends, hence :data:`_SPAWNER`). A paused worker could not
+    notice by itself; the loop's parent check in :func:`_serve` covers the rest."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -150,6 +189,7 @@ def _serve(spec: WorkerSpec, inbox, outbox, stop_value, parent: int) -> None:
     """The worker's loop: load the model once, then run jobs until told to stop or orphaned."""
     if spec.background:
         to_background()
+    _die_with_parent()
     import torch
 
     from musegen.app.runner import Runner
