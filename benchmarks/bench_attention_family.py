@@ -11,7 +11,9 @@ wall-clock training budget: validation NLL at the budget (and its curve against 
 training tokens/s, generation tokens/s at batch 1 (KV cache, top-p 0.9), time and peak memory
 per token for one forward + backward at batch 1 and L = 1k, 4k, 16k (each in a fresh process,
 under a memory cap and a time limit: a length that does not fit is skipped with the reason),
-and the token-error rate of N grammar-constrained samples (miditok's error ratio). Writes
+and the token-error rate of N grammar-constrained samples (miditok's error ratio); for
+adaptive_span, universal and entmax also what the mechanism learned (spans per head, the mean
+depth of a token, the share of exactly-zero weights). Writes
 ``results.json``, ``nll_vs_time.png`` and ``memory_vs_length.png`` into ``--out``; with
 ``--write-doc`` the table in ``docs/attention.md`` is rewritten from a results file.
 """
@@ -39,7 +41,10 @@ from musegen.generation.rules import grammar_for
 from musegen.generation.sampling import Stopping, build_processors, sample
 from musegen.metrics import evaluate_windows, token_loss
 from musegen.model.attention import kind_names
+from musegen.model.attention.adaptive_span import learned_spans
+from musegen.model.attention.entmax import attention_sparsity
 from musegen.model.transformer import MusicTransformer
+from musegen.model.universal import average_depth
 from musegen.tokenizer import load_tokenizer, special_id
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "attention.md"
@@ -129,12 +134,49 @@ def train_kind(kind: str, data: PreparedDataset, mode: dict, pad: int, vocab: in
         steps += 1
     return dict(
         model=model,
+        mechanism=mechanism_report(kind, model, val),
         val_nll=curve[-1][1],
         curve=curve,
         steps=steps,
         train_tok_s=tokens / max(trained, 1e-9),
         params=model.num_parameters(),
     )
+
+
+REPORTED = ("adaptive_span", "universal", "entmax")  # kinds with a mechanism report
+
+
+def mechanism_report(kind: str, model, val: np.ndarray) -> dict:
+    """What the trained mechanism does, on 4 validation windows: the learned span of each
+    head, the mean depth a token takes, the share of exactly-zero attention weights."""
+    model.eval()
+    ids = torch.from_numpy(val[:4, :-1])
+    if kind == "adaptive_span":
+        return dict(spans=[[round(z, 1) for z in layer] for layer in learned_spans(model)])
+    if kind == "universal":
+        return dict(average_depth=average_depth(model, ids), max_depth=model.config.n_layers)
+    if kind == "entmax":
+        return dict(zero_share=attention_sparsity(model, ids))
+    return {}
+
+
+def report_line(kind: str, report: dict) -> str | None:
+    """One line of the doc for a mechanism report."""
+    if "spans" in report:
+        layers = ", ".join(
+            f"{min(layer):.0f}–{max(layer):.0f} (mean {np.mean(layer):.0f})"
+            for layer in report["spans"]
+        )
+        return f"- {kind}: learned spans in tokens per layer, heads' min–max: {layers}"
+    if "average_depth" in report:
+        return (
+            f"- {kind}: a token takes {report['average_depth']:.2f} of "
+            f"{report['max_depth']} steps on average"
+        )
+    if "zero_share" in report:
+        shares = ", ".join(f"{z:.1%}" for z in report["zero_share"])
+        return f"- {kind}: exact zeros among the weights a query may give, per layer: {shares}"
+    return None
 
 
 def generation(model, tokenizer, mode: dict) -> dict:
@@ -232,6 +274,11 @@ def table(results: dict) -> str:
         f"{results['torch']}, {results['threads']} threads; budget {results['budget_s']} s of "
         f"training per kind at seq_len {results['seq_len']}, data `{results['data']}`."
     )
+    notes += [
+        line
+        for kind, r in results["kinds"].items()
+        if (line := report_line(kind, r.get("mechanism", {})))
+    ]
     left = [kind for kind in kind_names() if kind not in results["kinds"]]
     if left:  # a run in sittings, written before its last one
         notes.append(f"- not measured yet: {', '.join(left)}")
@@ -286,7 +333,13 @@ def kept_kinds(path: Path, results: dict) -> dict:
             "choose another --out or run without --resume"
         )
     results["dates"] = sorted({*earlier.get("dates", [earlier["date"]]), results["date"]})
-    return earlier["kinds"]
+    kept = {}
+    for kind, r in earlier["kinds"].items():
+        if kind in REPORTED and "mechanism" not in r:
+            print(f"[{kind}] has no mechanism report yet: measured again", file=sys.stderr)
+        else:
+            kept[kind] = r
+    return kept
 
 
 def main(argv=None) -> None:
