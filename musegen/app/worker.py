@@ -15,7 +15,8 @@ job id.
 
 While light requests compute, the heavy workers are paused (:meth:`WorkerPool.pause`, called by
 :class:`~musegen.app.limits.Lanes`). A worker starts with its first request or
-:meth:`WorkerPool.warm` (its model loads then) and is replaced if it dies; the request that was running gets a one-line error, the server stays up.
+:meth:`WorkerPool.warm` (its model loads then) and is replaced if it dies; the request that was
+running gets a one-line error, the server stays up.
 """
 
 from __future__ import annotations
