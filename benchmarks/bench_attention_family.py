@@ -333,13 +333,7 @@ def kept_kinds(path: Path, results: dict) -> dict:
             "choose another --out or run without --resume"
         )
     results["dates"] = sorted({*earlier.get("dates", [earlier["date"]]), results["date"]})
-    kept = {}
-    for kind, r in earlier["kinds"].items():
-        if kind in REPORTED and "mechanism" not in r:
-            print(f"[{kind}] has no mechanism report yet: measured again", file=sys.stderr)
-        else:
-            kept[kind] = r
-    return kept
+    return earlier["kinds"]
 
 
 def main(argv=None) -> None:
@@ -387,9 +381,12 @@ def main(argv=None) -> None:
     )
     results["kinds"] = kept_kinds(out / "results.json", results) if args.resume else {}
     for kind in kinds:
-        if kind in results["kinds"]:
+        done = results["kinds"].get(kind)
+        if done and (kind not in REPORTED or "mechanism" in done):
             print(f"[{kind}] kept from the earlier sitting", file=sys.stderr, flush=True)
             continue
+        if done:  # measured before the bench reported what the mechanism learned
+            print(f"[{kind}] has no mechanism report yet: measured again", file=sys.stderr)
         print(f"[{kind}] training for {mode['budget_s']} s", file=sys.stderr, flush=True)
         r = train_kind(kind, data, mode, pad, vocab)
         r.update(generation(r.pop("model"), tokenizer, mode))
