@@ -21,6 +21,7 @@ import argparse
 import random
 import statistics
 import subprocess
+import sys
 import time
 import types
 from pathlib import Path
@@ -129,6 +130,7 @@ def reference_module(revision: str) -> types.ModuleType | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     module = types.ModuleType(f"pianoroll_{revision}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up there
     exec(compile(source, f"pianoroll@{revision}", "exec"), module.__dict__)
     return module
 

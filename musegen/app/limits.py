@@ -20,7 +20,7 @@ minutes. :class:`Lanes` keeps a heavy request from stalling light ones:
   latest, so a steady stream of light requests slows heavy ones without starving them). The
   idle class alone keeps a heavy worker off a core a light request wants, but not out of the
   caches and memory bandwidth they share: beside it, light requests were 1.33× slower at p95
-  (``benchmarks/bench_app_load.py``). A heavy request pays with time; its own budget
+  before this pause (``benchmarks/README.md``). A heavy request pays with time; its own budget
   (``--request-timeout``) still ends it with what it has;
 - torch runs ``cpu_count // concurrency`` threads per request (at least 1), so parallel
   requests share the cores instead of oversubscribing them.
@@ -214,7 +214,7 @@ class Lanes:
             self._resume_locked()
 
     def _resume_locked(self) -> None:
-        if self._watchdog is not None and self._pause is not None:
+        if self._watchdog is not None:  # only ever set when there is a ``pause``
             self._watchdog.cancel()
             self._watchdog = None
             self._pause(False)

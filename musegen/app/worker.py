@@ -40,6 +40,8 @@ from musegen.app.runner import Job, Progress
 from musegen.errors import MusegenError
 
 POLL_S = 0.2  # how often a waiting request looks at its stop flag and the worker's health
+# Workers are paused only where a paused worker still dies with the server (_die_with_parent).
+PAUSABLE = sys.platform == "linux"
 _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="musegen-spawner")  # lives as long as we do
 
 
@@ -114,13 +116,14 @@ class Worker:
             self._stop.value = job_id  # the caller left early: the worker ends this job soon
 
     def signal(self, number: int) -> None:
-        """Send signal ``number`` to the process, if it is running."""
-        if self._process is not None and self._process.pid is not None:
+        """Send signal ``number`` to the process, if it is running (a process already reaped
+        may have handed its pid to another)."""
+        if self._process is not None and self._process.is_alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._process.pid, number)
 
     def close(self) -> None:
-        if sys.platform == "linux":
+        if PAUSABLE:
             self.signal(signal.SIGCONT)  # a paused process cannot end
         if self._process is not None and self._process.is_alive():
             self._inbox.put((0, None))
@@ -152,9 +155,8 @@ class WorkerPool:
 
     def pause(self, paused: bool) -> None:
         """Stop (SIGSTOP) or continue (SIGCONT) every started worker (:class:`~musegen.app.
-        limits.Lanes` pauses heavy work for light). Linux only, where a paused worker still
-        dies with the server (:func:`_die_with_parent`); elsewhere nothing happens."""
-        if sys.platform == "linux":
+        limits.Lanes` pauses heavy work for light); where not :data:`PAUSABLE`, nothing."""
+        if PAUSABLE:
             for worker in self._workers:
                 worker.signal(signal.SIGSTOP if paused else signal.SIGCONT)
 
@@ -167,12 +169,12 @@ def _die_with_parent() -> None:
     """On Linux, have the kernel kill this process when the server dies (precisely: when the
     server thread that started it ends, hence :data:`_SPAWNER`). A paused worker could not
     notice by itself; the loop's parent check in :func:`_serve` covers the rest."""
-    if sys.platform != "linux":
+    if not PAUSABLE:
         return
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = ctypes.CDLL(None)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 

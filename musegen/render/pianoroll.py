@@ -138,6 +138,12 @@ class _Box:
     def x(self, bars: np.ndarray | float) -> np.ndarray:
         return self.x0 + np.asarray(bars, dtype=float) / max(self.n_bars, 1) * (self.x1 - self.x0)
 
+    def y(self, value, low: float, high: float) -> np.ndarray:
+        """Rows ``low … high`` (``high`` at the top) → y."""
+        return self.y0 + (high - np.asarray(value, dtype=float)) / (high - low) * (
+            self.y1 - self.y0
+        )
+
 
 def draw_roll(
     score: symusic.Score, split_tick: int | None, title: str | None, width_px: int, height_px: int
@@ -175,9 +181,6 @@ def draw_roll(
         boxes.append(_Box(left, boxes[0].y1 + 6, right, boxes[0].y1 + drum_h, n_bars))
     pitch_box = boxes[0]
 
-    def row_y(box: _Box, value, low: float, high: float):  # value → y, ``high`` at the top
-        return box.y0 + (high - np.asarray(value, dtype=float)) / (high - low) * (box.y1 - box.y0)
-
     for box in boxes:
         draw.rectangle(_xy(box), fill=BACKGROUND)
         if split:  # the prompt's background
@@ -185,16 +188,16 @@ def draw_roll(
     if hi - lo <= 60:  # black-key rows, translucent so they show on the prompt's shade too
         for p in range(lo, hi + 1):
             if p % 12 in (1, 3, 6, 8, 10):
-                y0, y1 = row_y(pitch_box, [p + 0.5, p - 0.5], lo - 0.5, hi + 0.5)
+                y0, y1 = pitch_box.y([p + 0.5, p - 0.5], lo - 0.5, hi + 0.5)
                 draw.rectangle(_xy((pitch_box.x0, y0, pitch_box.x1, y1)), fill=BLACK_KEY)
     for p in c_rows:
-        y = float(row_y(pitch_box, p - 0.5, lo - 0.5, hi + 0.5))
+        y = float(pitch_box.y(p - 0.5, lo - 0.5, hi + 0.5))
         draw.line([(pitch_box.x0, y), (pitch_box.x1, y)], fill=C_LINE, width=1)
     layout.bar_labels = _bar_lines(draw, boxes, grid, n_bars)
 
     font = _font(10)
     for p, label in zip(c_rows, layout.pitch_labels, strict=True):
-        _text(draw, (left - 6, float(row_y(pitch_box, p, lo - 0.5, hi + 0.5))), label, font, "rm")
+        _text(draw, (left - 6, float(pitch_box.y(p, lo - 0.5, hi + 0.5))), label, font, "rm")
     _vertical_text(image, "pitch", _font(11), (6, (pitch_box.y0 + pitch_box.y1) / 2))
     bars_per_px = n_bars / max(right - left, 1)
     for track in pitched:
@@ -202,18 +205,16 @@ def draw_roll(
     if drums:
         drum_box = boxes[1]
         for i, name in enumerate(layout.drum_lanes):
-            y = float(row_y(drum_box, i, -0.7, len(lanes) - 0.3))
+            y = float(drum_box.y(i, -0.7, len(lanes) - 0.3))
             draw.line([(drum_box.x0, y), (drum_box.x1, y)], fill=GRID, width=1)
             _text(draw, (left - 6, y), name, font, "rm")
         row = {lane: i for i, lane in enumerate(lanes)}
+        r = float(np.clip((right - left) / max(n_bars, 1) / 14, 2, 6))  # marker radius
         for track in drums:
             notes = track.notes.numpy()
             x = drum_box.x(grid.to_bars(notes["time"]))
-            y = row_y(
-                drum_box, [row[k] for k in _drum_lane(notes["pitch"])], -0.7, len(lanes) - 0.3
-            )
+            y = drum_box.y([row[k] for k in _drum_lane(notes["pitch"])], -0.7, len(lanes) - 0.3)
             alpha = _alpha(0.45 + 0.55 * notes["velocity"] / 127, notes["time"], grid, split)
-            r = float(np.clip((right - left) / max(n_bars, 1) / 14, 2, 6))
             rgb = colours[id(track)]
             for xi, yi, a in zip(x.tolist(), y.tolist(), alpha.tolist(), strict=True):
                 diamond = [(xi, yi - r), (xi + r, yi), (xi, yi + r), (xi - r, yi)]
@@ -319,7 +320,7 @@ def _draw_notes(draw, track, rgb, box: _Box, grid, split, bars_per_px: float, lo
     start = grid.to_bars(notes["time"])
     stop = np.maximum(grid.to_bars(notes["time"] + notes["duration"]), start + 1.5 * bars_per_px)
     row_h = (box.y1 - box.y0) / (hi - lo + 1)
-    centre = box.y0 + (hi + 0.5 - notes["pitch"].astype(float)) * row_h
+    centre = box.y(notes["pitch"], lo - 0.5, hi + 0.5)
     x0, x1 = np.round(box.x(start)), np.round(box.x(stop)) - 1
     y0, y1 = np.round(centre - 0.42 * row_h), np.round(centre + 0.42 * row_h) - 1
     x1, y1 = np.maximum(x1, x0), np.maximum(y1, y0)
