@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The default model's recipe on one CUDA GPU in a fixed wall-clock budget (the CPU recipe is
+# scripts/train_default_model.sh, whose steps 1-2 build data/prepared_mix first).
+#
+#   MINUTES=6 OUT=/tmp/ship bash scripts/train_default_model_gpu.sh
+#
+# A short probe run measures this machine's tokens/s; the main run then gets as many optimiser
+# steps as fit in MINUTES, so its cosine schedule decays fully instead of being cut off. The
+# result is shipped (float16, data and licences) to $OUT/musegen-mix. DEVICE=cpu with tiny
+# MINUTES checks the script itself on a machine without a GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-data/prepared_mix}
+RUN=${RUN:-runs/mix-gpu}
+OUT=${OUT:-runs/mix-gpu-ship}
+MINUTES=${MINUTES:-6}
+DEVICE=${DEVICE:-cuda}
+BATCH=${BATCH:-32}
+PROBE_STEPS=${PROBE_STEPS:-30}
+PY=${PYTHON:-python3}
+SHAPE=(--preset small --set n_layers=${LAYERS:-6} --set n_heads=${HEADS:-6} --set d_model=${DMODEL:-384}
+       --set d_ff=${DFF:-1536} --set max_seq_len=2048 --attention local --set window=512
+       --set max_relative_distance=512 --set dropout=${DROPOUT:-0.0})
+TRAIN=(--seq-len 2048 --batch-size "$BATCH" --lr ${LR:-1e-3} --infill-rate 0.3 --eval-windows 64
+       --sample-tokens 0 --device "$DEVICE" --quiet)
+
+# 1. Probe: the measured tokens/s of this machine at this shape (first logged window skipped).
+$PY -m musegen train --data "$DATA" --out "$RUN-probe" --overwrite "${SHAPE[@]}" "${TRAIN[@]}" \
+  --max-steps "$PROBE_STEPS" --set warmup_steps=5 --eval-every 100000 --save-every 100000 \
+  --log-every 5
+STEPS=$($PY - "$RUN-probe/metrics.jsonl" "$MINUTES" "$BATCH" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+rates = [r["tokens_per_s"] for r in rows if r.get("kind") == "train"][1:]
+if not rates:
+    sys.exit("probe: too few steps to measure; raise PROBE_STEPS")
+rate = statistics.median(rates)
+# 90 % of the budget in training steps; evaluation and saving take the rest.
+steps = int(float(sys.argv[2]) * 60 * 0.9 * rate / (int(sys.argv[3]) * 2048))
+print(max(steps, 20))
+print(f"probe: {rate:,.0f} tokens/s -> {steps} steps", file=sys.stderr)
+EOF
+)
+EVERY=$(( STEPS / 6 > 10 ? STEPS / 6 : 10 ))
+
+# 2. The run: warm-up over the first 5 % of its steps, cosine decay to the end.
+$PY -m musegen train --data "$DATA" --out "$RUN" --overwrite "${SHAPE[@]}" "${TRAIN[@]}" \
+  --max-steps "$STEPS" --set warmup_steps=$(( STEPS / 20 + 10 )) --eval-every "$EVERY" \
+  --save-every "$EVERY" --max-minutes "$($PY -c "print($MINUTES * 1.3)")" --log-every 10
+
+# 3. Ship the lowest-validation-loss weights as float16 with the data's licences.
+$PY scripts/ship_checkpoint.py "$RUN/best" "$DATA" "$OUT/musegen-mix"
+cp "$RUN/loss.png" "$RUN/metrics.jsonl" "$OUT/musegen-mix/"
