@@ -18,6 +18,7 @@ DEVICE=${DEVICE:-cuda}
 BATCH=${BATCH:-32}
 PROBE_STEPS=${PROBE_STEPS:-30}
 PY=${PYTHON:-python3}
+INIT=(${INIT:+--init-from "$INIT"})  # INIT=CHECKPOINT: a second stage from those weights
 SHAPE=(--preset small --set n_layers=${LAYERS:-6} --set n_heads=${HEADS:-6} --set d_model=${DMODEL:-384}
        --set d_ff=${DFF:-1536} --set max_seq_len=2048 --attention local --set window=512
        --set max_relative_distance=512 --set dropout=${DROPOUT:-0.0})
@@ -25,7 +26,7 @@ TRAIN=(--seq-len 2048 --batch-size "$BATCH" --lr ${LR:-1e-3} --infill-rate 0.3 -
        --sample-tokens 0 --device "$DEVICE" --quiet)
 
 # 1. Probe: the measured tokens/s of this machine at this shape (first logged window skipped).
-$PY -m musegen train --data "$DATA" --out "$RUN-probe" --overwrite "${SHAPE[@]}" "${TRAIN[@]}" \
+$PY -m musegen train --data "$DATA" --out "$RUN-probe" --overwrite "${SHAPE[@]}" "${TRAIN[@]}" "${INIT[@]}" \
   --max-steps "$PROBE_STEPS" --set warmup_steps=5 --eval-every 100000 --save-every 100000 \
   --log-every 5
 STEPS=$($PY - "$RUN-probe/metrics.jsonl" "$MINUTES" "$BATCH" <<'EOF'
@@ -44,8 +45,8 @@ EOF
 EVERY=$(( STEPS / 6 > 10 ? STEPS / 6 : 10 ))
 
 # 2. The run: warm-up over the first 5 % of its steps, cosine decay to the end.
-$PY -m musegen train --data "$DATA" --out "$RUN" --overwrite "${SHAPE[@]}" "${TRAIN[@]}" \
-  --max-steps "$STEPS" --set warmup_steps=$(( STEPS / 20 + 10 )) --eval-every "$EVERY" \
+$PY -m musegen train --data "$DATA" --out "$RUN" --overwrite "${SHAPE[@]}" "${TRAIN[@]}" "${INIT[@]}" \
+  --max-steps "$STEPS" --set warmup_steps=$(( STEPS / ${WARMUP_DIV:-20} + 10 )) --eval-every "$EVERY" \
   --save-every "$EVERY" --max-minutes "$($PY -c "print($MINUTES * 1.3)")" --log-every 10
 
 # 3. Ship the lowest-validation-loss weights as float16 with the data's licences.

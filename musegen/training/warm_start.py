@@ -50,10 +50,9 @@ def warm_start(model: MusicTransformer, tokenizer, source: str | Path) -> str:
                 raise MusegenError(
                     f"{source}: embedding width {tensor.shape[1]}, this model {target.shape[1]}"
                 )
-            new_ids = torch.tensor(list(rows), dtype=torch.long)
-            target[new_ids] = tensor[torch.tensor(list(rows.values()), dtype=torch.long)].to(
-                target.dtype
-            )
+            new_ids = torch.tensor(list(rows), dtype=torch.long, device=target.device)
+            theirs_ids = torch.tensor(list(rows.values()), dtype=torch.long)
+            target[new_ids] = tensor[theirs_ids].to(target.device, target.dtype)
         elif tensor.shape != target.shape:
             raise MusegenError(
                 f"{source}: {name} has shape {tuple(tensor.shape)}, this model "
