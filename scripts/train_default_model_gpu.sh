@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The default model's recipe on one CUDA GPU in a fixed wall-clock budget (the CPU recipe is
-# scripts/train_default_model.sh, whose steps 1-2 build data/prepared_mix first).
+# The default model's recipe on one CUDA GPU in a fixed wall-clock budget. The data come first
+# from steps 1-2 of scripts/train_default_model.sh (SKIP_TRAIN=1 stops it there).
 #
-#   MINUTES=6 OUT=/tmp/ship bash scripts/train_default_model_gpu.sh
+# The shipped checkpoints/musegen-mix was trained with these two calls on one H200:
+#   MINUTES=6 DROPOUT=0.05 RUN=runs/gpu1 OUT=runs/gpu1-ship bash scripts/train_default_model_gpu.sh
+#   INIT=runs/gpu1-ship/musegen-mix LR=3e-4 MINUTES=3.2 DROPOUT=0.05 RUN=runs/gpu2 \
+#     OUT=runs/gpu2-ship bash scripts/train_default_model_gpu.sh
+#   cp runs/gpu2-ship/musegen-mix/{config.json,model.safetensors,loss.png} checkpoints/musegen-mix/
 #
 # A short probe run measures this machine's tokens/s; the main run then gets as many optimiser
 # steps as fit in MINUTES, so its cosine schedule decays fully instead of being cut off. The
-# result is shipped (float16, data and licences) to $OUT/musegen-mix. DEVICE=cpu with tiny
-# MINUTES checks the script itself on a machine without a GPU.
+# lowest-validation-loss weights are shipped (float16, data and licences) to $OUT/musegen-mix.
+# INIT=CHECKPOINT starts a second stage from those weights (fresh optimiser and schedule).
+# DEVICE=cpu with a tiny shape and MINUTES checks the script on a machine without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-data/prepared_mix}
@@ -18,7 +23,7 @@ DEVICE=${DEVICE:-cuda}
 BATCH=${BATCH:-32}
 PROBE_STEPS=${PROBE_STEPS:-30}
 PY=${PYTHON:-python3}
-INIT=(${INIT:+--init-from "$INIT"})  # INIT=CHECKPOINT: a second stage from those weights
+INIT=(${INIT:+--init-from "$INIT"})
 SHAPE=(--preset small --set n_layers=${LAYERS:-6} --set n_heads=${HEADS:-6} --set d_model=${DMODEL:-384}
        --set d_ff=${DFF:-1536} --set max_seq_len=2048 --attention local --set window=512
        --set max_relative_distance=512 --set dropout=${DROPOUT:-0.0})

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pretty_midi
-import pytest
 import symusic
 
 from musegen.checkpoint import load_pretrained
@@ -62,19 +61,16 @@ def test_config_tokenizer_and_training_facts_agree() -> None:
     assert int(programs["-1"]) > 0 and int(programs["33"]) > 0  # it has heard drums and bass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known regression of the stage-2 default model (MODEL_CARD.md, Limits): on this "
-    "hand-made 8-bar groove it keeps piano and guitar but drops the bass and thins the drums, "
-    "while on held-out full-band and Beatles pieces it keeps more tracks than stage 1",
-)
 def test_continues_a_full_band_with_every_track() -> None:
     pipe = Pipeline.from_pretrained()  # the default: no path, no download
     prompt = band_prompt()
-    [result] = pipe.continue_midi(prompt, num_samples=1, bars=4, seed=0)
-    assert result.bars == 4 and result.finished and not result.empty
-    playing = {(t.program, t.is_drum) for t in result.continuation.tracks if t.notes}
-    assert {(0, True), (33, False), (0, False), (29, False)} <= playing
+    results = pipe.continue_midi(prompt, num_samples=4, bars=4, seed=0)
+    for result in results:  # every variation, not one lucky seed
+        assert result.bars == 4 and result.finished and not result.empty
+        notes = {(t.program, t.is_drum): len(t.notes) for t in result.continuation.tracks}
+        assert notes.keys() >= {(0, True), (33, False), (0, False), (29, False)}, notes
+        assert min(notes.values()) >= 2, notes  # still playing, not one stray note
+        assert notes[(0, True)] >= 16, notes  # the drums keep a beat: 4+ hits a bar
     assert not result.warnings
 
 
