@@ -1,10 +1,9 @@
 """Every registered attention kind, side by side on the same music corpus (issue 15).
 
-    python benchmarks/bench_attention_family.py --data data/prepared_mix --out bench_family
-    python benchmarks/bench_attention_family.py --data data/prepared_mix --quick   # minutes
+    python benchmarks/bench_attention_family.py --data data/prepared_mix --quick --out /tmp/q
     python benchmarks/bench_attention_family.py --data data/prepared_mix --kinds relative,local \
         --resume          # the hours-long full run, a few kinds per sitting, one results.json
-    python benchmarks/bench_attention_family.py --write-doc bench_family/results.json
+    python benchmarks/bench_attention_family.py --write-doc benchmarks/results/attention_family/results.json
 
 Per kind, at the same model shape, the same training windows (same seed) and the same
 wall-clock training budget: validation NLL at the budget (and its curve against training time),
@@ -15,7 +14,8 @@ and the token-error rate of N grammar-constrained samples (miditok's error ratio
 adaptive_span, universal and entmax also what the mechanism learned (spans per head, the mean
 depth of a token, the share of exactly-zero weights). Writes
 ``results.json``, ``nll_vs_time.png`` and ``memory_vs_length.png`` into ``--out``; with
-``--write-doc`` the table in ``docs/attention.md`` is rewritten from a results file.
+``--write-doc`` the table in ``docs/attention.md`` is rewritten from a results file, keeping
+the rows of kinds it lacks. The default ``--out`` is committed: sittings span sessions.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from musegen.tokenizer import load_tokenizer, special_id
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "attention.md"
 BEGIN, END = "<!-- bench-table:begin -->", "<!-- bench-table:end -->"
+RESULTS = Path(__file__).resolve().parent / "results" / "attention_family"
 
 MODES = {
     # shape, training budget (s per kind), windows, scaling lengths, samples
@@ -254,7 +255,10 @@ def scaling(kind: str, mode: dict, vocab: int) -> dict:
 
 
 # --- report ---------------------------------------------------------------------------------
-def table(results: dict) -> str:
+def table(results: dict, earlier: dict | None = None) -> str:
+    """The doc's block: settings line, one row per kind, notes. ``earlier``: rows kept from the
+    doc for kinds this results file lacks (see :func:`earlier_sitting`)."""
+    earlier = earlier or {"meta": None, "kinds": {}, "notes": []}
     lengths = results["lengths"]
     head = ["kind", "val NLL", "train tok/s", "gen tok/s", "token err"]
     head += [f"ms/tok @{L}" for L in lengths] + [f"KiB/tok @{L}" for L in lengths]
@@ -267,6 +271,7 @@ def table(results: dict) -> str:
                 m = r["scaling"][str(L)]
                 cells.append(f"{m[key] * scale:.2f}" if key in m else "skip")
         rows.append("| " + " | ".join(cells) + " |")
+    rows += earlier["kinds"].values()
     notes = [
         f"- {kind} @{L}: {m['skipped']}"
         for kind, r in results["kinds"].items()
@@ -284,9 +289,12 @@ def table(results: dict) -> str:
         for kind, r in results["kinds"].items()
         if (line := report_line(kind, r.get("mechanism", {})))
     ]
-    left = [kind for kind in kind_names() if kind not in results["kinds"]]
+    notes += earlier["notes"]
+    left = [k for k in kind_names() if k not in results["kinds"] and k not in earlier["kinds"]]
     if left:  # a run in sittings, written before its last one
         notes.append(f"- not measured yet: {', '.join(left)}")
+    if earlier["kinds"]:
+        meta += f" Rows of {', '.join(earlier['kinds'])}: an earlier sitting. {earlier['meta']}"
     return "\n".join([meta, "", *rows, "", *notes])
 
 
@@ -315,11 +323,40 @@ def plots(results: dict, out: Path) -> None:
     fig.savefig(out / "memory_vs_length.png", dpi=120)
 
 
+def earlier_sitting(block: str, results: dict) -> dict:
+    """The doc's rows and notes of kinds that ``results`` lacks, with their settings line.
+
+    A sitting's ``results.json`` can be lost (a fresh checkout); its figures in the doc stay,
+    marked as such, if it ran with the same settings (mode, budget, sequence length, lengths).
+    """
+    lines = block.strip().splitlines()
+    meta = next((line for line in lines if line.startswith("Mode ")), "")
+    meta = meta.split(" Rows of ")[0]
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in lines
+        if line.startswith("| ") and not line.startswith("| kind ")
+    }
+    kept = {k: row for k, row in rows.items() if k not in results["kinds"]}
+    if kept and not meta.startswith(f"Mode `{results['mode']}`"):
+        raise SystemExit(f"the doc's table is of another mode ({meta[:40]}…): not merged")
+    if kept and f"budget {results['budget_s']} s" not in meta:
+        raise SystemExit("the doc's table had another training budget: not merged")
+    notes = [
+        line
+        for line in lines
+        if line.startswith("- ") and line[2:].split(" ")[0].rstrip(":") in kept
+    ]
+    return {"meta": meta, "kinds": kept, "notes": notes}
+
+
 def write_doc(results_path: Path) -> None:
+    """Rewrite the doc's table from ``results_path``, keeping earlier sittings' rows."""
     results = json.loads(Path(results_path).read_text())
     text = DOC.read_text()
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    DOC.write_text(text[:start] + "\n" + table(results) + "\n" + text[end:])
+    block = table(results, earlier_sitting(text[start:end], results))
+    DOC.write_text(text[:start] + "\n" + block + "\n" + text[end:])
     print(f"rewrote the table in {DOC}")
 
 
@@ -344,7 +381,12 @@ def kept_kinds(path: Path, results: dict) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", help="a prepared dataset (musegen prepare)")
-    ap.add_argument("--out", default="bench_family", help="folder for results.json and plots")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="folder for results.json and plots (default: benchmarks/results/attention_family, "
+        "committed; with --quick: attention_family_quick beside it, ignored by git)",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny shape and budget (minutes)")
     ap.add_argument("--kinds", help="comma-separated subset (default: every registered kind)")
     ap.add_argument("--budget-s", type=float, help="override the training budget per kind")
@@ -370,7 +412,7 @@ def main(argv=None) -> None:
     tokenizer = load_tokenizer(data.tokenizer_path)
     pad, vocab = special_id(tokenizer, "PAD_None"), len(tokenizer)
     kinds = args.kinds.split(",") if args.kinds else list(kind_names())
-    out = Path(args.out)
+    out = args.out or (RESULTS.with_name("attention_family_quick") if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     results = dict(
         mode="quick" if args.quick else "full",
