@@ -5,9 +5,15 @@
 #   bash scripts/evaluate_default_model.sh                       # CPU, the CLI's defaults
 #   PIECES=12 LONG=4 DEVICE=cuda bash scripts/evaluate_default_model.sh
 #
-# 1. `musegen evaluate` (new model only): NLL/perplexity on the test split of data/prepared_mix,
+# The model card's tables: the previous default from git history beside the shipped one,
+#   git worktree add /tmp/prev 115d818 && mkdir -p runs && cp -r /tmp/prev/checkpoints/musegen-mix runs/prev
+#   OLD=runs/prev PIECES=16 LONG=2 EVAL_BAND=../shared/corpora/eval-only/beatles \
+#     bash scripts/evaluate_default_model.sh
+#
+# 1. `musegen evaluate`: NLL/perplexity on the test split of data/prepared_mix,
 #    overall and per group (nll_by_group), plus token errors and musical statistics of 100
-#    continuations → checkpoints/musegen-mix/evaluation.json.
+#    continuations → checkpoints/musegen-mix/evaluation.json; the old model's NLL on the same
+#    windows → evaluation_old.json.
 # 2. `musegen evaluate-groups`: held-out continuations of each kind of music, the new model and
 #    the old one side by side on the same pieces → $NEW/evaluation_groups.{json,md}.
 #
@@ -33,13 +39,16 @@ done
 
 musegen evaluate --checkpoint "$NEW" --device "$DEVICE" --data data/prepared_mix --split test \
   --num-prompts 100 --max-windows 64 --json "$NEW/evaluation.json"
+musegen evaluate --checkpoint "$OLD" --device "$DEVICE" --data data/prepared_mix --split test \
+  --num-prompts 0 --max-windows 64 --json "$NEW/evaluation_old.json"   # the same windows' NLL
 
 musegen evaluate-groups --checkpoint "$NEW" --compare "$OLD" --device "$DEVICE" \
   --group classical=data/m21_bach \
+  --group classical_piano=data/m21_more \
   --group folk=data/corpora/nottingham \
   --group pop_piano=data/corpora/pop909 \
   --group full_band=data/corpora/fullband \
   --group drums=data/corpora/groove \
-  ${EVAL_BAND:+--group band_eval="$EVAL_BAND"} \
+  ${EVAL_BAND:+--group beatles="$EVAL_BAND"} \
   --pieces "$PIECES" --long-pieces "$LONG" \
   --json "$NEW/evaluation_groups.json" --markdown "$NEW/evaluation_groups.md"
