@@ -338,10 +338,14 @@ def earlier_sitting(block: str, results: dict) -> dict:
         if line.startswith("| ") and not line.startswith("| kind ")
     }
     kept = {k: row for k, row in rows.items() if k not in results["kinds"]}
-    if kept and not meta.startswith(f"Mode `{results['mode']}`"):
-        raise SystemExit(f"the doc's table is of another mode ({meta[:40]}…): not merged")
-    if kept and f"budget {results['budget_s']} s" not in meta:
-        raise SystemExit("the doc's table had another training budget: not merged")
+    same = [
+        meta.startswith(f"Mode `{results['mode']}`"),
+        f"budget {results['budget_s']} s of training per kind at seq_len {results['seq_len']}"
+        in meta,
+        table(results).splitlines()[2] in lines,  # the header: the same lengths
+    ]
+    if kept and not all(same):
+        raise SystemExit(f"the doc's table is of another run ({meta[:60]}…): not merged")
     notes = [
         line
         for line in lines
