@@ -1,6 +1,6 @@
 """Every registered attention kind, side by side on the same music corpus (issue 15).
 
-    python benchmarks/bench_attention_family.py --data data/prepared_mix --quick --out /tmp/q
+    python benchmarks/bench_attention_family.py --data data/prepared_mix --quick   # minutes
     python benchmarks/bench_attention_family.py --data data/prepared_mix --kinds relative,local \
         --resume          # the hours-long full run, a few kinds per sitting, one results.json
     python benchmarks/bench_attention_family.py --write-doc benchmarks/results/attention_family/results.json
@@ -255,14 +255,20 @@ def scaling(kind: str, mode: dict, vocab: int) -> dict:
 
 
 # --- report ---------------------------------------------------------------------------------
+def header(lengths: list[int]) -> str:
+    """The table's header row: its columns depend on the measured lengths."""
+    head = ["kind", "val NLL", "train tok/s", "gen tok/s", "token err"]
+    head += [f"ms/tok @{L}" for L in lengths] + [f"KiB/tok @{L}" for L in lengths]
+    return "| " + " | ".join(head) + " |"
+
+
 def table(results: dict, earlier: dict | None = None) -> str:
     """The doc's block: settings line, one row per kind, notes. ``earlier``: rows kept from the
     doc for kinds this results file lacks (see :func:`earlier_sitting`)."""
     earlier = earlier or {"meta": None, "kinds": {}, "notes": []}
     lengths = results["lengths"]
-    head = ["kind", "val NLL", "train tok/s", "gen tok/s", "token err"]
-    head += [f"ms/tok @{L}" for L in lengths] + [f"KiB/tok @{L}" for L in lengths]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = header(lengths)
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for kind, r in results["kinds"].items():
         cells = [kind, f"{r['val_nll']:.3f}", f"{r['train_tok_s']:.0f}", f"{r['gen_tok_s']:.1f}"]
         cells.append(f"{r['token_error_rate']:.3f}")
@@ -342,7 +348,7 @@ def earlier_sitting(block: str, results: dict) -> dict:
         meta.startswith(f"Mode `{results['mode']}`"),
         f"budget {results['budget_s']} s of training per kind at seq_len {results['seq_len']}"
         in meta,
-        table(results).splitlines()[2] in lines,  # the header: the same lengths
+        header(results["lengths"]) in lines,
     ]
     if kept and not all(same):
         raise SystemExit(f"the doc's table is of another run ({meta[:60]}…): not merged")

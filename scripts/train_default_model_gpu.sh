@@ -22,19 +22,20 @@ MINUTES=${MINUTES:-6}
 DEVICE=${DEVICE:-cuda}
 BATCH=${BATCH:-32}
 PROBE_STEPS=${PROBE_STEPS:-30}
+SEQ=2048
 PY=${PYTHON:-python3}
 INIT=(${INIT:+--init-from "$INIT"})
 SHAPE=(--preset small --set n_layers=${LAYERS:-6} --set n_heads=${HEADS:-6} --set d_model=${DMODEL:-384}
-       --set d_ff=${DFF:-1536} --set max_seq_len=2048 --attention local --set window=512
+       --set d_ff=${DFF:-1536} --set max_seq_len=$SEQ --attention local --set window=512
        --set max_relative_distance=512 --set dropout=${DROPOUT:-0.0})
-TRAIN=(--seq-len 2048 --batch-size "$BATCH" --lr ${LR:-1e-3} --infill-rate 0.3 --eval-windows 64
+TRAIN=(--seq-len "$SEQ" --batch-size "$BATCH" --lr ${LR:-1e-3} --infill-rate 0.3 --eval-windows 64
        --sample-tokens 0 --device "$DEVICE" --quiet)
 
 # 1. Probe: the measured tokens/s of this machine at this shape (first logged window skipped).
 $PY -m musegen train --data "$DATA" --out "$RUN-probe" --overwrite "${SHAPE[@]}" "${TRAIN[@]}" "${INIT[@]}" \
   --max-steps "$PROBE_STEPS" --set warmup_steps=5 --eval-every 100000 --save-every 100000 \
   --log-every 5
-STEPS=$($PY - "$RUN-probe/metrics.jsonl" "$MINUTES" "$BATCH" <<'EOF'
+STEPS=$($PY - "$RUN-probe/metrics.jsonl" "$MINUTES" "$((BATCH * SEQ))" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 rates = [r["tokens_per_s"] for r in rows if r.get("kind") == "train"][1:]
@@ -42,8 +43,8 @@ if not rates:
     sys.exit("probe: too few steps to measure; raise PROBE_STEPS")
 rate = statistics.median(rates)
 # 90 % of the budget in training steps; evaluation and saving take the rest.
-steps = int(float(sys.argv[2]) * 60 * 0.9 * rate / (int(sys.argv[3]) * 2048))
-print(max(steps, 20))
+steps = max(20, int(float(sys.argv[2]) * 60 * 0.9 * rate / int(sys.argv[3])))
+print(steps)
 print(f"probe: {rate:,.0f} tokens/s -> {steps} steps", file=sys.stderr)
 EOF
 )

@@ -1,0 +1,60 @@
+"""The attention-family bench's doc table: a new sitting keeps earlier sittings' rows."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_attention_family as bench
+
+LENGTHS = [1024, 4096]
+
+
+def _results(lengths=LENGTHS, **kinds) -> dict:
+    measured = {"s_per_tok": 0.001, "kib_per_tok": 300.0}
+    return dict(
+        mode="full", date="2026-12-05", machine="x86_64, 2 cores", torch="2.13.0+cpu",
+        threads=2, budget_s=1200, seq_len=512, data="d", lengths=lengths,
+        kinds={
+            k: dict(val_nll=v, train_tok_s=1000, gen_tok_s=100.0, token_error_rate=0.0,
+                    scaling={str(L): measured for L in lengths})
+            for k, v in kinds.items()
+        },
+    )  # fmt: skip
+
+
+@pytest.fixture
+def doc(tmp_path, monkeypatch) -> Path:
+    """A doc whose table holds an earlier sitting's relative and sparse rows."""
+    earlier = bench.table(_results(relative=1.8, sparse=1.6)).replace("2026-12-05", "2026-12-03")
+    earlier += "\n- sparse @4096: exit -9"
+    path = tmp_path / "attention.md"
+    path.write_text(f"# t\n{bench.BEGIN}\n{earlier}\n{bench.END}\nafter\n")
+    monkeypatch.setattr(bench, "DOC", path)
+    return path
+
+
+def _write(tmp_path, results) -> None:
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    bench.write_doc(tmp_path / "r.json")
+
+
+def test_write_doc_keeps_the_rows_of_kinds_the_results_lack(doc, tmp_path):
+    _write(tmp_path, _results(sparse=1.5, entmax=1.9))
+    text = doc.read_text()
+    rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
+    assert rows == ["kind", "sparse", "entmax", "relative"]  # sparse measured again, not twice
+    assert "| sparse | 1.500 |" in text and "| relative | 1.800 |" in text
+    assert "exit -9" not in text  # the old sparse note went with its row
+    assert "Rows of relative: an earlier sitting. Mode `full`, 2026-12-03" in text
+    assert text.endswith(f"{bench.END}\nafter\n")
+
+
+def test_write_doc_refuses_to_merge_another_run(doc, tmp_path):
+    with pytest.raises(SystemExit, match="another run"):
+        _write(tmp_path, _results(lengths=[1024], entmax=1.9))
+    assert "2026-12-05" not in doc.read_text()  # nothing written
