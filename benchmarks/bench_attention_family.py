@@ -4,6 +4,9 @@
     python benchmarks/bench_attention_family.py --data data/prepared_mix --kinds relative,local \
         --resume          # the hours-long full run, a few kinds per sitting, one results.json
     python benchmarks/bench_attention_family.py --write-doc benchmarks/results/attention_family/results.json
+    python benchmarks/bench_attention_family.py --data data/prepared_mix --kinds linformer \
+        --budget-s 3600 --threads 1 --no-scaling --out runs/long/linformer   # one of a pair run
+    python benchmarks/bench_attention_family.py --merge OUT runs/long/*/results.json   # together
 
 Per kind, at the same model shape, the same training windows (same seed) and the same
 wall-clock training budget: validation NLL at the budget (and its curve against training time),
@@ -388,6 +391,23 @@ def kept_kinds(path: Path, results: dict) -> dict:
     return earlier["kinds"]
 
 
+def merge(out: Path, paths: list[Path]) -> dict:
+    """One results file (and its plots) from sittings of the same run made in parallel, e.g. two
+    kinds trained side by side with one thread each for the longer comparison."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    merged = dict(parts[0], kinds={})
+    for path, part in zip(paths, parts, strict=True):
+        differs = [k for k in SAME_RUN if part.get(k) != merged[k]]
+        if differs:
+            raise SystemExit(f"--merge: {path} is another run ({', '.join(differs)} differ)")
+        merged["kinds"].update(part["kinds"])
+    merged["dates"] = sorted({d for part in parts for d in part.get("dates", [part["date"]])})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(merged, indent=2) + "\n")
+    plots(merged, out)
+    return merged
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", help="a prepared dataset (musegen prepare)")
@@ -403,6 +423,18 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--write-doc", metavar="RESULTS", help="rewrite docs/attention.md's table")
     ap.add_argument(
+        "--no-scaling",
+        action="store_true",
+        help="skip the forward+backward lengths (for the longer training comparison)",
+    )
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar=("OUT", "RESULTS"),
+        help="write OUT/results.json and its plots from results files of the same run",
+    )
+    ap.add_argument(
         "--resume",
         action="store_true",
         help="keep the kinds already in OUT/results.json (same mode, budget, data and lengths) "
@@ -411,6 +443,10 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.write_doc:
         return write_doc(Path(args.write_doc))
+    if args.merge:
+        if len(args.merge) < 2:
+            ap.error("--merge needs OUT and at least one results file")
+        return print(table(merge(args.merge[0], args.merge[1:])))
     if not args.data:
         ap.error("--data is required (or --write-doc RESULTS)")
     if args.threads:
@@ -418,6 +454,8 @@ def main(argv=None) -> None:
     mode = dict(MODES["quick" if args.quick else "full"])
     if args.budget_s:
         mode["budget_s"] = args.budget_s
+    if args.no_scaling:
+        mode["lengths"] = ()
     data = PreparedDataset.open(args.data)
     tokenizer = load_tokenizer(data.tokenizer_path)
     pad, vocab = special_id(tokenizer, "PAD_None"), len(tokenizer)

@@ -21,7 +21,7 @@ def _results(lengths=LENGTHS, **kinds) -> dict:
         threads=2, budget_s=1200, seq_len=512, data="d", lengths=lengths,
         kinds={
             k: dict(val_nll=v, train_tok_s=1000, gen_tok_s=100.0, token_error_rate=0.0,
-                    scaling={str(L): measured for L in lengths})
+                    curve=[[0.0, 5.0], [1200.0, v]], scaling={str(L): measured for L in lengths})
             for k, v in kinds.items()
         },
     )  # fmt: skip
@@ -58,3 +58,17 @@ def test_write_doc_refuses_to_merge_another_run(doc, tmp_path):
     with pytest.raises(SystemExit, match="another run"):
         _write(tmp_path, _results(lengths=[1024], entmax=1.9))
     assert "2026-12-05" not in doc.read_text()  # nothing written
+
+
+def test_merge_joins_parallel_sittings_and_refuses_other_runs(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_results(lengths=[], linformer=1.5)))
+    b.write_text(json.dumps(_results(lengths=[], relative=1.7)))
+    merged = bench.merge(tmp_path / "out", [a, b])
+    assert list(merged["kinds"]) == ["linformer", "relative"]
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["kinds"]["relative"]["val_nll"] == 1.7
+    assert (tmp_path / "out" / "nll_vs_time.png").stat().st_size > 0
+    (tmp_path / "c.json").write_text(json.dumps(_results(lengths=[1024], sparse=1.6)))
+    with pytest.raises(SystemExit, match="lengths differ"):
+        bench.merge(tmp_path / "out2", [a, tmp_path / "c.json"])
