@@ -277,7 +277,7 @@ def table(results: dict, earlier: dict | None = None) -> str:
         cells.append(f"{r['token_error_rate']:.3f}")
         for key, scale in (("s_per_tok", 1e3), ("kib_per_tok", 1.0)):
             for L in lengths:
-                m = r["scaling"][str(L)]
+                m = r["scaling"].get(str(L), {})  # {}: lengths still pending
                 cells.append(f"{m[key] * scale:.2f}" if key in m else "skip")
         rows.append("| " + " | ".join(cells) + " |")
     rows += earlier["kinds"].values()
@@ -475,20 +475,34 @@ def main(argv=None) -> None:
         kinds={},
     )
     results["kinds"] = kept_kinds(out / "results.json", results) if args.resume else {}
+
+    def save() -> None:
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
     for kind in kinds:
         done = results["kinds"].get(kind)
-        if done and (kind not in REPORTS or "mechanism" in done):
+        if done and done.get("lengths_pending"):
+            print(f"[{kind}] training kept from the earlier sitting", file=sys.stderr, flush=True)
+            r = done
+        elif done and (kind not in REPORTS or "mechanism" in done):
             print(f"[{kind}] kept from the earlier sitting", file=sys.stderr, flush=True)
             continue
-        if done:  # measured before the bench reported what the mechanism learned
-            print(f"[{kind}] has no mechanism report yet: measured again", file=sys.stderr)
-        print(f"[{kind}] training for {mode['budget_s']} s", file=sys.stderr, flush=True)
-        r = train_kind(kind, data, mode, pad, vocab)
-        r.update(generation(r.pop("model"), tokenizer, mode))
-        r["scaling"] = {str(L): m for L, m in scaling(kind, mode, vocab).items()}
-        results["kinds"][kind] = r
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        print(f"[{kind}] val NLL {r['val_nll']:.3f}", file=sys.stderr, flush=True)
+        else:
+            if done:  # measured before the bench reported what the mechanism learned
+                print(f"[{kind}] has no mechanism report yet: measured again", file=sys.stderr)
+            print(f"[{kind}] training for {mode['budget_s']} s", file=sys.stderr, flush=True)
+            r = train_kind(kind, data, mode, pad, vocab)
+            r.update(generation(r.pop("model"), tokenizer, mode))
+            # Saved before the lengths (the slow part): a sitting killed there keeps the rest.
+            r["scaling"] = {}
+            if mode["lengths"]:
+                r["lengths_pending"] = True
+            results["kinds"][kind] = r
+            save()
+            print(f"[{kind}] val NLL {r['val_nll']:.3f}", file=sys.stderr, flush=True)
+        if r.pop("lengths_pending", False):
+            r["scaling"] = {str(L): m for L, m in scaling(kind, mode, vocab).items()}
+            save()
     plots(results, out)
     print(table(results))
 

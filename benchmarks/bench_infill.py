@@ -7,6 +7,10 @@
    reads the music after the gap.
 2. Seam statistics against the real bars 9–12: pitch-class histogram distance and note-density
    ratio of (a) the infilled bars and (b) a left-only continuation of the same 4 bars.
+3. With ``--training-layout N``: the same NLL comparison on N validation windows rearranged
+   exactly as in training (random span, suffix within the training budget): if the suffix does
+   not help even there, the model did not learn to read it (a training matter, not a layout
+   mismatch between training and ``Pipeline.infill``).
 Prints per piece and the medians; writes --json if given.
 """
 
@@ -25,8 +29,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from musegen import metrics
-from musegen.data.dataset import PreparedDataset
-from musegen.data.infill import InfillVocab, layout, split_span, suffix_budget
+from musegen.data.dataset import PreparedDataset, WindowSampler
+from musegen.data.infill import (
+    InfillRearranger,
+    InfillVocab,
+    layout,
+    split_span,
+    suffix_budget,
+)
 from musegen.model.attention import reach_of
 from musegen.pipeline import Pipeline
 from musegen.tokenizer import decode
@@ -41,6 +51,34 @@ def target_nll(model, prompt: np.ndarray, target: np.ndarray) -> float:
         logits = out[0] if isinstance(out, tuple) else out
     start = len(prompt) - 1
     return float(F.cross_entropy(logits[0, start:].float(), ids[0, start + 1 :]))
+
+
+def training_layout(pipe, dataset: PreparedDataset, windows: int) -> dict[str, float]:
+    """Target NLL with and without the suffix on validation windows rearranged as in training."""
+    tok = pipe.tokenizer
+    pad = tok.vocab["PAD_None"]
+    budget = suffix_budget(reach_of(pipe.config))
+    rearranger = InfillRearranger(tok, 1.0, suffix_tokens=budget)
+    v = rearranger.vocab
+    sampler = WindowSampler(dataset.split("val"), pipe.config.max_seq_len, seed=1, pad_id=pad)
+    rng = np.random.default_rng(0)
+    both, left = [], []
+    while len(both) < windows:
+        window = sampler.next_batch(1)[0]
+        example = rearranger.apply(window[window != pad], rng)
+        if v.fill not in example:
+            continue  # too few bars to rearrange
+        s, f = (int(np.flatnonzero(example == t)[0]) for t in (v.suffix, v.fill))
+        prompt, target = example[: f + 1], example[f + 1 :]
+        both.append(target_nll(pipe.model, prompt, target))
+        left.append(target_nll(pipe.model, np.concatenate([prompt[: s + 1], [v.fill]]), target))
+    med = statistics.median
+    return {
+        "windows": windows,
+        "nll_both_sides": med(both),
+        "nll_left_only": med(left),
+        "both_lower_share": float(np.mean(np.array(both) < np.array(left))),
+    }
 
 
 def real_bars(score, a: int, b: int):
@@ -64,6 +102,13 @@ def main() -> None:
     ap.add_argument("--groups", default="full_band,pop_piano,classical,folk")
     ap.add_argument("--context", type=int, default=700, help="most tokens of each side")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--training-layout",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also compare on N validation windows rearranged as in training",
+    )
     args = ap.parse_args()
     pipe = Pipeline.from_pretrained(args.checkpoint)
     model, tok = pipe.model, pipe.tokenizer
@@ -124,6 +169,8 @@ def main() -> None:
             abs(np.log(max(r["left_only"]["density_ratio"], 1e-3))) for r in rows
         ),
     }
+    if args.training_layout:
+        summary["training_layout"] = training_layout(pipe, dataset, args.training_layout)
     print(json.dumps(summary, indent=1))
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")

@@ -72,3 +72,38 @@ def test_merge_joins_parallel_sittings_and_refuses_other_runs(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(_results(lengths=[1024], sparse=1.6)))
     with pytest.raises(SystemExit, match="lengths differ"):
         bench.merge(tmp_path / "out2", [a, tmp_path / "c.json"])
+
+
+def test_a_sitting_killed_during_the_lengths_keeps_its_training(tmp_path, monkeypatch):
+    """Results are saved before the slow lengths; --resume then measures only the lengths."""
+    calls: list[str] = []
+
+    def train_kind(*args) -> dict:
+        calls.append("train")
+        return dict(model=None, val_nll=1.5, curve=[[0.0, 1.5]], train_tok_s=1.0, steps=1)
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    def lengths(*args) -> dict:
+        calls.append("lengths")
+        return {256: {"skipped": "x"}}
+
+    data = type("Data", (), {"tokenizer_path": None})()
+    monkeypatch.setattr(bench.PreparedDataset, "open", lambda path: data)
+    monkeypatch.setattr(bench, "load_tokenizer", lambda path: [0] * 10)
+    monkeypatch.setattr(bench, "special_id", lambda tok, name: 0)
+    monkeypatch.setattr(bench, "plots", lambda results, out: None)
+    monkeypatch.setattr(bench, "train_kind", train_kind)
+    monkeypatch.setattr(bench, "generation", lambda *a: dict(gen_tok_s=1.0, token_error_rate=0.0))
+    monkeypatch.setattr(bench, "scaling", killed)
+    argv = ["--data", "d", "--quick", "--kinds", "local", "--out", str(tmp_path)]
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(argv)
+    saved = json.loads((tmp_path / "results.json").read_text())["kinds"]["local"]
+    assert saved["val_nll"] == 1.5 and saved["lengths_pending"] is True
+    monkeypatch.setattr(bench, "scaling", lengths)
+    bench.main([*argv, "--resume"])
+    assert calls == ["train", "lengths"]  # trained once
+    saved = json.loads((tmp_path / "results.json").read_text())["kinds"]["local"]
+    assert "lengths_pending" not in saved and saved["scaling"] == {"256": {"skipped": "x"}}
