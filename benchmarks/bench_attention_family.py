@@ -321,9 +321,14 @@ def plots(results: dict, out: Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "nll_vs_time.png", dpi=120)
+    points = {
+        kind: [(int(L), m["kib_per_tok"]) for L, m in r["scaling"].items() if "kib_per_tok" in m]
+        for kind, r in results["kinds"].items()
+    }
+    if not any(points.values()):  # a run without the lengths (--no-scaling)
+        return
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for kind, r in results["kinds"].items():
-        pts = [(int(L), m["kib_per_tok"]) for L, m in r["scaling"].items() if "kib_per_tok" in m]
+    for kind, pts in points.items():
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=kind)
     ax.set(xscale="log", xlabel="sequence length", ylabel="peak KiB per token (fwd+bwd)")

@@ -44,25 +44,33 @@ from musegen.tokenizer import decode
 SPAN = (9, 12)  # 1-based, inclusive
 
 
-def target_nll(model, prompt: np.ndarray, target: np.ndarray) -> float:
+def token_losses(model, prompt: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The NLL of each ``target`` token after ``prompt``."""
     ids = torch.as_tensor(np.concatenate([prompt, target]), dtype=torch.long)[None]
     with torch.no_grad():
         out = model(ids[:, :-1])
         logits = out[0] if isinstance(out, tuple) else out
     start = len(prompt) - 1
-    return float(F.cross_entropy(logits[0, start:].float(), ids[0, start + 1 :]))
+    losses = F.cross_entropy(logits[0, start:].float(), ids[0, start + 1 :], reduction="none")
+    return losses.numpy()
+
+
+def target_nll(model, prompt: np.ndarray, target: np.ndarray) -> float:
+    return float(token_losses(model, prompt, target).mean())
 
 
 def training_layout(pipe, dataset: PreparedDataset, windows: int) -> dict[str, float]:
-    """Target NLL with and without the suffix on validation windows rearranged as in training."""
+    """Target NLL with and without the suffix on validation windows rearranged as in training,
+    also per token type (Pitch, Duration, …: which part of the music the right side informs)."""
     tok = pipe.tokenizer
+    kind = {i: name.split("_")[0] for name, i in tok.vocab.items()}
     pad = tok.vocab["PAD_None"]
     budget = suffix_budget(reach_of(pipe.config))
     rearranger = InfillRearranger(tok, 1.0, suffix_tokens=budget)
     v = rearranger.vocab
     sampler = WindowSampler(dataset.split("val"), pipe.config.max_seq_len, seed=1, pad_id=pad)
     rng = np.random.default_rng(0)
-    both, left = [], []
+    both, left, by_type = [], [], {}
     while len(both) < windows:
         window = sampler.next_batch(1)[0]
         example = rearranger.apply(window[window != pad], rng)
@@ -70,14 +78,23 @@ def training_layout(pipe, dataset: PreparedDataset, windows: int) -> dict[str, f
             continue  # too few bars to rearrange
         s, f = (int(np.flatnonzero(example == t)[0]) for t in (v.suffix, v.fill))
         prompt, target = example[: f + 1], example[f + 1 :]
-        both.append(target_nll(pipe.model, prompt, target))
-        left.append(target_nll(pipe.model, np.concatenate([prompt[: s + 1], [v.fill]]), target))
+        with_suffix = token_losses(pipe.model, prompt, target)
+        without = token_losses(pipe.model, np.concatenate([prompt[: s + 1], [v.fill]]), target)
+        both.append(float(with_suffix.mean()))
+        left.append(float(without.mean()))
+        for token, a, b in zip(target.tolist(), with_suffix, without, strict=True):
+            sums = by_type.setdefault(kind.get(token, "?"), [0, 0.0, 0.0])
+            sums[0], sums[1], sums[2] = sums[0] + 1, sums[1] + float(a), sums[2] + float(b)
     med = statistics.median
     return {
         "windows": windows,
         "nll_both_sides": med(both),
         "nll_left_only": med(left),
         "both_lower_share": float(np.mean(np.array(both) < np.array(left))),
+        "by_token_type": {
+            name: {"tokens": n, "nll_both_sides": a / n, "nll_left_only": b / n}
+            for name, (n, a, b) in sorted(by_type.items(), key=lambda item: -item[1][0])
+        },
     }
 
 
