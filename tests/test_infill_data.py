@@ -7,7 +7,13 @@ import pytest
 import symusic
 
 from musegen.data.dataset import Augmentation, TokenSplit, WindowSampler
-from musegen.data.infill import InfillRearranger, InfillVocab, split_span, suffix_budget
+from musegen.data.infill import (
+    PREFIX_KEPT,
+    InfillRearranger,
+    InfillVocab,
+    split_span,
+    suffix_budget,
+)
 from musegen.errors import MusegenError
 from musegen.tokenizer import TokenizerSettings, build_tokenizer, decode, encode
 
@@ -102,6 +108,38 @@ def test_suffix_budget_keeps_the_right_side_within_reach(tokenizer, ids):
     with pytest.raises(MusegenError, match="suffix_tokens"):
         InfillRearranger(tokenizer, rate=1.0, suffix_tokens=0)
     assert suffix_budget(512) == 256 and suffix_budget(None) is None
+
+
+def _parts(example: np.ndarray, vocab: InfillVocab) -> list[np.ndarray]:
+    """given, suffix and target of a rearranged example."""
+    marks = [int(np.flatnonzero(example == m)[0]) for m in (vocab.span, vocab.suffix, vocab.fill)]
+    return [
+        example[marks[0] + 1 : marks[1]],
+        example[marks[1] + 1 : marks[2]],
+        example[marks[2] + 1 :],
+    ]
+
+
+def test_prefix_drop_cuts_the_left_side_only(tokenizer, ids):
+    """With prefix_drop=1 every example keeps at most PREFIX_KEPT tokens before Infill_Span,
+    and the same span and target as without it (same seed); the suffix, no longer shortened to
+    fit the window, starts the same."""
+    plain = InfillRearranger(tokenizer, rate=1.0, suffix_tokens=40)
+    dropped = InfillRearranger(tokenizer, rate=1.0, suffix_tokens=40, prefix_drop=1.0)
+    vocab = plain.vocab
+    window = ids[:400]
+    for seed in range(10):
+        a = plain.apply(window, np.random.default_rng(seed))
+        b = dropped.apply(window, np.random.default_rng(seed))
+        at_a, at_b = (int(np.flatnonzero(x == vocab.span)[0]) for x in (a, b))
+        assert at_b <= PREFIX_KEPT < at_a
+        assert np.array_equal(b[:at_b], a[at_a - at_b : at_a])  # the newest tokens of the left
+        parts_a, parts_b = (_parts(x, vocab) for x in (a, b))
+        assert np.array_equal(parts_a[0], parts_b[0])  # given
+        assert np.array_equal(parts_a[1], parts_b[1][: len(parts_a[1])])  # suffix
+        assert np.array_equal(parts_a[2], parts_b[2][: len(parts_a[2])])  # target
+    with pytest.raises(MusegenError, match="prefix drop"):
+        InfillRearranger(tokenizer, rate=1.0, prefix_drop=-0.1)
 
 
 def test_sampler_pads_shortened_infilling_examples(tokenizer, ids):

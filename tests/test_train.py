@@ -243,6 +243,8 @@ def test_bad_settings_are_clear_errors(prepared, tmp_path, capsys):
     assert "divisible" in capsys.readouterr().err
     with pytest.raises(MusegenError, match="batch_size"):
         tiny_config(prepared, tmp_path, batch_size=0).validate()
+    with pytest.raises(MusegenError, match="infill_prefix_drop must be in"):
+        tiny_config(prepared, tmp_path, infill_prefix_drop=1.5).validate()
 
 
 # --- the pieces ----------------------------------------------------------------------------------

@@ -70,6 +70,13 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
         "fraction of windows rearranged as fill-in-the-middle examples, so the model can infill",
     ),
     (
+        "--infill-prefix-drop",
+        "infill_prefix_drop",
+        float,
+        "fraction of those examples whose left side is cut to a few tokens, so the model learns "
+        "to read the right side",
+    ),
+    (
         "--init-from",
         "init_from",
         str,

@@ -142,6 +142,9 @@ def suffix_budget(reach: int | None) -> int | None:
     return None if reach is None else max(1, reach // 2)
 
 
+PREFIX_KEPT = 32  # most tokens of the left side an example with a dropped prefix keeps
+
+
 class InfillRearranger:
     """Turns a fraction of training windows into infilling examples (``--infill-rate``).
 
@@ -153,6 +156,11 @@ class InfillRearranger:
     ``suffix_tokens`` (see :func:`suffix_budget`) bounds the right side: the span is then chosen
     among the window's last bars, and a suffix still longer keeps its head (the example is
     shorter than the window; the sampler pads it).
+
+    ``prefix_drop``: the fraction of examples whose left side is cut to its last
+    0–``PREFIX_KEPT`` tokens, so that only the right side tells what the span holds. With the
+    whole prefix always there, the shipped model learned to fill from the left and ignore the
+    suffix (``benchmarks/bench_infill.py --training-layout``).
     """
 
     def __init__(
@@ -162,14 +170,18 @@ class InfillRearranger:
         max_bars: int = 8,
         track_rate: float = 0.5,
         suffix_tokens: int | None = None,
+        prefix_drop: float = 0.0,
     ):
         if not 0 <= rate <= 1:
             raise MusegenError(f"infill rate must be in [0, 1], got {rate}")
+        if not 0 <= prefix_drop <= 1:
+            raise MusegenError(f"infill prefix drop must be in [0, 1], got {prefix_drop}")
         if suffix_tokens is not None and suffix_tokens < 1:
             raise MusegenError(f"suffix_tokens must be at least 1, got {suffix_tokens}")
         self.vocab = InfillVocab.from_tokenizer(tokenizer)
         self.rate, self.max_bars, self.track_rate = rate, max_bars, track_rate
         self.suffix_tokens = suffix_tokens
+        self.prefix_drop = prefix_drop
 
     def maybe_apply(self, window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.rate <= 0 or rng.random() >= self.rate:
@@ -195,6 +207,8 @@ class InfillRearranger:
             targets = frozenset(int(p) for p in rng.choice(programs, size=k, replace=False))
         given, target = split_span(span, self.vocab, targets)
         prefix, suffix = window[:start], window[stop : stop + (self.suffix_tokens or len(window))]
+        if self.prefix_drop and rng.random() < self.prefix_drop:
+            prefix = prefix[max(0, len(prefix) - int(rng.integers(0, PREFIX_KEPT + 1))) :]
         excess = max(0, len(prefix) + len(given) + len(suffix) + len(target) + 4 - len(window))
         cut = min(excess, len(suffix))
         suffix = suffix[: len(suffix) - cut]

@@ -61,6 +61,8 @@ class TrainConfig:
     program_across: float = 0.05
     # Fraction of training windows rearranged into fill-in-the-middle examples (data/infill.py).
     infill_rate: float = 0.0
+    # Of those, the fraction whose left side is cut to a few tokens (teaches reading the right).
+    infill_prefix_drop: float = 0.0
     init_from: str | None = None
     # LoRA fine-tuning (musegen.training.lora): rank 0 trains every weight; alpha None = rank.
     lora_rank: int = 0
@@ -101,7 +103,7 @@ class TrainConfig:
             raise MusegenError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise MusegenError(f"precision must be one of {', '.join(PRECISIONS)}")
-        for name in ("program_within", "program_across", "infill_rate"):
+        for name in ("program_within", "program_across", "infill_rate", "infill_prefix_drop"):
             if not 0 <= float(getattr(self, name)) <= 1:
                 raise MusegenError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.transpose[0] > 0 or self.transpose[1] <= 0:

@@ -180,7 +180,12 @@ class _Trainer:
         infill = None
         if cfg.infill_rate:
             budget = suffix_budget(reach_of(self.model_config))
-            infill = InfillRearranger(self.tokenizer, cfg.infill_rate, suffix_tokens=budget)
+            infill = InfillRearranger(
+                self.tokenizer,
+                cfg.infill_rate,
+                suffix_tokens=budget,
+                prefix_drop=cfg.infill_prefix_drop,
+            )
         return WindowSampler(
             split,
             self.seq_len,
