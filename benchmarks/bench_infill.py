@@ -59,7 +59,7 @@ def target_nll(model, prompt: np.ndarray, target: np.ndarray) -> float:
     return float(token_losses(model, prompt, target).mean())
 
 
-def training_layout(pipe, dataset: PreparedDataset, windows: int) -> dict[str, float]:
+def training_layout(pipe, dataset: PreparedDataset, windows: int) -> dict:
     """Target NLL with and without the suffix on validation windows rearranged as in training,
     also per token type (Pitch, Duration, …: which part of the music the right side informs)."""
     tok = pipe.tokenizer
