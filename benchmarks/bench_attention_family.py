@@ -287,6 +287,11 @@ def table(results: dict, earlier: dict | None = None) -> str:
         for L, m in r["scaling"].items()
         if "skipped" in m
     ]
+    notes += [
+        f"- {kind}: lengths not measured yet (`--resume --kinds {kind}` measures them)"
+        for kind, r in results["kinds"].items()
+        if r.get("lengths_pending")
+    ]
     meta = (
         f"Mode `{results['mode']}`, {', '.join(results.get('dates', [results['date']]))}, "
         f"{results['machine']}, torch "

@@ -102,6 +102,8 @@ def test_a_sitting_killed_during_the_lengths_keeps_its_training(tmp_path, monkey
         bench.main(argv)
     saved = json.loads((tmp_path / "results.json").read_text())["kinds"]["local"]
     assert saved["val_nll"] == 1.5 and saved["lengths_pending"] is True
+    kept = json.loads((tmp_path / "results.json").read_text())
+    assert "- local: lengths not measured yet" in bench.table(kept)
     monkeypatch.setattr(bench, "scaling", lengths)
     bench.main([*argv, "--resume"])
     assert calls == ["train", "lengths"]  # trained once
