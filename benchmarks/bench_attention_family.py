@@ -323,10 +323,9 @@ def plots(results: dict, out: Path) -> None:
         t, nll = zip(*r["curve"], strict=True)
         ax.plot(t, nll, marker="o", label=kind)
     ax.set(xlabel="training wall-clock (s)", ylabel="validation NLL", title="NLL vs time")
+    # The untrained first point would flatten the rest: the axis starts at the second ones.
     curves = [r["curve"] for r in results["kinds"].values()]
-    if curves and all(
-        len(c) > 2 for c in curves
-    ):  # the untrained first point would flatten the rest
+    if curves and all(len(c) > 2 for c in curves):
         ax.set_ylim(top=max(c[1][1] for c in curves) + 0.1)
     ax.legend(fontsize=7)
     fig.tight_layout()
