@@ -390,12 +390,17 @@ def write_doc(results_path: Path) -> None:
 SAME_RUN = ("mode", "machine", "torch", "threads", "budget_s", "seq_len", "data", "lengths")
 
 
+def differing(other: dict, results: dict) -> list[str]:
+    """The :data:`SAME_RUN` settings in which ``other`` differs from ``results``."""
+    return [k for k in SAME_RUN if other.get(k) != results[k]]
+
+
 def kept_kinds(path: Path, results: dict) -> dict:
     """The kinds an earlier sitting of the same run measured (nothing if the run differs)."""
     if not path.is_file():
         return {}
     earlier = json.loads(path.read_text())
-    differs = [k for k in SAME_RUN if earlier.get(k) != results[k]]
+    differs = differing(earlier, results)
     if differs:
         raise SystemExit(
             f"--resume: {path} is another run ({', '.join(differs)} differ); "
@@ -411,7 +416,7 @@ def merge(out: Path, paths: list[Path]) -> dict:
     parts = [json.loads(Path(p).read_text()) for p in paths]
     merged = dict(parts[0], kinds={})
     for path, part in zip(paths, parts, strict=True):
-        differs = [k for k in SAME_RUN if part.get(k) != merged[k]]
+        differs = differing(part, merged)
         if differs:
             raise SystemExit(f"--merge: {path} is another run ({', '.join(differs)} differ)")
         merged["kinds"].update(part["kinds"])
