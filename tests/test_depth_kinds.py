@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from musegen.checkpoint import load_pretrained, save_pretrained
 from musegen.config import preset
 from musegen.generation.sampling import Stopping, sample
+from musegen.model import feedback as feedback_module
 from musegen.model.cache import FullCache
 from musegen.model.feedback import FeedbackStack
 from musegen.model.transformer import MusicTransformer
@@ -140,6 +141,18 @@ def reference(model, ids):
 
 @pytest.mark.parametrize(("kind", "kw"), KINDS, ids=IDS)
 def test_forward_and_gradients_match_the_slow_reference(kind, kw):
+    check_against_reference(kind, kw)
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_feedback_memory_kept_in_several_parts_matches_the_reference(monkeypatch, chunk):
+    """A training forward keeps the memory in parts of ``PART`` positions (``O(L)`` saved
+    keys): with parts of 2 positions, 7 positions span several, and nothing changes."""
+    monkeypatch.setattr(feedback_module, "PART", 2)
+    check_against_reference("feedback", {"feedback_chunk": chunk})
+
+
+def check_against_reference(kind: str, kw: dict) -> None:
     model = tiny(kind, **kw).double().train()
     ids = random_ids(2, 7)
     weights = torch.randn(2, 7, V, dtype=torch.float64, generator=torch.Generator().manual_seed(3))

@@ -27,6 +27,13 @@ cache; projecting once per position instead of once per step), plus, for the chu
 progress, the per-layer keys of its positions and their memory vectors until the chunk
 closes. A new token costs ``n_layers`` one-query attentions over the past and one projection
 of its memory per layer: the same order as a standard decoder step.
+
+**Training memory.** Concatenating the memory keys at every step and saving them for the
+backward pass would keep ``O(L²)`` key/value copies per layer (over 20 GiB at the benchmark's
+batch 8 × 512, d_model 256, 6 layers: the kernel killed it). A full forward with gradients
+keeps the memory as a list of per-chunk keys/values instead, and its attention saves those
+parts plus the attention weights, rebuilding the concatenation in the backward pass: what is
+saved grows as ``O(L · d)`` for the keys and ``O(L²)`` only for the (per-head scalar) weights.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from torch import Tensor, nn
 
 from musegen.config import ModelConfig
 from musegen.model.attention import AttnContext, Pattern, additive_mask, init_scale
-from musegen.model.attention.kernels import cached_attention
+from musegen.model.attention.kernels import cached_attention, cached_attention_bias
 from musegen.model.cache import KVCache
 from musegen.model.linear import Linear
 
@@ -58,6 +65,8 @@ class FeedbackCache(KVCache):
         self.pk: list[Tensor | None] = [None] * n_layers
         self.pv: list[Tensor | None] = [None] * n_layers
         self.pm: Tensor | None = None
+        self.k_parts: list[list[Tensor]] | None = None
+        self.v_parts: list[list[Tensor]] | None = None
 
     def begin(self, n: int, padding_mask: Tensor | None = None) -> None:
         self.valid = torch.cat([self.valid, self.set_padding(padding_mask, n)], dim=1)
@@ -65,7 +74,64 @@ class FeedbackCache(KVCache):
 
     def _tensors(self) -> list[Tensor]:
         pending = [t for t in self.pk + self.pv + [self.pm] if t is not None]
-        return super()._tensors() + pending
+        parts = [t for layer in (self.k_parts or []) + (self.v_parts or []) for t in layer]
+        return super()._tensors() + pending + parts
+
+    def keep_parts(self) -> None:
+        """Keep the closed chunks' memory keys/values as per-chunk lists (a training forward:
+        see *Training memory* in the module docstring) instead of one growing tensor."""
+        self.k_parts = [[] for _ in self.k]
+        self.v_parts = [[] for _ in self.v]
+
+
+def _attend(q: Tensor, rel: Tensor, ctx: AttnContext, n: int, *kv: Tensor | None) -> Tensor:
+    """Attention over keys ``kv[:n]`` and values ``kv[n:]``, each part concatenated along
+    positions (None parts skipped)."""
+    keys = [t for t in kv[:n] if t is not None]
+    values = [t for t in kv[n:] if t is not None]
+    if len(keys) == 1 or not torch.is_grad_enabled():
+        return cached_attention(q, torch.cat(keys, 2), torch.cat(values, 2), rel, ctx)
+    bias = cached_attention_bias(q, rel, ctx)
+    return _PartsAttention.apply(q, bias, len(keys), *keys, *values)
+
+
+PART = 64  # positions per memory part in a training forward
+
+
+def _append_part(parts: list[Tensor], new: Tensor) -> None:
+    """Add a chunk's memory keys (or values) to the last part until it holds :data:`PART`."""
+    if parts and parts[-1].shape[2] < PART:
+        parts[-1] = torch.cat([parts[-1], new], 2)
+    else:
+        parts.append(new)
+
+
+class _PartsAttention(torch.autograd.Function):
+    """Softmax attention whose keys/values come in parts and are saved as those parts, not
+    as their concatenation (see *Training memory* above); backward rebuilds them."""
+
+    @staticmethod
+    def forward(fctx, q: Tensor, bias: Tensor, n: int, *kv: Tensor) -> Tensor:
+        scale = q.shape[-1] ** -0.5
+        keys, values = torch.cat(kv[:n], 2), torch.cat(kv[n:], 2)
+        probs = (q @ keys.transpose(-1, -2) * scale + bias).softmax(-1)
+        fctx.save_for_backward(q, probs, *kv)
+        fctx.n = n
+        return probs @ values
+
+    @staticmethod
+    def backward(fctx, grad: Tensor):
+        q, probs, *kv = fctx.saved_tensors
+        n, scale = fctx.n, q.shape[-1] ** -0.5
+        keys, values = torch.cat(kv[:n], 2), torch.cat(kv[n:], 2)
+        d_probs = grad @ values.transpose(-1, -2)
+        d_scores = probs * (d_probs - (d_probs * probs).sum(-1, keepdim=True))
+        d_q = d_scores @ keys * scale
+        d_keys = d_scores.transpose(-1, -2) @ q * scale
+        d_values = probs.transpose(-1, -2) @ grad
+        sizes = [t.shape[2] for t in kv[:n]]
+        parts = [*d_keys.split(sizes, 2), *d_values.split(sizes, 2)]
+        return d_q, d_scores, None, *parts
 
 
 class FeedbackLayer(nn.Module):
@@ -87,14 +153,16 @@ class FeedbackLayer(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, ctx: AttnContext, past: list[Tensor | None]):
-        """``x`` ``[B, S, C]`` after the keys in ``past`` (memory k, v; chunk k, v)."""
+        """``x`` ``[B, S, C]`` after the keys in ``past`` (memory k, v; chunk k, v). The memory
+        is one tensor each, or lists of per-chunk tensors (a training forward)."""
         B, S, _ = x.shape
         qkv = self.attn.qkv(self.ln1(x)).view(B, S, 3, self.n_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         mem_k, mem_v, chunk_k, chunk_v = past
-        keys = torch.cat([t for t in (mem_k, chunk_k, k) if t is not None], dim=2)
-        values = torch.cat([t for t in (mem_v, chunk_v, v) if t is not None], dim=2)
-        y = cached_attention(q, keys, values, self.attn.rel, ctx)
+        if not isinstance(mem_k, list):
+            mem_k, mem_v = [mem_k], [mem_v]
+        n = len(mem_k) + 2
+        y = _attend(q, self.attn.rel, ctx, n, *mem_k, chunk_k, k, *mem_v, chunk_v, v)
         x = x + self.drop(self.attn.proj(y.transpose(1, 2).reshape(B, S, self.width)))
         x = x + self.drop(self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh")))
         return x, k, v
@@ -127,6 +195,8 @@ class FeedbackStack(nn.Module):
         if cache is None:  # a full forward: a cache that lives for this pass only
             cache = FeedbackCache(self.n_layers, B, self.chunk, x.device)
             cache.begin(L, ctx.key_valid)
+            if torch.is_grad_enabled():
+                cache.keep_parts()
         elif not isinstance(cache, FeedbackCache):
             raise ValueError(
                 f"attention='feedback' decodes with its memory cache (model.new_cache()), "
@@ -153,8 +223,10 @@ class FeedbackStack(nn.Module):
         closes = end % self.chunk == 0
         ctx = self._context(cache, t, end, x.dtype)
         states = [x]
+        parts = cache.k_parts is not None
         for i, layer in enumerate(self.layers):
-            x, k, v = layer(x, ctx, [cache.k[i], cache.v[i], cache.pk[i], cache.pv[i]])
+            mem = [cache.k_parts[i], cache.v_parts[i]] if parts else [cache.k[i], cache.v[i]]
+            x, k, v = layer(x, ctx, [*mem, cache.pk[i], cache.pv[i]])
             if not closes:
                 cache.pk[i], cache.pv[i] = _cat(cache.pk[i], k, 2), _cat(cache.pv[i], v, 2)
             states.append(x)
@@ -163,7 +235,11 @@ class FeedbackStack(nn.Module):
         if closes:  # the chunk's memory becomes visible to every later position
             for i, layer in enumerate(self.layers):
                 k, v = layer.memory_kv(cache.pm)
-                cache.k[i], cache.v[i] = _cat(cache.k[i], k, 2), _cat(cache.v[i], v, 2)
+                if parts:
+                    _append_part(cache.k_parts[i], k)
+                    _append_part(cache.v_parts[i], v)
+                else:
+                    cache.k[i], cache.v[i] = _cat(cache.k[i], k, 2), _cat(cache.v[i], v, 2)
                 cache.pk[i] = cache.pv[i] = None
             cache.pm, cache.visible = None, end
         return x

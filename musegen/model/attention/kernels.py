@@ -251,16 +251,18 @@ def _add_summaries(qb, k, v, rel, ctx, summ, i0, band):
 # --- the cached (incremental) regime --------------------------------------------------------
 def cached_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor | None, ctx: AttnContext):
     """Queries against cached keys: bias gathered by distance, mask from key positions."""
-    mask = ctx.mask
-    if rel is not None:
-        B, H, Lq, D = q.shape
-        # one matmul per head over every (row, query): no copy of the table per row
-        q_heads = (q * D**-0.5).transpose(0, 1).reshape(H, B * Lq, D)
-        qe = torch.bmm(q_heads, rel[:, : ctx.n_dist].transpose(1, 2))  # [H, B*Lq, n_dist]
-        qe = qe.view(H, B, Lq, ctx.n_dist).transpose(0, 1)
-        idx = ctx.dist_index.expand(B, H, Lq, -1)
-        mask = qe.gather(-1, idx) + mask
+    mask = ctx.mask if rel is None else cached_attention_bias(q, rel, ctx)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def cached_attention_bias(q: Tensor, rel: Tensor, ctx: AttnContext) -> Tensor:
+    """The additive mask plus each query's relative bias, gathered by distance."""
+    B, H, Lq, D = q.shape
+    # one matmul per head over every (row, query): no copy of the table per row
+    q_heads = (q * D**-0.5).transpose(0, 1).reshape(H, B * Lq, D)
+    qe = torch.bmm(q_heads, rel[:, : ctx.n_dist].transpose(1, 2))  # [H, B*Lq, n_dist]
+    qe = qe.view(H, B, Lq, ctx.n_dist).transpose(0, 1)
+    return qe.gather(-1, ctx.dist_index.expand(B, H, Lq, -1)) + ctx.mask
 
 
 def cached_context(ctx: AttnContext, keys, dtype: torch.dtype, relative: bool) -> AttnContext:
