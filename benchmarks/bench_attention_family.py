@@ -268,7 +268,7 @@ def header(lengths: list[int]) -> str:
 def table(results: dict, earlier: dict | None = None) -> str:
     """The doc's block: settings line, one row per kind, notes. ``earlier``: rows kept from the
     doc for kinds this results file lacks (see :func:`earlier_sitting`)."""
-    earlier = earlier or {"meta": None, "kinds": {}, "notes": []}
+    earlier = earlier or {"sittings": {}, "kinds": {}, "notes": []}
     lengths = results["lengths"]
     head = header(lengths)
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -307,18 +307,36 @@ def table(results: dict, earlier: dict | None = None) -> str:
     left = [k for k in kind_names() if k not in results["kinds"] and k not in earlier["kinds"]]
     if left:  # a run in sittings, written before its last one
         notes.append(f"- not measured yet: {', '.join(left)}")
-    if earlier["kinds"]:
-        meta += f" Rows of {', '.join(earlier['kinds'])}: an earlier sitting. {earlier['meta']}"
+    for then, kinds in earlier["sittings"].items():
+        meta += f" Rows of {', '.join(kinds)}: an earlier sitting. {then}"
     return "\n".join([meta, "", *rows, "", *notes])
 
 
-def plots(results: dict, out: Path) -> None:
+def table_memory(rows: dict[str, str], lengths: list[int]) -> dict[str, list[tuple[int, float]]]:
+    """The KiB/tok cells of the doc's rows kept from an earlier sitting, per kind: the memory
+    plot shows every kind even when that sitting's results file (and its curves) are gone."""
+    out = {}
+    for kind, row in rows.items():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        kib = cells[5 + len(lengths) : 5 + 2 * len(lengths)]
+        out[kind] = [(L, float(c)) for L, c in zip(lengths, kib, strict=True) if c != "skip"]
+    return out
+
+
+# 11 kinds: matplotlib's default cycle has 10 colours, so two kinds would share one
+COLORS = [*"bgrcmyk", "tab:orange", "tab:brown", "tab:pink", "tab:gray", "tab:olive"]
+
+
+def plots(results: dict, out: Path, earlier: dict | None = None) -> None:
+    """NLL against training time (kinds with curves) and peak memory against length (also the
+    ``earlier`` rows of :func:`earlier_sitting`, from their table cells)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.set_prop_cycle(color=COLORS)
     for kind, r in results["kinds"].items():
         t, nll = zip(*r["curve"], strict=True)
         ax.plot(t, nll, marker="o", label=kind)
@@ -334,47 +352,62 @@ def plots(results: dict, out: Path) -> None:
         kind: [(int(L), m["kib_per_tok"]) for L, m in r["scaling"].items() if "kib_per_tok" in m]
         for kind, r in results["kinds"].items()
     }
+    if earlier and earlier["kinds"]:
+        points.update(table_memory(earlier["kinds"], results["lengths"]))
     if not any(points.values()):  # a run without the lengths (--no-scaling)
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.set_prop_cycle(color=COLORS)
     for kind, pts in points.items():
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=kind)
-    ax.set(xscale="log", xlabel="sequence length", ylabel="peak KiB per token (fwd+bwd)")
+    # log y: feedback's 5 MiB per token would flatten every other kind
+    ax.set(xscale="log", yscale="log", xlabel="sequence length")
+    ax.set(ylabel="peak KiB per token (fwd+bwd)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "memory_vs_length.png", dpi=120)
 
 
 def earlier_sitting(block: str, results: dict) -> dict:
-    """The doc's rows and notes of kinds that ``results`` lacks, with their settings line.
+    """The doc's rows and notes of kinds that ``results`` lacks, with their sittings' settings.
 
     A sitting's ``results.json`` can be lost (a fresh checkout); its figures in the doc stay,
     marked as such, if it ran with the same settings (mode, budget, sequence length, lengths).
+    The settings line reads ``META_NOW Rows of k1, k2: an earlier sitting. META_THEN …``: each
+    kept row keeps the settings of the sitting that measured it.
     """
     lines = block.strip().splitlines()
-    meta = next((line for line in lines if line.startswith("Mode ")), "")
-    meta = meta.split(" Rows of ")[0]
+    line = next((line for line in lines if line.startswith("Mode ")), "")
+    first, *older = line.split(" Rows of ")
+    sitting_of: dict[str, str] = {}
+    for part in older:
+        kinds, _, meta = part.partition(": an earlier sitting. ")
+        sitting_of.update(dict.fromkeys(kinds.split(", "), meta))
     rows = {
         line.split("|")[1].strip(): line
         for line in lines
         if line.startswith("| ") and not line.startswith("| kind ")
     }
     kept = {k: row for k, row in rows.items() if k not in results["kinds"]}
-    same = [
-        meta.startswith(f"Mode `{results['mode']}`"),
-        f"budget {results['budget_s']} s of training per kind at seq_len {results['seq_len']}"
-        in meta,
-        header(results["lengths"]) in lines,
-    ]
-    if kept and not all(same):
-        raise SystemExit(f"the doc's table is of another run ({meta[:60]}…): not merged")
+    sittings: dict[str, list[str]] = {}
+    for kind in kept:
+        sittings.setdefault(sitting_of.get(kind, first), []).append(kind)
+    for meta in sittings:
+        same = [
+            meta.startswith(f"Mode `{results['mode']}`"),
+            f"budget {results['budget_s']} s of training per kind at seq_len "
+            f"{results['seq_len']}" in meta,
+            header(results["lengths"]) in lines,
+        ]
+        if not all(same):
+            raise SystemExit(f"the doc's table is of another run ({meta[:60]}…): not merged")
     notes = [
         line
         for line in lines
         if line.startswith("- ") and line[2:].split(" ")[0].rstrip(":") in kept
     ]
-    return {"meta": meta, "kinds": kept, "notes": notes}
+    return {"sittings": sittings, "kinds": kept, "notes": notes}
 
 
 def write_doc(results_path: Path) -> None:
@@ -382,9 +415,11 @@ def write_doc(results_path: Path) -> None:
     results = json.loads(Path(results_path).read_text())
     text = DOC.read_text()
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    block = table(results, earlier_sitting(text[start:end], results))
+    earlier = earlier_sitting(text[start:end], results)
+    block = table(results, earlier)
     DOC.write_text(text[:start] + "\n" + block + "\n" + text[end:])
-    print(f"rewrote the table in {DOC}")
+    plots(results, Path(results_path).parent, earlier)
+    print(f"rewrote the table in {DOC} and the plots beside {results_path}")
 
 
 SAME_RUN = ("mode", "machine", "torch", "threads", "budget_s", "seq_len", "data", "lengths")

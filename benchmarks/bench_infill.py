@@ -11,6 +11,12 @@
    exactly as in training (random span, suffix within the training budget): if the suffix does
    not help even there, the model did not learn to read it (a training matter, not a layout
    mismatch between training and ``Pipeline.infill``).
+4. With ``--suffix-tokens 32,64,…``: the span's NLL with right sides of those lengths, each
+   also against the left side alone *seen as far back as with that suffix*. A model with a
+   bounded reach (local attention) loses as much of the left side as the suffix takes, so the
+   plain left-only figure mixes "reads the right side" with "sees more of the left"; the
+   same-view figure isolates the first, and the sweep shows which budget ``Pipeline.infill``
+   should keep (tune with ``--split val``, report on test).
 Prints per piece and the medians; writes --json if given.
 """
 
@@ -57,6 +63,20 @@ def token_losses(model, prompt: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def target_nll(model, prompt: np.ndarray, target: np.ndarray) -> float:
     return float(token_losses(model, prompt, target).mean())
+
+
+def suffix_sweep(model, reach, prefix, given, suffix, target, vocab, budgets) -> dict:
+    """Per right-side budget: the span's NLL with that much suffix, and with no suffix but the
+    left side cut to what the target's first token sees with it (same left view)."""
+    out = {}
+    for b in budgets:
+        right = suffix[:b]
+        both = target_nll(model, layout(prefix, given, right, vocab), target)
+        seen = len(prefix) if reach is None else max(0, reach - len(given) - len(right) - 3)
+        view = prefix[len(prefix) - min(seen, len(prefix)) :]
+        same = target_nll(model, layout(view, given, suffix[:0], vocab), target)
+        out[str(b)] = {"both_sides": both, "left_same_view": same}
+    return out
 
 
 def training_layout(pipe, dataset: PreparedDataset, windows: int) -> dict:
@@ -111,6 +131,43 @@ def seam(generated, real) -> dict[str, float]:
     return {"pc_distance": dist, "density_ratio": generated.note_num() / dens_real}
 
 
+def summarize(rows: list[dict], split: str, right: int, budgets: list[int]) -> dict:
+    """Medians over pieces, and how often the right side lowers the NLL."""
+    med = statistics.median
+    summary = {
+        "split": split,
+        "pieces": len(rows),
+        "suffix_tokens": right,
+        "nll_both_sides": med(r["nll_both_sides"] for r in rows),
+        "nll_left_only": med(r["nll_left_only"] for r in rows),
+        "both_lower_share": sum(r["nll_both_sides"] < r["nll_left_only"] for r in rows) / len(rows),
+    }
+    if budgets:
+        summary["by_suffix_budget"] = {}
+        for b in map(str, budgets):
+            both = np.array([r["by_suffix_budget"][b]["both_sides"] for r in rows])
+            same = np.array([r["by_suffix_budget"][b]["left_same_view"] for r in rows])
+            left = np.array([r["nll_left_only"] for r in rows])
+            summary["by_suffix_budget"][b] = {
+                "nll_both_sides": float(np.median(both)),
+                "nll_left_same_view": float(np.median(same)),
+                "lower_than_same_view_share": float(np.mean(both < same)),
+                "lower_than_left_only_share": float(np.mean(both < left)),
+            }
+    if rows and "infill" in rows[0]:
+        summary.update(
+            pc_distance_infill=med(r["infill"]["pc_distance"] for r in rows),
+            pc_distance_left_only=med(r["left_only"]["pc_distance"] for r in rows),
+            density_err_infill=med(
+                abs(np.log(max(r["infill"]["density_ratio"], 1e-3))) for r in rows
+            ),
+            density_err_left_only=med(
+                abs(np.log(max(r["left_only"]["density_ratio"], 1e-3))) for r in rows
+            ),
+        )
+    return summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True)
@@ -119,6 +176,16 @@ def main() -> None:
     ap.add_argument("--groups", default="full_band,pop_piano,classical,folk")
     ap.add_argument("--context", type=int, default=700, help="most tokens of each side")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--split", default="test", choices=["val", "test"])
+    ap.add_argument(
+        "--suffix-tokens",
+        default="",
+        metavar="N,N,…",
+        help="right-side budgets to compare by NLL (see 4. above)",
+    )
+    ap.add_argument(
+        "--nll-only", action="store_true", help="skip the sampled seam statistics (faster)"
+    )
     ap.add_argument(
         "--training-layout",
         type=int,
@@ -131,11 +198,13 @@ def main() -> None:
     model, tok = pipe.model, pipe.tokenizer
     vocab = InfillVocab.from_tokenizer(tok)
     # The right side as training and Pipeline.infill keep it (bounded by the attention's reach).
-    right = min(args.context, suffix_budget(reach_of(pipe.config)) or args.context)
+    reach = reach_of(pipe.config)
+    right = min(args.context, suffix_budget(reach) or args.context)
+    budgets = [int(b) for b in args.suffix_tokens.split(",") if b.strip()]
     dataset = PreparedDataset.open(args.data)
-    split = dataset.split("test")
+    split = dataset.split(args.split)
     rows = []
-    for group, docs in dataset.documents_by_group("test").items():
+    for group, docs in dataset.documents_by_group(args.split).items():
         if group not in args.groups.split(","):
             continue
         taken = 0
@@ -149,43 +218,34 @@ def main() -> None:
             prefix, suffix = doc[:start][-args.context :], doc[stop:][:right]
             both = target_nll(model, layout(prefix, given, suffix, vocab), target)
             left = target_nll(model, layout(prefix, given, suffix[:0], vocab), target)
-            score = decode(tok, doc[: int(bars[min(len(bars) - 1, SPAN[1] + 4)])].tolist())
-            real = real_bars(score, *SPAN)
-            [filled] = pipe.infill(score, bars=SPAN, seed=taken)
-            prompt8 = score.clip(0, int(filled.prompt_end_tick), clip_end=False)
-            [cont] = pipe.continue_midi(prompt8, bars=SPAN[1] - SPAN[0] + 1, seed=taken)
-            row = {
-                "group": group,
-                "doc": int(d),
-                "nll_both_sides": both,
-                "nll_left_only": left,
-                "infill": seam(filled.continuation, real),
-                "left_only": seam(cont.continuation, real),
-            }
+            row = {"group": group, "doc": int(d), "nll_both_sides": both, "nll_left_only": left}
+            line = f"{group} doc {d}: NLL both {both:.3f} left {left:.3f}"
+            if budgets:
+                sweep = suffix_sweep(
+                    model, reach, prefix, given, doc[stop:], target, vocab, budgets
+                )
+                row["by_suffix_budget"] = sweep
+                line += " | " + " ".join(
+                    f"@{b} {v['both_sides']:.3f}/{v['left_same_view']:.3f}"
+                    for b, v in sweep.items()
+                )
+            if not args.nll_only:
+                score = decode(tok, doc[: int(bars[min(len(bars) - 1, SPAN[1] + 4)])].tolist())
+                real = real_bars(score, *SPAN)
+                [filled] = pipe.infill(score, bars=SPAN, seed=taken)
+                prompt8 = score.clip(0, int(filled.prompt_end_tick), clip_end=False)
+                [cont] = pipe.continue_midi(prompt8, bars=SPAN[1] - SPAN[0] + 1, seed=taken)
+                row["infill"] = seam(filled.continuation, real)
+                row["left_only"] = seam(cont.continuation, real)
+                line += (
+                    f" | pc dist infill {row['infill']['pc_distance']:.3f} left "
+                    f"{row['left_only']['pc_distance']:.3f} | density infill "
+                    f"{row['infill']['density_ratio']:.2f} left {row['left_only']['density_ratio']:.2f}"
+                )
             rows.append(row)
             taken += 1
-            print(
-                f"{group} doc {d}: NLL both {both:.3f} left {left:.3f} | pc dist infill "
-                f"{row['infill']['pc_distance']:.3f} left {row['left_only']['pc_distance']:.3f}"
-                f" | density infill {row['infill']['density_ratio']:.2f} left "
-                f"{row['left_only']['density_ratio']:.2f}",
-                flush=True,
-            )
-    med = statistics.median
-    summary = {
-        "pieces": len(rows),
-        "nll_both_sides": med(r["nll_both_sides"] for r in rows),
-        "nll_left_only": med(r["nll_left_only"] for r in rows),
-        "both_lower_share": sum(r["nll_both_sides"] < r["nll_left_only"] for r in rows) / len(rows),
-        "pc_distance_infill": med(r["infill"]["pc_distance"] for r in rows),
-        "pc_distance_left_only": med(r["left_only"]["pc_distance"] for r in rows),
-        "density_err_infill": med(
-            abs(np.log(max(r["infill"]["density_ratio"], 1e-3))) for r in rows
-        ),
-        "density_err_left_only": med(
-            abs(np.log(max(r["left_only"]["density_ratio"], 1e-3))) for r in rows
-        ),
-    }
+            print(line, flush=True)
+    summary = summarize(rows, args.split, right, budgets)
     if args.training_layout:
         summary["training_layout"] = training_layout(pipe, dataset, args.training_layout)
     print(json.dumps(summary, indent=1))

@@ -109,3 +109,22 @@ def test_a_sitting_killed_during_the_lengths_keeps_its_training(tmp_path, monkey
     assert calls == ["train", "lengths"]  # trained once
     saved = json.loads((tmp_path / "results.json").read_text())["kinds"]["local"]
     assert "lengths_pending" not in saved and saved["scaling"] == {"256": {"skipped": "x"}}
+
+
+def test_the_memory_plot_keeps_the_earlier_rows_from_their_cells(doc, tmp_path):
+    row = "| sparse | 1.600 | 1000 | 100.0 | 0.000 | 1.00 | skip | 300.00 | skip |"
+    assert bench.table_memory({"sparse": row}, LENGTHS) == {"sparse": [(1024, 300.0)]}
+    _write(tmp_path, _results(entmax=1.9))  # relative and sparse come from the doc's rows
+    assert (tmp_path / "memory_vs_length.png").stat().st_size > 0
+    assert (tmp_path / "nll_vs_time.png").stat().st_size > 0
+
+
+def test_each_kept_row_keeps_the_settings_of_the_sitting_that_measured_it(doc, tmp_path):
+    _write(tmp_path, _results(sparse=1.5, entmax=1.9))  # relative stays from 2026-12-03
+    later = _results(feedback=3.2)
+    later["date"] = "2026-12-06"
+    _write(tmp_path, later)  # now sparse and entmax are kept too, from 2026-12-05
+    meta = next(line for line in doc.read_text().splitlines() if line.startswith("Mode "))
+    assert meta.startswith("Mode `full`, 2026-12-06")
+    assert "Rows of relative: an earlier sitting. Mode `full`, 2026-12-03" in meta
+    assert "Rows of sparse, entmax: an earlier sitting. Mode `full`, 2026-12-05" in meta

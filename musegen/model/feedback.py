@@ -28,12 +28,14 @@ progress, the per-layer keys of its positions and their memory vectors until the
 closes. A new token costs ``n_layers`` one-query attentions over the past and one projection
 of its memory per layer: the same order as a standard decoder step.
 
-**Training memory.** Concatenating the memory keys at every step and saving them for the
-backward pass would keep ``O(L²)`` key/value copies per layer (over 20 GiB at the benchmark's
+**Training memory.** Concatenating the memory keys at every step and saving the result for
+the backward pass keeps ``L²/2`` key/value vectors per layer (over 20 GiB at the benchmark's
 batch 8 × 512, d_model 256, 6 layers: the kernel killed it). A full forward with gradients
-keeps the memory as a list of per-chunk keys/values instead, and its attention saves those
-parts plus the attention weights, rebuilding the concatenation in the backward pass: what is
-saved grows as ``O(L · d)`` for the keys and ``O(L²)`` only for the (per-head scalar) weights.
+keeps the memory as parts of :data:`PART` positions instead (only the open part is copied as
+it grows), and its attention saves those parts and the attention weights, rebuilding the
+concatenation in the backward pass: about ``L · PART / 2`` vectors per layer, plus ``L²/2``
+weights per head (scalars). Measured at that shape: 6.3 GiB peak, and a step at L = 128 takes
+0.87× the time of the concatenating version (which needs 2.4× the memory there).
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def _attend(q: Tensor, rel: Tensor, ctx: AttnContext, n: int, *kv: Tensor | None
     return _PartsAttention.apply(q, bias, len(keys), *keys, *values)
 
 
-PART = 64  # positions per memory part in a training forward
+PART = 64  # positions per memory part in a training forward (see *Training memory*)
 
 
 def _append_part(parts: list[Tensor], new: Tensor) -> None:
