@@ -10,7 +10,8 @@
 3. With ``--training-layout N``: the same NLL comparison on N validation windows rearranged
    exactly as in training (random span, suffix within the training budget): if the suffix does
    not help even there, the model did not learn to read it (a training matter, not a layout
-   mismatch between training and ``Pipeline.infill``).
+   mismatch between training and ``Pipeline.infill``). Then again with the left side cut to
+   0–32 tokens: whether the model reads the right side at all when the left tells little.
 4. With ``--suffix-tokens 32,64,…``: the span's NLL with right sides of those lengths, each
    also against the left side alone *seen as far back as with that suffix*. A model with a
    bounded reach (local attention) loses as much of the left side as the suffix takes, so the
@@ -79,18 +80,24 @@ def suffix_sweep(model, reach, prefix, given, suffix, target, vocab, budgets) ->
     return out
 
 
-def training_layout(pipe, dataset: PreparedDataset, windows: int) -> dict:
+HEAD = 64  # target tokens counted as the span's head: those that see the most of the suffix
+
+
+def training_layout(pipe, dataset: PreparedDataset, windows: int, prefix_drop: float = 0) -> dict:
     """Target NLL with and without the suffix on validation windows rearranged as in training,
-    also per token type (Pitch, Duration, …: which part of the music the right side informs)."""
+    also per token type (Pitch, Duration, …: which part of the music the right side informs)
+    and for the target's first :data:`HEAD` tokens. ``prefix_drop=1`` cuts every example's
+    left side to 0–32 tokens (``--infill-prefix-drop``): does the model read the right side
+    at all when the left tells little?"""
     tok = pipe.tokenizer
     kind = {i: name.split("_")[0] for name, i in tok.vocab.items()}
     pad = tok.vocab["PAD_None"]
     budget = suffix_budget(reach_of(pipe.config))
-    rearranger = InfillRearranger(tok, 1.0, suffix_tokens=budget)
+    rearranger = InfillRearranger(tok, 1.0, suffix_tokens=budget, prefix_drop=prefix_drop)
     v = rearranger.vocab
     sampler = WindowSampler(dataset.split("val"), pipe.config.max_seq_len, seed=1, pad_id=pad)
     rng = np.random.default_rng(0)
-    both, left, by_type = [], [], {}
+    both, left, by_type, head_both, head_left = [], [], {}, [], []
     while len(both) < windows:
         window = sampler.next_batch(1)[0]
         example = rearranger.apply(window[window != pad], rng)
@@ -102,15 +109,20 @@ def training_layout(pipe, dataset: PreparedDataset, windows: int) -> dict:
         without = token_losses(pipe.model, np.concatenate([prompt[: s + 1], [v.fill]]), target)
         both.append(float(with_suffix.mean()))
         left.append(float(without.mean()))
+        head_both.append(float(with_suffix[:HEAD].mean()))
+        head_left.append(float(without[:HEAD].mean()))
         for token, a, b in zip(target.tolist(), with_suffix, without, strict=True):
             sums = by_type.setdefault(kind.get(token, "?"), [0, 0.0, 0.0])
             sums[0], sums[1], sums[2] = sums[0] + 1, sums[1] + float(a), sums[2] + float(b)
     med = statistics.median
     return {
         "windows": windows,
+        "prefix_drop": prefix_drop,
         "nll_both_sides": med(both),
         "nll_left_only": med(left),
         "both_lower_share": float(np.mean(np.array(both) < np.array(left))),
+        "head_nll_both_sides": med(head_both),
+        "head_nll_left_only": med(head_left),
         "by_token_type": {
             name: {"tokens": n, "nll_both_sides": a / n, "nll_left_only": b / n}
             for name, (n, a, b) in sorted(by_type.items(), key=lambda item: -item[1][0])
@@ -133,6 +145,8 @@ def seam(generated, real) -> dict[str, float]:
 
 def summarize(rows: list[dict], split: str, right: int, budgets: list[int]) -> dict:
     """Medians over pieces, and how often the right side lowers the NLL."""
+    if not rows:  # --pieces 0: the training-layout checks only
+        return {"split": split, "pieces": 0, "suffix_tokens": right}
     med = statistics.median
     summary = {
         "split": split,
@@ -172,7 +186,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--pieces", type=int, default=12, help="per group")
+    ap.add_argument(
+        "--pieces", type=int, default=12, help="per group (0: only the --training-layout checks)"
+    )
     ap.add_argument("--groups", default="full_band,pop_piano,classical,folk")
     ap.add_argument("--context", type=int, default=700, help="most tokens of each side")
     ap.add_argument("--json", type=Path, default=None)
@@ -248,6 +264,9 @@ def main() -> None:
     summary = summarize(rows, args.split, right, budgets)
     if args.training_layout:
         summary["training_layout"] = training_layout(pipe, dataset, args.training_layout)
+        summary["training_layout_no_left"] = training_layout(
+            pipe, dataset, args.training_layout, prefix_drop=1.0
+        )
     print(json.dumps(summary, indent=1))
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
