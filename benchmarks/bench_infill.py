@@ -158,17 +158,17 @@ def summarize(rows: list[dict], split: str, right: int, budgets: list[int]) -> d
     }
     if budgets:
         summary["by_suffix_budget"] = {}
+        left = np.array([r["nll_left_only"] for r in rows])
         for b in map(str, budgets):
             both = np.array([r["by_suffix_budget"][b]["both_sides"] for r in rows])
             same = np.array([r["by_suffix_budget"][b]["left_same_view"] for r in rows])
-            left = np.array([r["nll_left_only"] for r in rows])
             summary["by_suffix_budget"][b] = {
                 "nll_both_sides": float(np.median(both)),
                 "nll_left_same_view": float(np.median(same)),
                 "lower_than_same_view_share": float(np.mean(both < same)),
                 "lower_than_left_only_share": float(np.mean(both < left)),
             }
-    if rows and "infill" in rows[0]:
+    if "infill" in rows[0]:
         summary.update(
             pc_distance_infill=med(r["infill"]["pc_distance"] for r in rows),
             pc_distance_left_only=med(r["left_only"]["pc_distance"] for r in rows),
