@@ -312,15 +312,30 @@ def table(results: dict, earlier: dict | None = None) -> str:
     return "\n".join([meta, "", *rows, "", *notes])
 
 
+def row_cells(row: str) -> list[str]:
+    """The cells of one table row, stripped (the first is the kind)."""
+    return [c.strip() for c in row.strip().strip("|").split("|")]
+
+
 def table_memory(rows: dict[str, str], lengths: list[int]) -> dict[str, list[tuple[int, float]]]:
     """The KiB/tok cells of the doc's rows kept from an earlier sitting, per kind: the memory
     plot shows every kind even when that sitting's results file (and its curves) are gone."""
     out = {}
     for kind, row in rows.items():
-        cells = [c.strip() for c in row.strip().strip("|").split("|")]
-        kib = cells[5 + len(lengths) : 5 + 2 * len(lengths)]
+        kib = row_cells(row)[5 + len(lengths) : 5 + 2 * len(lengths)]
         out[kind] = [(L, float(c)) for L, c in zip(lengths, kib, strict=True) if c != "skip"]
     return out
+
+
+def memory_points(results: dict, earlier: dict | None) -> dict[str, list[tuple[int, float]]]:
+    """Peak KiB/tok per length and kind: measured in ``results``, else from ``earlier``'s rows."""
+    points = {
+        kind: [(int(L), m["kib_per_tok"]) for L, m in r["scaling"].items() if "kib_per_tok" in m]
+        for kind, r in results["kinds"].items()
+    }
+    if earlier and earlier["kinds"]:
+        points.update(table_memory(earlier["kinds"], results["lengths"]))
+    return points
 
 
 # 11 kinds: matplotlib's default cycle has 10 colours, so two kinds would share one
@@ -348,12 +363,7 @@ def plots(results: dict, out: Path, earlier: dict | None = None) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "nll_vs_time.png", dpi=120)
-    points = {
-        kind: [(int(L), m["kib_per_tok"]) for L, m in r["scaling"].items() if "kib_per_tok" in m]
-        for kind, r in results["kinds"].items()
-    }
-    if earlier and earlier["kinds"]:
-        points.update(table_memory(earlier["kinds"], results["lengths"]))
+    points = memory_points(results, earlier)
     if not any(points.values()):  # a run without the lengths (--no-scaling)
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -385,7 +395,7 @@ def earlier_sitting(block: str, results: dict) -> dict:
         kinds, _, meta = part.partition(": an earlier sitting. ")
         sitting_of.update(dict.fromkeys(kinds.split(", "), meta))
     rows = {
-        line.split("|")[1].strip(): line
+        row_cells(line)[0]: line
         for line in lines
         if line.startswith("| ") and not line.startswith("| kind ")
     }
@@ -393,13 +403,10 @@ def earlier_sitting(block: str, results: dict) -> dict:
     sittings: dict[str, list[str]] = {}
     for kind in kept:
         sittings.setdefault(sitting_of.get(kind, first), []).append(kind)
+    same_lengths = header(results["lengths"]) in lines
+    budget = f"budget {results['budget_s']} s of training per kind at seq_len {results['seq_len']}"
     for meta in sittings:
-        same = [
-            meta.startswith(f"Mode `{results['mode']}`"),
-            f"budget {results['budget_s']} s of training per kind at seq_len "
-            f"{results['seq_len']}" in meta,
-            header(results["lengths"]) in lines,
-        ]
+        same = [meta.startswith(f"Mode `{results['mode']}`"), budget in meta, same_lengths]
         if not all(same):
             raise SystemExit(f"the doc's table is of another run ({meta[:60]}…): not merged")
     notes = [

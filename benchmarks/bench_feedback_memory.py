@@ -1,8 +1,9 @@
 """Peak memory and time of one feedback training step: the memory kept in parts (what a
-training forward does) against one concatenated tensor per layer (the earlier code, whose
+training forward does) against one concatenated tensor per layer (the earlier layout, whose
 saved keys grow as L²/2; see *Training memory* in ``musegen/model/feedback.py``).
 
     python benchmarks/bench_feedback_memory.py [--batch 8] [--length 128] [--steps 2]
+        [--variant parts]
 
 Each variant runs in its own process (peak RSS is per process), at the attention-family
 benchmark's full shape (d_model 256, 6 layers, 8 heads). Prints one line per variant.
@@ -51,7 +52,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--variant", choices=["parts", "concatenated"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--variant",
+        choices=["parts", "concatenated"],
+        help="only this one, in this process (default: both, each in its own)",
+    )
     args = ap.parse_args()
     if args.variant:
         return step(args.batch, args.length, args.steps, args.variant == "parts")

@@ -72,8 +72,10 @@ def suffix_sweep(model, reach, prefix, given, suffix, target, vocab, budgets) ->
     out = {}
     for b in budgets:
         right = suffix[:b]
-        both = target_nll(model, layout(prefix, given, right, vocab), target)
-        seen = len(prefix) if reach is None else max(0, reach - len(given) - len(right) - 3)
+        prompt = layout(prefix, given, right, vocab)
+        both = target_nll(model, prompt, target)
+        between = len(prompt) - len(prefix)  # sentinels, given and suffix: before the target
+        seen = len(prefix) if reach is None else max(0, reach - between)
         view = prefix[len(prefix) - min(seen, len(prefix)) :]
         same = target_nll(model, layout(view, given, suffix[:0], vocab), target)
         out[str(b)] = {"both_sides": both, "left_same_view": same}

@@ -111,12 +111,19 @@ def test_a_sitting_killed_during_the_lengths_keeps_its_training(tmp_path, monkey
     assert "lengths_pending" not in saved and saved["scaling"] == {"256": {"skipped": "x"}}
 
 
-def test_the_memory_plot_keeps_the_earlier_rows_from_their_cells(doc, tmp_path):
+def test_the_memory_plot_keeps_the_earlier_rows_from_their_cells(doc, tmp_path, monkeypatch):
     row = "| sparse | 1.600 | 1000 | 100.0 | 0.000 | 1.00 | skip | 300.00 | skip |"
     assert bench.table_memory({"sparse": row}, LENGTHS) == {"sparse": [(1024, 300.0)]}
     _write(tmp_path, _results(entmax=1.9))  # relative and sparse come from the doc's rows
     assert (tmp_path / "memory_vs_length.png").stat().st_size > 0
     assert (tmp_path / "nll_vs_time.png").stat().st_size > 0
+    drawn: list[dict] = []
+    monkeypatch.setattr(
+        bench, "plots", lambda r, out, earlier=None: drawn.append(bench.memory_points(r, earlier))
+    )
+    _write(tmp_path, _results(linformer=1.5))  # write_doc hands the doc's rows to the plot
+    assert set(drawn[0]) == {"linformer", "relative", "sparse", "entmax"}
+    assert drawn[0]["relative"] == [(1024, 300.0), (4096, 300.0)]
 
 
 def test_each_kept_row_keeps_the_settings_of_the_sitting_that_measured_it(doc, tmp_path):
