@@ -66,18 +66,21 @@ def target_nll(model, prompt: np.ndarray, target: np.ndarray) -> float:
     return float(token_losses(model, prompt, target).mean())
 
 
-def suffix_sweep(model, reach, prefix, given, suffix, target, vocab, budgets) -> dict:
+def suffix_sweep(
+    model, reach, prefix, given, suffix, target, vocab, budgets, pinned: bool = False
+) -> dict:
     """Per right-side budget: the span's NLL with that much suffix, and with no suffix but the
-    left side cut to what the target's first token sees with it (same left view)."""
+    left side cut to what the target's first token sees with it (same left view; the pinned
+    layout keeps the whole left side in view)."""
     out = {}
     for b in budgets:
         right = suffix[:b]
-        prompt = layout(prefix, given, right, vocab)
+        prompt = layout(prefix, given, right, vocab, pinned)
         both = target_nll(model, prompt, target)
         between = len(prompt) - len(prefix)  # sentinels, given and suffix: before the target
-        seen = len(prefix) if reach is None else max(0, reach - between)
+        seen = len(prefix) if reach is None or pinned else max(0, reach - between)
         view = prefix[len(prefix) - min(seen, len(prefix)) :]
-        same = target_nll(model, layout(view, given, suffix[:0], vocab), target)
+        same = target_nll(model, layout(view, given, suffix[:0], vocab, pinned), target)
         out[str(b)] = {"both_sides": both, "left_same_view": same}
     return out
 
@@ -95,7 +98,10 @@ def training_layout(pipe, dataset: PreparedDataset, windows: int, prefix_drop: f
     kind = {i: name.split("_")[0] for name, i in tok.vocab.items()}
     pad = tok.vocab["PAD_None"]
     budget = suffix_budget(reach_of(pipe.config))
-    rearranger = InfillRearranger(tok, 1.0, suffix_tokens=budget, prefix_drop=prefix_drop)
+    pinned = pipe.config.pin_tokens is not None
+    rearranger = InfillRearranger(
+        tok, 1.0, suffix_tokens=budget, prefix_drop=prefix_drop, pinned=pinned
+    )
     v = rearranger.vocab
     sampler = WindowSampler(dataset.split("val"), pipe.config.max_seq_len, seed=1, pad_id=pad)
     rng = np.random.default_rng(0)
@@ -107,8 +113,11 @@ def training_layout(pipe, dataset: PreparedDataset, windows: int, prefix_drop: f
             continue  # too few bars to rearrange
         s, f = (int(np.flatnonzero(example == t)[0]) for t in (v.suffix, v.fill))
         prompt, target = example[: f + 1], example[f + 1 :]
+        close = int(np.flatnonzero(example == v.end)[0]) if pinned else f  # ends the suffix
         with_suffix = token_losses(pipe.model, prompt, target)
-        without = token_losses(pipe.model, np.concatenate([prompt[: s + 1], [v.fill]]), target)
+        without = token_losses(
+            pipe.model, np.concatenate([prompt[: s + 1], prompt[close:]]), target
+        )
         both.append(float(with_suffix.mean()))
         left.append(float(without.mean()))
         head_both.append(float(with_suffix[:HEAD].mean()))
@@ -218,6 +227,7 @@ def main() -> None:
     # The right side as training and Pipeline.infill keep it (bounded by the attention's reach).
     reach = reach_of(pipe.config)
     right = min(args.context, suffix_budget(reach) or args.context)
+    pinned = pipe.config.pin_tokens is not None  # the pinned layout (data/infill.py)
     budgets = [int(b) for b in args.suffix_tokens.split(",") if b.strip()]
     dataset = PreparedDataset.open(args.data)
     split = dataset.split(args.split)
@@ -234,13 +244,13 @@ def main() -> None:
             start, stop = int(bars[SPAN[0] - 1]), int(bars[SPAN[1]])
             given, target = split_span(doc[start:stop], vocab, None)
             prefix, suffix = doc[:start][-args.context :], doc[stop:][:right]
-            both = target_nll(model, layout(prefix, given, suffix, vocab), target)
-            left = target_nll(model, layout(prefix, given, suffix[:0], vocab), target)
+            both = target_nll(model, layout(prefix, given, suffix, vocab, pinned), target)
+            left = target_nll(model, layout(prefix, given, suffix[:0], vocab, pinned), target)
             row = {"group": group, "doc": int(d), "nll_both_sides": both, "nll_left_only": left}
             line = f"{group} doc {d}: NLL both {both:.3f} left {left:.3f}"
             if budgets:
                 sweep = suffix_sweep(
-                    model, reach, prefix, given, doc[stop:], target, vocab, budgets
+                    model, reach, prefix, given, doc[stop:], target, vocab, budgets, pinned
                 )
                 row["by_suffix_budget"] = sweep
                 line += " | " + " ".join(

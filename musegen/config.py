@@ -70,6 +70,11 @@ class ModelConfig:
     synthesizer_mode: str = "dense"
     # entmax: α of α-entmax in place of softmax (1.5: entmax15, 2: sparsemax)
     entmax_alpha: float = 1.5
+    # Pinned keys (banded kinds: local, sparse): token ids [open, close]; the tokens from an
+    # `open` through the next `close` stay visible to every later token, beyond the window, as
+    # Longformer's global tokens. The infilling layout pins the right side and the kept tracks
+    # this way, so they do not compete with the left side for the window (data/infill.py).
+    pin_tokens: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -105,6 +110,18 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.pin_tokens is not None:
+            ids = list(self.pin_tokens)
+            if (
+                len(ids) != 2
+                or ids[0] == ids[1]
+                or not all(0 <= int(i) < self.vocab_size for i in ids)
+            ):
+                raise ValueError(
+                    f"ModelConfig.pin_tokens must be two different token ids [open, close] below "
+                    f"vocab_size={self.vocab_size}, got {self.pin_tokens!r}"
+                )
+            self.pin_tokens = [int(i) for i in ids]
 
     # --- JSON round trip -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

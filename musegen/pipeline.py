@@ -283,8 +283,9 @@ class Pipeline:
         name = str(piece) if isinstance(piece, (str, Path)) else "the piece"
         piece = load_checked(piece, limits, name)
         budget = suffix_budget(reach_of(self.config))
+        pinned = self.config.pin_tokens is not None
         plan = fill.plan(
-            self.tokenizer, piece, bars, tracks, self.config.max_seq_len, settings, budget
+            self.tokenizer, piece, bars, tracks, self.config.max_seq_len, settings, budget, pinned
         )
         settings = settings.with_overrides(bars=plan.num_bars)
         grammar = self._infill_grammar(plan)

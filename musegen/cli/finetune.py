@@ -29,7 +29,7 @@ weights and 1e-3 for LoRA, warm-up 4% of the run. Any training field can be set 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from musegen.cli import HelpFormatter
-    from musegen.cli.train import TRAIN_FLAGS
+    from musegen.cli.train import TRAIN_FLAGS, add_infill_memory_flag
 
     p = subparsers.add_parser(
         "finetune",
@@ -52,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument(flag, dest=field, type=kind, default=None, help=text)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None)
+    add_infill_memory_flag(p)
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in RUN_DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -66,7 +67,7 @@ def build_configs(args: argparse.Namespace):
     for _, field, _, _ in TRAIN_FLAGS:
         if field != "init_from" and getattr(args, field) is not None:
             settings[field] = getattr(args, field)
-    for field in ("device", "augment"):
+    for field in ("device", "augment", "infill_memory"):
         if getattr(args, field) is not None:
             settings[field] = getattr(args, field)
     for item in args.settings:

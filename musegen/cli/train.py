@@ -148,6 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="turn off transposition and velocity/tempo shifts",
     )
+    add_infill_memory_flag(parser)
     parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
     parser.add_argument(
         "--overwrite",
@@ -156,6 +157,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
+
+
+def add_infill_memory_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--infill-memory",
+        dest="infill_memory",
+        action="store_const",
+        const=True,
+        default=None,
+        help=(
+            "with --infill-rate and local or sparse attention: lay infilling examples out so the "
+            "right side and the kept tracks stay visible beyond the window (pinned keys)"
+        ),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -233,7 +248,7 @@ def gather_settings(args: argparse.Namespace) -> dict[str, Any]:
     for _, field, _, _ in TRAIN_FLAGS:
         if getattr(args, field) is not None:
             settings[field] = getattr(args, field)
-    for field in ("device", "attention", "compile", "augment", "preset"):
+    for field in ("device", "attention", "compile", "augment", "preset", "infill_memory"):
         if getattr(args, field) is not None:
             settings[field] = getattr(args, field)
     for item in args.settings:

@@ -4,6 +4,17 @@ A REMI-with-programs stream ``prefix | span | suffix`` (the span is whole bars) 
 
     prefix  Infill_Span  given  Infill_Suffix  suffix  Infill_Fill  target  Infill_End
 
+A model with pinned tokens (``ModelConfig.pin_tokens``, local attention) uses the *pinned*
+layout instead::
+
+    Infill_Span  given  Infill_Suffix  suffix  Infill_End  prefix  Infill_Fill  target  Infill_End
+
+The right side and the given part come first and stay visible to every later token as pinned
+keys (``Infill_Span`` … the first ``Infill_End``), and the prefix sits right before the target,
+as in a continuation. In the inline layout a local window (512 tokens for the shipped model)
+holds the suffix *instead of* as much left side, and the target's later tokens lose sight of
+the suffix altogether: the model learned to ignore it (``benchmarks/bench_infill.py``).
+
 ``given`` is what the user keeps inside the span: the bar lines, time signatures, tempo changes
 and the notes of the tracks that are not regenerated (no notes at all for a full-span infill).
 ``target`` holds the same bar lines and time signatures with only the regenerated tracks' notes.
@@ -122,12 +133,25 @@ def span_programs(span: np.ndarray, vocab: InfillVocab) -> list[int]:
 
 
 def layout(
-    prefix: np.ndarray, given: np.ndarray, suffix: np.ndarray, vocab: InfillVocab
+    prefix: np.ndarray,
+    given: np.ndarray,
+    suffix: np.ndarray,
+    vocab: InfillVocab,
+    pinned: bool = False,
 ) -> np.ndarray:
-    """The prompt of an infilling request: everything up to and including ``Infill_Fill``."""
-    return np.concatenate(
-        [prefix, [vocab.span], given, [vocab.suffix], suffix, [vocab.fill]]
-    ).astype(np.int64)
+    """The prompt of an infilling request: everything up to and including ``Infill_Fill``
+    (``pinned``: the pinned layout of the module docstring)."""
+    if pinned:
+        parts = [[vocab.span], given, [vocab.suffix], suffix, [vocab.end], prefix, [vocab.fill]]
+    else:
+        parts = [prefix, [vocab.span], given, [vocab.suffix], suffix, [vocab.fill]]
+    return np.concatenate(parts).astype(np.int64)
+
+
+def pin_tokens(tokenizer) -> list[int]:
+    """``ModelConfig.pin_tokens`` of the pinned layout: ``[Infill_Span, Infill_End]``."""
+    vocab = InfillVocab.from_tokenizer(tokenizer)
+    return [vocab.span, vocab.end]
 
 
 def suffix_budget(reach: int | None) -> int | None:
@@ -161,6 +185,8 @@ class InfillRearranger:
     0–``PREFIX_KEPT`` tokens, so that only the right side tells what the span holds. With the
     whole prefix always there, the shipped model learned to fill from the left and ignore the
     suffix (``benchmarks/bench_infill.py --training-layout``).
+
+    ``pinned``: write the pinned layout (for a model with ``pin_tokens``).
     """
 
     def __init__(
@@ -171,6 +197,7 @@ class InfillRearranger:
         track_rate: float = 0.5,
         suffix_tokens: int | None = None,
         prefix_drop: float = 0.0,
+        pinned: bool = False,
     ):
         if not 0 <= rate <= 1:
             raise MusegenError(f"infill rate must be in [0, 1], got {rate}")
@@ -182,6 +209,7 @@ class InfillRearranger:
         self.rate, self.max_bars, self.track_rate = rate, max_bars, track_rate
         self.suffix_tokens = suffix_tokens
         self.prefix_drop = prefix_drop
+        self.pinned = pinned  # the pinned layout (a model with pin_tokens)
 
     def maybe_apply(self, window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.rate <= 0 or rng.random() >= self.rate:
@@ -209,10 +237,12 @@ class InfillRearranger:
         prefix, suffix = window[:start], window[stop : stop + (self.suffix_tokens or len(window))]
         if self.prefix_drop and rng.random() < self.prefix_drop:
             prefix = prefix[max(0, len(prefix) - int(rng.integers(0, PREFIX_KEPT + 1))) :]
-        excess = max(0, len(prefix) + len(given) + len(suffix) + len(target) + 4 - len(window))
+        sentinels = 5 if self.pinned else 4
+        excess = len(prefix) + len(given) + len(suffix) + len(target) + sentinels - len(window)
+        excess = max(0, excess)
         cut = min(excess, len(suffix))
         suffix = suffix[: len(suffix) - cut]
         prefix = prefix[excess - cut :]
-        body = layout(prefix, given, suffix, self.vocab)
+        body = layout(prefix, given, suffix, self.vocab, self.pinned)
         out = np.concatenate([body, target, [self.vocab.end]]).astype(np.int64)
         return out[: len(window)]

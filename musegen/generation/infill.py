@@ -2,7 +2,7 @@
 
 :func:`plan` turns a request ("bars 5–8, the bass only") into the prompt laid out as in
 training (:mod:`musegen.data.infill`): ``prefix Infill_Span given Infill_Suffix suffix
-Infill_Fill``, cut to fit the model's context with room kept for the target.
+Infill_Fill`` (or its pinned form), cut to fit the model's context with room kept for the target.
 :class:`InfillGrammar` makes the model write exactly the span's bars, each with the time
 signature the piece has there (a span with meter changes is followed bar by bar, not refused),
 no tempo tokens (tempo stays the piece's) and only the target programs. :func:`merge` puts the
@@ -89,6 +89,7 @@ def plan(
     max_seq_len: int,
     settings: GenerationSettings | None = None,
     suffix_tokens: int | None = None,
+    pinned: bool = False,
 ) -> InfillPlan:
     """The prompt and merge plan for regenerating ``bars`` of ``piece`` (see the module doc).
 
@@ -96,7 +97,8 @@ def plan(
     ``"program:P"`` (the tracks of GM program P, or a new track of it when the piece has none).
     With every track regenerated, the piece's instruments are used, or any when
     ``settings.keep_instruments`` is off. ``suffix_tokens`` bounds the right side the prompt
-    keeps, as in training (:func:`musegen.data.infill.suffix_budget`).
+    keeps, as in training (:func:`musegen.data.infill.suffix_budget`); ``pinned``: the pinned
+    layout, for a model with ``pin_tokens``.
     Every mistake is a one-line :class:`MusegenError` / :class:`MidiError`.
     """
     vocab = InfillVocab.from_tokenizer(tokenizer)  # old checkpoints: the clear error
@@ -117,7 +119,7 @@ def plan(
     ticks = _check_meters(score, signatures, b, tokenizer)[a - 1 : b + 1]
     per_bar = len(split_span(ids, vocab, targets)[1]) / max(1, len(starts))
     reserve = (b - a + 1) * max(MIN_TOKENS_PER_BAR, math.ceil(per_bar))
-    need = len(given) + 3 + reserve
+    need = len(given) + (4 if pinned else 3) + reserve  # the prompt's sentinels
     if need > max_seq_len:
         raise MusegenError(
             f"bars {a}-{b} need about {need} tokens of context (the kept tracks and room for "
@@ -131,7 +133,7 @@ def plan(
         controls=_controls(score, targets, b - a + 1, settings or GenerationSettings()),
         time_signatures=tuple(s for s in signatures[a - 1 : b] if s is not None),
         prefix=ids[: starts[a - 1]].tolist(),
-        prompt=layout(prefix, given, suffix, vocab).tolist(),
+        prompt=layout(prefix, given, suffix, vocab, pinned).tolist(),
         ticks=ticks,
         reserve=reserve,
     )

@@ -14,7 +14,9 @@ Which one a model gets is its attention kind's choice
 * :class:`RingCache` keeps only the last ``window`` keys in a ring buffer (``local``), plus, with
   a ``stride`` (``sparse``), a second ring with the summary keys (real position ≡ stride-1 mod
   stride) that are still within ``horizon``. Memory and time per token stay constant however
-  long the piece is.
+  long the piece is. A model with pinned tokens (``ModelConfig.pin_tokens``) adds one PINNED
+  slot per pinned token it has seen (the right side of an infilling prompt): the ring stays
+  constant, the pinned part is as long as what the prompt pins.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # What rule a key slot follows (see musegen.model.attention.kernels.cached_context).
-LOCAL, SUMMARY, ANY = 0, 1, 2
+LOCAL, SUMMARY, ANY, PINNED = 0, 1, 2, 3
 
 
 @dataclass
@@ -39,6 +41,7 @@ class StepKeys:
     k_valid: Tensor  # [B, Nk] real, filled keys
     k_type: Tensor  # [Nk] LOCAL / SUMMARY / ANY
     pad: Tensor  # [B] left-padding length of each row
+    k_pinned: Tensor | None = None  # [B, Nk] pinned keys (PINNED slots, fresh pinned tokens)
 
 
 class KVCache:
@@ -52,6 +55,8 @@ class KVCache:
         self.length = 0  # tokens seen so far (padding included)
         self.pad = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.padded = False  # some row starts with padding
+        self.pin_open = torch.zeros(batch_size, dtype=torch.bool, device=self.device)  # inside
+        # a pinned stretch at the end of what was seen (ModelConfig.pin_tokens)
         self._n = 0
         self.k: list[Tensor | None] = [None] * n_layers  # per layer [B, H, slots, D]
         self.v: list[Tensor | None] = [None] * n_layers
@@ -151,27 +156,62 @@ class RingCache(KVCache):
         self.valid = torch.zeros(batch_size, slots, dtype=torch.bool, device=self.device)
         types = [LOCAL] * window + [SUMMARY] * self.summaries
         self.types = torch.tensor(types, dtype=torch.long, device=self.device)
+        self.pinned_base, self.pinned_slots = slots, 0  # PINNED slots follow the rings
+        self.n_pinned = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self._slots_before = slots
         self._writes: list[tuple[Tensor, Tensor, Tensor]] = []  # (rows, chunk offsets, slots)
 
-    def begin(self, n: int, padding_mask: Tensor | None = None) -> StepKeys:
+    def begin(
+        self, n: int, padding_mask: Tensor | None = None, pinned: Tensor | None = None
+    ) -> StepKeys:
+        """``pinned`` ``[B, n]``: which new tokens are also kept in PINNED slots."""
         new_valid = self.set_padding(padding_mask, n)
         self._n, t0 = n, self.length
+        self._slots_before = self.index.shape[1]
         q_index = torch.arange(t0, t0 + n, device=self.device)
         keys = None
         if n > 1:  # the chunk attends to the ring as it was, then to itself (copies, before
             # the commit below overwrites slots); one token writes first and attends the ring
+            fresh_pinned = None
+            if self.pinned_slots or pinned is not None:
+                fresh = pinned if pinned is not None else torch.zeros_like(new_valid)
+                fresh_pinned = torch.cat([self._pinned_flags(), fresh & new_valid], dim=1)
             keys = StepKeys(
                 q_index=q_index,
                 k_index=torch.cat([self.index, q_index.expand(self.batch_size, n)], dim=1),
                 k_valid=torch.cat([self.valid, new_valid], dim=1),
                 k_type=torch.cat([self.types, torch.full_like(q_index, ANY)]),
                 pad=self.pad,
+                k_pinned=fresh_pinned,
             )
-        self._plan_writes(q_index, new_valid)
+        self._plan_writes(q_index, new_valid, pinned)
         self._commit_meta(q_index, new_valid)
-        return keys or StepKeys(q_index, self.index, self.valid, self.types, self.pad)
+        if keys is None:
+            flags = self._pinned_flags() if self.pinned_slots else None
+            keys = StepKeys(q_index, self.index, self.valid, self.types, self.pad, flags)
+        return keys
 
-    def _plan_writes(self, q_index: Tensor, new_valid: Tensor) -> None:
+    def _pinned_flags(self) -> Tensor:
+        return (self.types == PINNED).expand(self.batch_size, -1)
+
+    def _pin(self, q_index: Tensor, new_valid: Tensor, pinned: Tensor) -> tuple:
+        """Write plan of this chunk's pinned tokens: each row's next free PINNED slots, added
+        as needed (rows that pin fewer leave theirs empty)."""
+        keep = pinned & new_valid
+        r, o = keep.nonzero(as_tuple=True)
+        rank = keep.long().cumsum(1)[r, o] - 1
+        slot_in = self.n_pinned[r] + rank
+        self.n_pinned += keep.sum(1)
+        grow = int(self.n_pinned.max()) - self.pinned_slots
+        if grow > 0:
+            B = self.batch_size
+            self.index = torch.cat([self.index, self.index.new_full((B, grow), -1)], 1)
+            self.valid = torch.cat([self.valid, self.valid.new_zeros(B, grow)], 1)
+            self.types = torch.cat([self.types, self.types.new_full((grow,), PINNED)])
+            self.pinned_slots += grow
+        return r, o, self.pinned_base + slot_in
+
+    def _plan_writes(self, q_index: Tensor, new_valid: Tensor, pinned: Tensor | None) -> None:
         """Which (row, chunk offset, slot) triples the layers must write this step."""
         n, B, W = q_index.numel(), self.batch_size, self.window
         keep = torch.arange(max(0, n - W), n, device=self.device)  # last W tokens of the chunk
@@ -185,6 +225,8 @@ class RingCache(KVCache):
             if r.numel():
                 slot = W + (real[r, o] // self.stride) % self.summaries
                 writes.append((r, o, slot))
+        if pinned is not None and bool(pinned.any()):
+            writes.append(self._pin(q_index, new_valid, pinned.to(self.device, torch.bool)))
         self._writes = writes
 
     def _commit_meta(self, q_index: Tensor, new_valid: Tensor) -> None:
@@ -198,20 +240,29 @@ class RingCache(KVCache):
             self.valid[rows, slots] = new_valid[rows, offs]
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        slots = self.index.shape[1]
         if self.k[layer] is None:
-            self.k[layer] = self._alloc(k, self.index.shape[1])
-            self.v[layer] = self._alloc(v, self.index.shape[1])
+            self.k[layer] = self._alloc(k, slots)
+            self.v[layer] = self._alloc(v, slots)
+        elif self.k[layer].shape[2] < slots:  # PINNED slots were added this step
+            grow = slots - self.k[layer].shape[2]
+            self.k[layer] = torch.cat([self.k[layer], self._alloc(k, grow)], 2)
+            self.v[layer] = torch.cat([self.v[layer], self._alloc(v, grow)], 2)
         K, V = self.k[layer], self.v[layer]
         if k.shape[2] == 1 and len(self._writes) == 1:  # the lean per-token path
             slot = self.length % self.window
             K[:, :, slot] = k[:, :, 0]
             V[:, :, slot] = v[:, :, 0]
             return K, V
-        out = (K, V) if k.shape[2] == 1 else (torch.cat([K, k], 2), torch.cat([V, v], 2))
+        if k.shape[2] == 1:
+            out = (K, V)
+        else:  # the keys as they were before this chunk (begin's StepKeys), then the chunk
+            before = self._slots_before
+            out = (torch.cat([K[:, :, :before], k], 2), torch.cat([V[:, :, :before], v], 2))
         for rows, offs, slots in self._writes:
             K[rows, :, slots] = k[rows, :, offs]
             V[rows, :, slots] = v[rows, :, offs]
         return out
 
 
-__all__ = ["ANY", "LOCAL", "SUMMARY", "FullCache", "KVCache", "RingCache", "StepKeys"]
+__all__ = ["ANY", "LOCAL", "PINNED", "SUMMARY", "FullCache", "KVCache", "RingCache", "StepKeys"]

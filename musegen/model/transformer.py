@@ -234,12 +234,19 @@ class MusicTransformer(nn.Module):
             if valid is not None:
                 ctx.mask = additive_mask(valid, self.tok_emb.weight.dtype)[:, None, None]
             return ctx, start, pad
+        pinned = self._pinned(input_ids, cache, padding_mask) if c.pin_tokens else None
         if cache is not None:
-            keys = cache.begin(L, padding_mask)
+            keys = (
+                cache.begin(L, padding_mask, pinned)
+                if c.pin_tokens
+                else cache.begin(L, padding_mask)
+            )
         if start > 0:
             self.spec.prepare_step(ctx, keys, self.tok_emb.weight.dtype)
         elif padding_mask is not None and not bool(padding_mask.all()):
             ctx.pad, ctx.key_valid = pad, padding_mask
+        if pinned is not None and not ctx.cached:
+            ctx.pinned = pinned_indices(pinned)
         bias_bytes = 2 * B * c.n_heads * L * L  # the kept biases of causal blocks, fp32
         ctx.recompute = (
             self.spec.recompute_long and torch.is_grad_enabled() and bias_bytes > RECOMPUTE_BYTES
@@ -251,6 +258,27 @@ class MusicTransformer(nn.Module):
             and ctx.key_valid is None
         )
         return ctx, start, pad
+
+    def _pinned(self, ids: Tensor, cache: KVCache | None, padding_mask: Tensor | None) -> Tensor:
+        """Which tokens of ``ids`` are pinned ``[B, L]``: from an open token through the next
+        close token (``ModelConfig.pin_tokens``), carried across chunks by the cache."""
+        open_id, close_id = self.config.pin_tokens
+        B, L = ids.shape
+        pos = torch.arange(L, device=ids.device).expand(B, L)
+        carry = cache.pin_open if cache is not None and cache.length > 0 else None
+        first = torch.full((B, 1), -3, dtype=torch.long, device=ids.device)
+        if carry is not None:  # a stretch still open: as if opened just before this chunk
+            first = torch.where(carry[:, None], -1, first)
+        none = torch.full_like(pos, -3)
+        last_open = torch.cat([first, torch.where(ids == open_id, pos, none)], 1).cummax(1)[0]
+        closes = torch.cat([first.new_full((B, 1), -2), torch.where(ids == close_id, pos, none)], 1)
+        last_close = closes.cummax(1)[0]  # [B, L+1]: column t+1 counts closes up to t
+        pinned = last_open[:, 1:] > last_close[:, :-1]  # opened, not closed before t
+        if cache is not None:
+            cache.pin_open = last_open[:, -1] > last_close[:, -1]
+        if padding_mask is not None:
+            pinned &= padding_mask.to(pinned.device, torch.bool)
+        return pinned
 
     def _decodes(self, cache: KVCache, padding_mask: Tensor | None) -> bool:
         """Whether a one-token step can take the decode hot path (full cache, no new padding)."""
@@ -268,4 +296,14 @@ class MusicTransformer(nn.Module):
         return mask
 
 
-__all__ = ["Block", "MusicTransformer", "SelfAttention"]
+def pinned_indices(pinned: Tensor) -> Tensor | None:
+    """Each row's pinned positions ``[B, P]`` (``-1`` after a row's last), ``None`` if none."""
+    counts = pinned.sum(1)
+    P = int(counts.max()) if pinned.numel() else 0
+    if P == 0:
+        return None
+    order = torch.sort((~pinned).to(torch.int8), dim=1, stable=True)[1][:, :P]
+    return order.masked_fill(torch.arange(P, device=pinned.device)[None] >= counts[:, None], -1)
+
+
+__all__ = ["Block", "MusicTransformer", "SelfAttention", "pinned_indices"]

@@ -63,6 +63,9 @@ class TrainConfig:
     infill_rate: float = 0.0
     # Of those, the fraction whose left side is cut to a few tokens (teaches reading the right).
     infill_prefix_drop: float = 0.0
+    # Infilling examples keep the right side and the kept tracks as pinned keys, beyond a
+    # local window (sets ModelConfig.pin_tokens; data/infill.py, the pinned layout).
+    infill_memory: bool = False
     init_from: str | None = None
     # LoRA fine-tuning (musegen.training.lora): rank 0 trains every weight; alpha None = rank.
     lora_rank: int = 0
@@ -106,6 +109,8 @@ class TrainConfig:
         for name in ("program_within", "program_across", "infill_rate", "infill_prefix_drop"):
             if not 0 <= float(getattr(self, name)) <= 1:
                 raise MusegenError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.infill_memory and not self.infill_rate:
+            raise MusegenError("infill_memory shapes infilling examples: give --infill-rate too")
         if self.transpose[0] > 0 or self.transpose[1] <= 0:
             raise MusegenError(
                 f"transpose must be a half-open range of semitones holding 0, like (-5, 6); "

@@ -49,7 +49,7 @@ def finetune_configs(
     """(TrainConfig, ModelConfig) of a fine-tune of ``base``; ``train``/``model`` override."""
     config = base_model_config(base)
     if model:
-        shape = sorted(k for k in model if k not in ("dropout", "max_seq_len"))
+        shape = sorted(k for k in model if k not in ("dropout", "max_seq_len", "pin_tokens"))
         if shape:
             raise MusegenError(f"a fine-tune keeps the checkpoint's shape; cannot set {shape}")
         config = config.with_overrides(**model)

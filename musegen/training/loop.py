@@ -25,9 +25,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from musegen import __version__
-from musegen.config import ModelConfig
+from musegen.config import ModelConfig, preset
 from musegen.data.dataset import Augmentation, WindowSampler, iter_eval_windows
-from musegen.data.infill import InfillRearranger, suffix_budget
+from musegen.data.infill import InfillRearranger, pin_tokens, suffix_budget
 from musegen.data.stats import program_counts
 from musegen.errors import MusegenError
 from musegen.files import append_jsonl, write_json_atomic
@@ -115,6 +115,10 @@ class _Trainer:
         self.pad = special_id(self.tokenizer, "PAD_None")
         self.fingerprint = ts.dataset_fingerprint(config.data)
         saved = ts.check_run_dir(self.run_dir, config, self.fingerprint, ctx)
+        if config.infill_memory and (saved is None or model_config is not None):
+            # the pinned layout: its sentinels become the pin tokens (a resume keeps the stored)
+            base = model_config or preset(config.preset)
+            model_config = base.with_overrides(pin_tokens=pin_tokens(self.tokenizer))
         self.model_config = ts.resolve_model_config(
             saved, model_config, config.preset, len(self.tokenizer), config.seq_len
         )
@@ -185,6 +189,7 @@ class _Trainer:
                 cfg.infill_rate,
                 suffix_tokens=budget,
                 prefix_drop=cfg.infill_prefix_drop,
+                pinned=self.model_config.pin_tokens is not None,
             )
         return WindowSampler(
             split,

@@ -122,6 +122,9 @@ class AttnContext:
     # ``rel`` then arrives reversed along distance (see decode_relative_bias)
     decode: bool = False
     recompute: bool = False  # aligned regime: checkpoint each query block (long sequences)
+    # aligned regime: indices [B, P] of pinned keys (ModelConfig.pin_tokens; -1: none), seen by
+    # every later query beyond the band
+    pinned: Tensor | None = None
 
     @property
     def cached(self) -> bool:
@@ -222,25 +225,48 @@ def _attend_block(q, k, v, rel, ctx: AttnContext, i0: int, i1: int) -> Tensor:
     if ctx.key_valid is not None:
         q_idx = torch.arange(i0, i1, device=q.device)
         bias = bias + pad_key_mask(ctx, q_idx, torch.arange(lo, i1, device=q.device), q.dtype)
-    if ctx.pattern.stride:
+    p = ctx.pattern
+    if p.stride:
         summ = _summary_keys(ctx, i0, i1, q.shape[0], q.device)
         if summ is not None:
-            kb, vb, bias = _add_summaries(qb, k, v, rel, ctx, summ, i0, (kb, vb, bias))
+            rule = lambda dist, _: (dist >= p.band) & (dist < p.horizon)  # noqa: E731
+            kb, vb, bias = _add_keys(qb, k, v, rel, ctx, summ, rule, i0, (kb, vb, bias))
+    if ctx.pinned is not None:
+        kb, vb, bias = _add_keys(
+            qb, k, v, rel, ctx, ctx.pinned, pinned_rule(ctx), i0, (kb, vb, bias)
+        )
     return F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias)
 
 
-def _add_summaries(qb, k, v, rel, ctx, summ, i0, band):
-    """Append the summary keys (gathered per row) to a block's keys, values and bias."""
+def pinned_rule(ctx: AttnContext) -> Callable[[Tensor, Tensor], Tensor]:
+    """Which (query, pinned key) pairs attend beyond the band: all of them, except keys the
+    summary rule reaches already (counted once, as summaries)."""
+    p = ctx.pattern
+
+    def rule(dist: Tensor, k_index: Tensor) -> Tensor:
+        far = dist >= p.band
+        if not p.stride:
+            return far
+        pad = ctx.pad if ctx.pad is not None else torch.zeros_like(k_index[:, 0])
+        k_real = (k_index - pad[:, None])[:, None, :]
+        return far & ~p.summary(dist, k_real)
+
+    return rule
+
+
+def _add_keys(qb, k, v, rel, ctx, idx, rule, i0, band):
+    """Append keys gathered per row (``idx`` ``[B, S]``, ``-1``: none) to a block's keys,
+    values and bias; ``rule(dist, k_index)`` says which (query, key) pairs attend. Distances
+    clip at the pattern's last table row, as in the cached regime."""
     kb, vb, bias = band
     B, H, Bq, D = qb.shape
-    horizon = ctx.pattern.horizon
-    safe = summ.clamp_min(0)  # [B, S]
+    safe = idx.clamp_min(0)  # [B, S]
     gather_idx = safe[:, None, :, None].expand(B, H, -1, D)
     ks, vs = k.gather(2, gather_idx), v.gather(2, gather_idx)
     q_idx = torch.arange(i0, i0 + Bq, device=qb.device)
     dist = q_idx[None, :, None] - safe[:, None, :]  # [B, Bq, S]
-    ok = (summ[:, None, :] >= 0) & (dist >= ctx.pattern.band) & (dist < horizon)
-    n_dist = int(dist.max().clamp(min=0, max=horizon - 1)) + 1
+    ok = (idx[:, None, :] >= 0) & rule(dist, safe)
+    n_dist = int(dist.max().clamp(min=0, max=ctx.pattern.span - 1)) + 1
     qe = torch.matmul(qb, (rel[:, :n_dist] * D**-0.5).transpose(-1, -2))  # [B,H,Bq,n_dist]
     idx = dist.clamp(0, n_dist - 1)[:, None].expand(B, H, Bq, -1)
     sb = qe.gather(-1, idx).masked_fill(~ok[:, None], NEG_INF)
@@ -270,10 +296,11 @@ def cached_context(ctx: AttnContext, keys, dtype: torch.dtype, relative: bool) -
 
     ``keys`` is a :class:`musegen.model.cache.StepKeys`. Ring slots of type LOCAL follow the band
     rule only and SUMMARY slots the summary rule only, so a key kept in both is never counted
-    twice; ANY (fresh or full-cache keys) follows the pattern's whole rule. A padding query
+    twice; ANY (fresh or full-cache keys) follows the pattern's whole rule, PINNED slots the
+    pinned rule only (beyond the band), and a fresh pinned key both. A padding query
     still sees itself, so no row is empty. ``relative``: also build the distance index.
     """
-    from musegen.model.cache import LOCAL, SUMMARY
+    from musegen.model.cache import ANY, LOCAL, PINNED, SUMMARY
 
     p = ctx.pattern
     dist = keys.q_index[None, :, None] - keys.k_index[:, None, :]  # [B, Lq, Nk]
@@ -284,7 +311,12 @@ def cached_context(ctx: AttnContext, keys, dtype: torch.dtype, relative: bool) -
         near = (dist >= 0) & (dist < p.band)
         summary = rule & ~near
         rule = torch.where(t == LOCAL, near, torch.where(t == SUMMARY, summary, rule))
-    ok = (rule & keys.k_valid[:, None, :]) | ((dist == 0) & (t != SUMMARY))
+    if keys.k_pinned is not None:  # PINNED slots: beyond the band only (the ring has the rest)
+        far = keys.k_pinned[:, None, :] & (dist >= p.band)
+        if p.stride:
+            far &= ~p.summary(dist, k_real)
+        rule = torch.where(t == PINNED, far, rule | far)
+    ok = (rule & keys.k_valid[:, None, :]) | ((dist == 0) & ((t == LOCAL) | (t == ANY)))
     ok &= keys.k_index[:, None, :] >= 0
     ctx.mask = additive_mask(ok, dtype)[:, None]
     if relative:

@@ -84,11 +84,23 @@ class AttentionSpec:
             )
         if self.check is not None:
             self.check(config)
+        if config.pin_tokens is not None and not self.can_pin(config):
+            raise ValueError(
+                f"pin_tokens needs a banded attention kind (local or sparse) on "
+                f"attention_backend='torch'; attention={self.name!r} with "
+                f"attention_backend={config.attention_backend!r} has no window to pin beyond"
+            )
         if config.attention_backend == "flex" and self.flex_mask(config) is None:
             raise ValueError(
                 f"attention_backend='flex' needs an attention kind with a FlexAttention mask; "
                 f"attention={self.name!r} has none (use attention_backend='torch')"
             )
+
+    def can_pin(self, config: ModelConfig) -> bool:
+        """Whether ``pin_tokens`` works with this kind: the kernels' banded patterns only (a
+        whole-past kind sees every key already; modules and stacks have their own caches)."""
+        plain = self.module is None and self.stack is None and config.attention_backend == "torch"
+        return plain and self.pattern(config).band > 0
 
     def query_block(self, config: ModelConfig) -> int:
         """Query block of the aligned paths: the band for banded patterns."""
