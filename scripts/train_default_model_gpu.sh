@@ -13,9 +13,11 @@
 # lowest-validation-loss weights are shipped (float16, data and licences) to $OUT/musegen-mix.
 # INIT=CHECKPOINT starts a second stage from those weights (fresh optimiser and schedule).
 # INFILL_RATE (default 0.3) and PREFIX_DROP (default 0) set --infill-rate and
-# --infill-prefix-drop: the shipped model does not read the right side when infilling
-# (benchmarks/bench_infill.py --training-layout), so a stage with e.g. INFILL_RATE=0.5
-# PREFIX_DROP=0.3 is the next thing to try there, checked with that same command.
+# --infill-prefix-drop; INFILL_MEMORY=1 adds --infill-memory (the pinned layout: the right side
+# stays visible beyond the 512-token window instead of displacing the left side). The shipped
+# model, trained without it, does not read the right side when infilling
+# (benchmarks/bench_infill.py --training-layout), so a stage with INFILL_MEMORY=1
+# INFILL_RATE=0.5 PREFIX_DROP=0.25 is the next thing to try there, checked with that command.
 # DEVICE=cpu with a tiny shape and MINUTES checks the script on a machine without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +35,7 @@ SHAPE=(--preset small --set n_layers=${LAYERS:-6} --set n_heads=${HEADS:-6} --se
        --set d_ff=${DFF:-1536} --set max_seq_len=$SEQ --attention local --set window=512
        --set max_relative_distance=512 --set dropout=${DROPOUT:-0.0})
 TRAIN=(--seq-len "$SEQ" --batch-size "$BATCH" --lr ${LR:-1e-3} --infill-rate ${INFILL_RATE:-0.3}
-       --infill-prefix-drop ${PREFIX_DROP:-0} --eval-windows 64
+       --infill-prefix-drop ${PREFIX_DROP:-0} ${INFILL_MEMORY:+--infill-memory} --eval-windows 64
        --sample-tokens 0 --device "$DEVICE" --quiet)
 
 # 1. Probe: the measured tokens/s of this machine at this shape (first logged window skipped).

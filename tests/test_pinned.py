@@ -218,3 +218,20 @@ def test_a_pinned_checkpoint_round_trips(tmp_path, tokenizer):
     model = MusicTransformer(cfg.with_overrides(pin_tokens=pin_tokens(tokenizer)))
     path = save_pretrained(model, tokenizer, tmp_path / "pinned")
     assert Pipeline.from_pretrained(path).config.pin_tokens == pin_tokens(tokenizer)
+
+
+def test_the_flag_reaches_train_and_finetune(tmp_path, tokenizer):
+    from musegen.cli import build_parser
+    from musegen.cli.finetune import build_configs as finetune_configs
+    from musegen.cli.train import build_configs as train_configs
+
+    (tmp_path / "data").mkdir()
+    args = ["--data", str(tmp_path / "data"), "--infill-rate", "0.5", "--infill-memory"]
+    parsed = build_parser().parse_args(["train", "--out", str(tmp_path / "a"), *args])
+    assert train_configs(parsed)[0].infill_memory
+    cfg = preset("tiny", vocab_size=len(tokenizer), attention="local", window=16)
+    base = save_pretrained(MusicTransformer(cfg), tokenizer, tmp_path / "base")
+    parsed = build_parser().parse_args(
+        ["finetune", "--from", str(base), "--out", str(tmp_path / "b"), *args]
+    )
+    assert finetune_configs(parsed)[0].infill_memory

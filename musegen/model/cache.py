@@ -55,8 +55,8 @@ class KVCache:
         self.length = 0  # tokens seen so far (padding included)
         self.pad = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.padded = False  # some row starts with padding
-        self.pin_open = torch.zeros(batch_size, dtype=torch.bool, device=self.device)  # inside
-        # a pinned stretch at the end of what was seen (ModelConfig.pin_tokens)
+        # rows inside a pinned stretch at the end of what was seen (ModelConfig.pin_tokens)
+        self.pin_open = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
         self._n = 0
         self.k: list[Tensor | None] = [None] * n_layers  # per layer [B, H, slots, D]
         self.v: list[Tensor | None] = [None] * n_layers

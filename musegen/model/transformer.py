@@ -235,12 +235,10 @@ class MusicTransformer(nn.Module):
                 ctx.mask = additive_mask(valid, self.tok_emb.weight.dtype)[:, None, None]
             return ctx, start, pad
         pinned = self._pinned(input_ids, cache, padding_mask) if c.pin_tokens else None
-        if cache is not None:
-            keys = (
-                cache.begin(L, padding_mask, pinned)
-                if c.pin_tokens
-                else cache.begin(L, padding_mask)
-            )
+        if cache is not None and pinned is not None:  # only ring caches pin (spec.can_pin)
+            keys = cache.begin(L, padding_mask, pinned)
+        elif cache is not None:
+            keys = cache.begin(L, padding_mask)
         if start > 0:
             self.spec.prepare_step(ctx, keys, self.tok_emb.weight.dtype)
         elif padding_mask is not None and not bool(padding_mask.all()):
@@ -265,10 +263,9 @@ class MusicTransformer(nn.Module):
         open_id, close_id = self.config.pin_tokens
         B, L = ids.shape
         pos = torch.arange(L, device=ids.device).expand(B, L)
-        carry = cache.pin_open if cache is not None and cache.length > 0 else None
         first = torch.full((B, 1), -3, dtype=torch.long, device=ids.device)
-        if carry is not None:  # a stretch still open: as if opened just before this chunk
-            first = torch.where(carry[:, None], -1, first)
+        if cache is not None:  # a stretch still open: as if opened just before this chunk
+            first = torch.where(cache.pin_open[:, None], -1, first)
         none = torch.full_like(pos, -3)
         last_open = torch.cat([first, torch.where(ids == open_id, pos, none)], 1).cummax(1)[0]
         closes = torch.cat([first.new_full((B, 1), -2), torch.where(ids == close_id, pos, none)], 1)
