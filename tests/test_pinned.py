@@ -3,6 +3,7 @@ beyond a local window, and the pinned infilling layout built on it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from conftest import make_score, write_midi
 from test_attention import make_inputs, reference_mask
 from test_infill import BAND, check_result
+from test_train import tiny_config
 
 from musegen.checkpoint import save_pretrained
 from musegen.config import preset
@@ -22,7 +24,6 @@ from musegen.model.cache import PINNED
 from musegen.model.transformer import MusicTransformer, pinned_indices
 from musegen.pipeline import Pipeline
 from musegen.tokenizer import build_tokenizer, encode
-from musegen.training.config import TrainConfig
 from musegen.training.loop import train
 
 V, OPEN, CLOSE = 40, 5, 6
@@ -185,25 +186,12 @@ def test_training_with_infill_memory_pins_and_infills(tmp_path):
     for i in range(6):
         write_midi(root / "midi" / f"p{i}.mid", bars=12, tracks=((0, False), (33, False)), seed=i)
     prepare(root / "midi", root / "prepared", PrepareOptions(workers=1), progress=False)
-    settings = dict(
-        data=str(root / "prepared"),
-        out=str(tmp_path / "run"),
-        preset="tiny",
-        batch_size=2,
-        seq_len=64,
-        max_steps=2,
-        eval_every=2,
-        save_every=2,
-        eval_windows=2,
-        sample_tokens=0,
-        device="cpu",
-        progress=False,
-        infill_rate=1.0,
-    )
+    settings = dict(batch_size=2, seq_len=64, max_steps=2, eval_every=2, eval_windows=2)
+    config = tiny_config(root / "prepared", tmp_path / "run", infill_rate=1.0, **settings)
     with pytest.raises(MusegenError, match="give --infill-rate"):
-        TrainConfig(**{**settings, "infill_rate": 0.0, "infill_memory": True}).validate()
+        dataclasses.replace(config, infill_rate=0.0, infill_memory=True).validate()
     model = preset("tiny", attention="local", window=16, max_relative_distance=32, max_seq_len=512)
-    result = train(TrainConfig(**settings, infill_memory=True), model)
+    result = train(dataclasses.replace(config, infill_memory=True), model)
     saved = json.loads((result.best_dir / "config.json").read_text())["model"]
     pipe = Pipeline.from_pretrained(result.best_dir)
     assert saved["pin_tokens"] == pin_tokens(pipe.tokenizer)
