@@ -19,6 +19,7 @@ from musegen.config import preset
 from musegen.data.infill import InfillRearranger, InfillVocab, layout, pin_tokens
 from musegen.data.prepare import PrepareOptions, prepare
 from musegen.errors import MusegenError
+from musegen.generation import infill as fill
 from musegen.model.attention import AttnContext, get_kind
 from musegen.model.cache import PINNED
 from musegen.model.transformer import MusicTransformer, pinned_indices
@@ -181,7 +182,7 @@ def test_pinned_layout_puts_the_right_side_first_and_the_prefix_before_the_targe
     assert layout(empty, empty, empty, v, pinned=True).tolist() == [v.span, v.suffix, v.end, v.fill]
 
 
-def test_training_with_infill_memory_pins_and_infills(tmp_path):
+def test_training_with_infill_memory_pins_and_infills(tmp_path, monkeypatch):
     root = tmp_path / "corpus"
     for i in range(6):
         write_midi(root / "midi" / f"p{i}.mid", bars=12, tracks=((0, False), (33, False)), seed=i)
@@ -195,10 +196,15 @@ def test_training_with_infill_memory_pins_and_infills(tmp_path):
     saved = json.loads((result.best_dir / "config.json").read_text())["model"]
     pipe = Pipeline.from_pretrained(result.best_dir)
     assert saved["pin_tokens"] == pin_tokens(pipe.tokenizer)
+    plans = []
+    real_plan = fill.plan
+    monkeypatch.setattr(fill, "plan", lambda *a, **k: plans.append(real_plan(*a, **k)) or plans[-1])
     score = make_score(bars=8, tracks=BAND, seed=5)
     for r in pipe.infill(score, bars=(3, 5), num_samples=3, seed=0):
         check_result(pipe, score, r, 3, 5, targets={0, 1, 2})
-    assert pipe.infill(score, bars=(3, 5), seed=0)[0].tokens  # prompt in the pinned layout
+    v = InfillVocab.from_tokenizer(pipe.tokenizer)
+    prompt = plans[0].prompt  # the pinned layout: right side first, the prefix before the fill
+    assert prompt[0] == v.span and prompt[-1] == v.fill and v.end in prompt
 
 
 def test_a_pinned_checkpoint_round_trips(tmp_path, tokenizer):

@@ -148,6 +148,11 @@ def layout(
     return np.concatenate(parts).astype(np.int64)
 
 
+def prompt_sentinels(pinned: bool) -> int:
+    """Sentinel tokens in a prompt of :func:`layout` (the target adds ``Infill_End``)."""
+    return 4 if pinned else 3
+
+
 def pin_tokens(tokenizer) -> list[int]:
     """``ModelConfig.pin_tokens`` of the pinned layout: ``[Infill_Span, Infill_End]``."""
     vocab = InfillVocab.from_tokenizer(tokenizer)
@@ -237,7 +242,7 @@ class InfillRearranger:
         prefix, suffix = window[:start], window[stop : stop + (self.suffix_tokens or len(window))]
         if self.prefix_drop and rng.random() < self.prefix_drop:
             prefix = prefix[max(0, len(prefix) - int(rng.integers(0, PREFIX_KEPT + 1))) :]
-        sentinels = 5 if self.pinned else 4
+        sentinels = prompt_sentinels(self.pinned) + 1  # and the target's Infill_End
         excess = len(prefix) + len(given) + len(suffix) + len(target) + sentinels - len(window)
         excess = max(0, excess)
         cut = min(excess, len(suffix))

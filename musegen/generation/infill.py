@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import symusic
 
-from musegen.data.infill import InfillVocab, layout, split_span
+from musegen.data.infill import InfillVocab, layout, prompt_sentinels, split_span
 from musegen.errors import MidiError, MusegenError
 from musegen.generation.grammar import Controls
 from musegen.generation.infill_grammar import InfillGrammar
@@ -119,7 +119,7 @@ def plan(
     ticks = _check_meters(score, signatures, b, tokenizer)[a - 1 : b + 1]
     per_bar = len(split_span(ids, vocab, targets)[1]) / max(1, len(starts))
     reserve = (b - a + 1) * max(MIN_TOKENS_PER_BAR, math.ceil(per_bar))
-    need = len(given) + (4 if pinned else 3) + reserve  # the prompt's sentinels
+    need = len(given) + prompt_sentinels(pinned) + reserve
     if need > max_seq_len:
         raise MusegenError(
             f"bars {a}-{b} need about {need} tokens of context (the kept tracks and room for "
