@@ -6,7 +6,8 @@
    side only (the same layout with an empty suffix): lower with both sides means the model
    reads the music after the gap.
 2. Seam statistics against the real bars 9–12: pitch-class histogram distance and note-density
-   ratio of (a) the infilled bars and (b) a left-only continuation of the same 4 bars.
+   ratio of (a) the infilled bars and (b) a left-only continuation of the same 4 bars, averaged
+   over ``--samples`` seeds per piece (one sample's density scatters too widely to compare).
 3. With ``--training-layout N``: the same NLL comparison on N validation windows rearranged
    exactly as in training (random span, suffix within the training budget): if the suffix does
    not help even there, the model did not learn to read it (a training matter, not a layout
@@ -18,6 +19,9 @@
    plain left-only figure mixes "reads the right side" with "sees more of the left"; the
    same-view figure isolates the first, and the sweep shows which budget ``Pipeline.infill``
    should keep (tune with ``--split val``, report on test).
+5. With ``--guidance 0.5,1,…``: the span's NLL under right-side guidance at those scales
+   (logits ``both + g * (both - left only)``): whether amplifying what the right side changes
+   fits the real bars better than the plain both-sides prediction (g = 0).
 Prints per piece and the medians; writes --json if given.
 """
 
@@ -51,15 +55,27 @@ from musegen.tokenizer import decode
 SPAN = (9, 12)  # 1-based, inclusive
 
 
-def token_losses(model, prompt: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """The NLL of each ``target`` token after ``prompt``."""
+def target_logits(model, prompt: np.ndarray, target: np.ndarray) -> torch.Tensor:
+    """The logits that predict each ``target`` token after ``prompt``: (len(target), vocab)."""
     ids = torch.as_tensor(np.concatenate([prompt, target]), dtype=torch.long)[None]
     with torch.no_grad():
         out = model(ids[:, :-1])
         logits = out[0] if isinstance(out, tuple) else out
-    start = len(prompt) - 1
-    losses = F.cross_entropy(logits[0, start:].float(), ids[0, start + 1 :], reduction="none")
-    return losses.numpy()
+    return logits[0, len(prompt) - 1 :].float()
+
+
+def token_losses(model, prompt: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The NLL of each ``target`` token after ``prompt``."""
+    logits = target_logits(model, prompt, target)
+    return F.cross_entropy(logits, torch.as_tensor(target), reduction="none").numpy()
+
+
+def guided_nll(both: torch.Tensor, left: torch.Tensor, target: np.ndarray, scale: float) -> float:
+    """The span's NLL under right-side guidance: logits ``both + scale * (both - left)``, as
+    classifier-free guidance amplifies a condition (here the right side) by contrast with the
+    unconditioned stream. Scale 0 is the plain both-sides NLL."""
+    guided = both + scale * (both - left)
+    return float(F.cross_entropy(guided, torch.as_tensor(target)))
 
 
 def target_nll(model, prompt: np.ndarray, target: np.ndarray) -> float:
@@ -146,12 +162,18 @@ def real_bars(score, a: int, b: int):
     return score.clip((a - 1) * ticks, b * ticks, clip_end=False).shift_time(-(a - 1) * ticks)
 
 
-def seam(generated, real) -> dict[str, float]:
-    dist = metrics.histogram_distance(
-        metrics.pitch_class_histogram(generated), metrics.pitch_class_histogram(real)
-    )
-    dens_real = max(real.note_num(), 1)
-    return {"pc_distance": dist, "density_ratio": generated.note_num() / dens_real}
+def seam(samples: list, real) -> dict:
+    """Mean pitch-class distance and mean density error (|log ratio|) of samples to the real bars."""
+    hist_real = metrics.pitch_class_histogram(real)
+    dists = [
+        metrics.histogram_distance(metrics.pitch_class_histogram(s), hist_real) for s in samples
+    ]
+    ratios = [s.note_num() / max(real.note_num(), 1) for s in samples]
+    return {
+        "pc_distance": float(np.mean(dists)),
+        "density_err": float(np.mean([abs(np.log(max(r, 1e-3))) for r in ratios])),
+        "density_ratios": ratios,
+    }
 
 
 def summarize(rows: list[dict], split: str, right: int, budgets: list[int]) -> dict:
@@ -179,16 +201,30 @@ def summarize(rows: list[dict], split: str, right: int, budgets: list[int]) -> d
                 "lower_than_same_view_share": float(np.mean(both < same)),
                 "lower_than_left_only_share": float(np.mean(both < left)),
             }
+    if "guided" in rows[0]:
+        summary["guided"] = {
+            g: {
+                "nll": med(r["guided"][g] for r in rows),
+                "lower_than_both_share": float(
+                    np.mean([r["guided"][g] < r["nll_both_sides"] for r in rows])
+                ),
+            }
+            for g in rows[0]["guided"]
+        }
     if "infill" in rows[0]:
         summary.update(
             pc_distance_infill=med(r["infill"]["pc_distance"] for r in rows),
             pc_distance_left_only=med(r["left_only"]["pc_distance"] for r in rows),
-            density_err_infill=med(
-                abs(np.log(max(r["infill"]["density_ratio"], 1e-3))) for r in rows
+            pc_infill_closer_share=float(
+                np.mean([r["infill"]["pc_distance"] < r["left_only"]["pc_distance"] for r in rows])
             ),
-            density_err_left_only=med(
-                abs(np.log(max(r["left_only"]["density_ratio"], 1e-3))) for r in rows
+            density_err_infill=med(r["infill"]["density_err"] for r in rows),
+            density_err_left_only=med(r["left_only"]["density_err"] for r in rows),
+            density_infill_closer_share=float(
+                np.mean([r["infill"]["density_err"] < r["left_only"]["density_err"] for r in rows])
             ),
+            density_ratio_infill=med(x for r in rows for x in r["infill"]["density_ratios"]),
+            density_ratio_left_only=med(x for r in rows for x in r["left_only"]["density_ratios"]),
         )
     return summary
 
@@ -214,6 +250,15 @@ def main() -> None:
         "--nll-only", action="store_true", help="skip the sampled seam statistics (faster)"
     )
     ap.add_argument(
+        "--guidance",
+        default="",
+        metavar="G,G,…",
+        help="right-side guidance scales to compare by NLL (see 5. above)",
+    )
+    ap.add_argument(
+        "--samples", type=int, default=1, help="seeds per piece for the seam statistics"
+    )
+    ap.add_argument(
         "--training-layout",
         type=int,
         default=0,
@@ -229,6 +274,7 @@ def main() -> None:
     right = min(args.context, suffix_budget(reach) or args.context)
     pinned = pipe.config.pin_tokens is not None  # the pinned layout (data/infill.py)
     budgets = [int(b) for b in args.suffix_tokens.split(",") if b.strip()]
+    scales = [float(g) for g in args.guidance.split(",") if g.strip()]
     dataset = PreparedDataset.open(args.data)
     split = dataset.split(args.split)
     rows = []
@@ -244,10 +290,19 @@ def main() -> None:
             start, stop = int(bars[SPAN[0] - 1]), int(bars[SPAN[1]])
             given, target = split_span(doc[start:stop], vocab, None)
             prefix, suffix = doc[:start][-args.context :], doc[stop:][:right]
-            both = target_nll(model, layout(prefix, given, suffix, vocab, pinned), target)
-            left = target_nll(model, layout(prefix, given, suffix[:0], vocab, pinned), target)
+            logits_both = target_logits(model, layout(prefix, given, suffix, vocab, pinned), target)
+            logits_left = target_logits(
+                model, layout(prefix, given, suffix[:0], vocab, pinned), target
+            )
+            both = guided_nll(logits_both, logits_left, target, 0.0)
+            left = guided_nll(logits_left, logits_left, target, 0.0)
             row = {"group": group, "doc": int(d), "nll_both_sides": both, "nll_left_only": left}
             line = f"{group} doc {d}: NLL both {both:.3f} left {left:.3f}"
+            if scales:
+                row["guided"] = {
+                    str(g): guided_nll(logits_both, logits_left, target, g) for g in scales
+                }
+                line += " | guided " + " ".join(f"@{g} {v:.3f}" for g, v in row["guided"].items())
             if budgets:
                 sweep = suffix_sweep(
                     model, reach, prefix, given, doc[stop:], target, vocab, budgets, pinned
@@ -260,15 +315,18 @@ def main() -> None:
             if not args.nll_only:
                 score = decode(tok, doc[: int(bars[min(len(bars) - 1, SPAN[1] + 4)])].tolist())
                 real = real_bars(score, *SPAN)
-                [filled] = pipe.infill(score, bars=SPAN, seed=taken)
-                prompt8 = score.clip(0, int(filled.prompt_end_tick), clip_end=False)
-                [cont] = pipe.continue_midi(prompt8, bars=SPAN[1] - SPAN[0] + 1, seed=taken)
-                row["infill"] = seam(filled.continuation, real)
-                row["left_only"] = seam(cont.continuation, real)
+                seed, n = taken * args.samples, args.samples
+                filled = pipe.infill(score, bars=SPAN, seed=seed, num_samples=n)
+                prompt8 = score.clip(0, int(filled[0].prompt_end_tick), clip_end=False)
+                conts = pipe.continue_midi(
+                    prompt8, bars=SPAN[1] - SPAN[0] + 1, seed=seed, num_samples=n
+                )
+                row["infill"] = seam([f.continuation for f in filled], real)
+                row["left_only"] = seam([c.continuation for c in conts], real)
                 line += (
                     f" | pc dist infill {row['infill']['pc_distance']:.3f} left "
-                    f"{row['left_only']['pc_distance']:.3f} | density infill "
-                    f"{row['infill']['density_ratio']:.2f} left {row['left_only']['density_ratio']:.2f}"
+                    f"{row['left_only']['pc_distance']:.3f} | density err infill "
+                    f"{row['infill']['density_err']:.2f} left {row['left_only']['density_err']:.2f}"
                 )
             rows.append(row)
             taken += 1

@@ -48,3 +48,36 @@ def test_an_unbounded_model_keeps_the_whole_left_side():
     model = Recorder()
     bench.suffix_sweep(model, None, prefix, given, suffix, target, VOCAB, [64])
     assert model.lengths[1] == 300 + 10 + 3 + 20
+
+
+def test_guidance_at_scale_zero_is_the_plain_prediction_and_amplifies_the_right_side():
+    target = np.array([3, 5])
+    left = torch.zeros(2, V)
+    both = left.clone()
+    both[:, 3] = 1.0  # the right side raises token 3: right for the first token, wrong after
+    plain = float(torch.nn.functional.cross_entropy(both, torch.as_tensor(target)))
+    assert np.isclose(bench.guided_nll(both, left, target, 0.0), plain)
+    amplified = both + 2.0 * (both - left)
+    expected = float(torch.nn.functional.cross_entropy(amplified, torch.as_tensor(target)))
+    assert np.isclose(bench.guided_nll(both, left, target, 2.0), expected)
+    first = slice(0, 1)  # the token the right side got right: guidance lowers its NLL
+    assert bench.guided_nll(both[first], left[first], target[first], 2.0) < bench.guided_nll(
+        both[first], left[first], target[first], 0.0
+    )
+
+
+def test_seam_statistics_average_the_samples():
+    import symusic
+
+    def score(n: int) -> symusic.Score:
+        s = symusic.Score(480)
+        t = symusic.Track(program=0)
+        for i in range(n):
+            t.notes.append(symusic.Note(i * 480, 480, 60, 80))
+        s.tracks.append(t)
+        return s
+
+    out = bench.seam([score(4), score(16)], score(8))
+    assert out["density_ratios"] == [0.5, 2.0]
+    assert np.isclose(out["density_err"], np.log(2))  # |log 0.5| and |log 2| alike
+    assert out["pc_distance"] == 0.0  # every note a C, as in the real bars
