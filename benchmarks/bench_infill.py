@@ -266,6 +266,8 @@ def main() -> None:
         help="also compare on N validation windows rearranged as in training",
     )
     args = ap.parse_args()
+    if args.samples < 1:
+        ap.error(f"--samples must be at least 1, got {args.samples}")
     pipe = Pipeline.from_pretrained(args.checkpoint)
     model, tok = pipe.model, pipe.tokenizer
     vocab = InfillVocab.from_tokenizer(tok)
