@@ -17,11 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_shipped_checkpoint import band_prompt
+from test_shipped_checkpoint import BAND_TRACKS, band_prompt, every_track_plays, track_notes
 
 from musegen.pipeline import Pipeline
-
-NAMES = {(0, True): "drums", (33, False): "bass", (0, False): "piano", (29, False): "guitar"}
 
 
 def main() -> None:
@@ -34,15 +32,10 @@ def main() -> None:
         total = kept = 0
         for seed in (int(s) for s in args.seeds.split(",")):
             results = pipe.continue_midi(band_prompt(), num_samples=8, bars=4, seed=seed)
-            rows = [
-                {
-                    NAMES.get((t.program, t.is_drum), "?"): len(t.notes)
-                    for t in r.continuation.tracks
-                }
-                for r in results
-            ]
-            ok = sum(len(r) >= 4 and min(r.values()) >= 2 for r in rows)
-            total, kept = total + len(rows), kept + ok
+            notes = [track_notes(r) for r in results]
+            ok = sum(map(every_track_plays, notes))
+            total, kept = total + len(notes), kept + ok
+            rows = [{BAND_TRACKS.get(k, str(k)): n for k, n in row.items()} for row in notes]
             print(f"{checkpoint} seeds {seed}..{seed + 7}: all four tracks in {ok} of 8; {rows}")
         print(f"{checkpoint}: all four tracks in {kept} of {total} variations")
 

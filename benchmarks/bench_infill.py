@@ -70,16 +70,20 @@ def token_losses(model, prompt: np.ndarray, target: np.ndarray) -> np.ndarray:
     return F.cross_entropy(logits, torch.as_tensor(target), reduction="none").numpy()
 
 
+def logits_nll(logits: torch.Tensor, target: np.ndarray) -> float:
+    """The mean NLL of ``target`` under ``logits`` (one row per target token)."""
+    return float(F.cross_entropy(logits, torch.as_tensor(target)))
+
+
 def guided_nll(both: torch.Tensor, left: torch.Tensor, target: np.ndarray, scale: float) -> float:
     """The span's NLL under right-side guidance: logits ``both + scale * (both - left)``, as
     classifier-free guidance amplifies a condition (here the right side) by contrast with the
     unconditioned stream. Scale 0 is the plain both-sides NLL."""
-    guided = both + scale * (both - left)
-    return float(F.cross_entropy(guided, torch.as_tensor(target)))
+    return logits_nll(both + scale * (both - left), target)
 
 
 def target_nll(model, prompt: np.ndarray, target: np.ndarray) -> float:
-    return float(token_losses(model, prompt, target).mean())
+    return logits_nll(target_logits(model, prompt, target), target)
 
 
 def suffix_sweep(
@@ -296,8 +300,7 @@ def main() -> None:
             logits_left = target_logits(
                 model, layout(prefix, given, suffix[:0], vocab, pinned), target
             )
-            both = guided_nll(logits_both, logits_left, target, 0.0)
-            left = guided_nll(logits_left, logits_left, target, 0.0)
+            both, left = logits_nll(logits_both, target), logits_nll(logits_left, target)
             row = {"group": group, "doc": int(d), "nll_both_sides": both, "nll_left_only": left}
             line = f"{group} doc {d}: NLL both {both:.3f} left {left:.3f}"
             if scales:
