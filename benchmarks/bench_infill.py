@@ -22,6 +22,12 @@
 5. With ``--guidance 0.5,1,…``: the span's NLL under right-side guidance at those scales
    (logits ``both + g * (both - left only)``): whether amplifying what the right side changes
    fits the real bars better than the plain both-sides prediction (g = 0).
+6. With ``--candidates K``: the seam statistics again for the best of K infills per sample,
+   chosen as ``Pipeline.infill(candidates=K)`` chooses (:mod:`musegen.generation.seam`: the
+   closest in key and density to the 4 bars on each side); the K draws also count as plain
+   samples, so one run gives both. The control: K left-only continuations per sample, the
+   best by the 4 bars *before* the span alone, shows how much of the gain is the choice
+   itself and how much the right side.
 Prints per piece and the medians; writes --json if given.
 """
 
@@ -48,6 +54,7 @@ from musegen.data.infill import (
     split_span,
     suffix_budget,
 )
+from musegen.generation.seam import SeamJudge, best_of
 from musegen.model.attention import reach_of
 from musegen.pipeline import Pipeline
 from musegen.tokenizer import decode
@@ -215,22 +222,30 @@ def summarize(rows: list[dict], split: str, right: int, budgets: list[int]) -> d
             }
             for g in rows[0]["guided"]
         }
-    if "infill" in rows[0]:
-        summary.update(
-            pc_distance_infill=med(r["infill"]["pc_distance"] for r in rows),
-            pc_distance_left_only=med(r["left_only"]["pc_distance"] for r in rows),
-            pc_infill_closer_share=float(
-                np.mean([r["infill"]["pc_distance"] < r["left_only"]["pc_distance"] for r in rows])
-            ),
-            density_err_infill=med(r["infill"]["density_err"] for r in rows),
-            density_err_left_only=med(r["left_only"]["density_err"] for r in rows),
-            density_infill_closer_share=float(
-                np.mean([r["infill"]["density_err"] < r["left_only"]["density_err"] for r in rows])
-            ),
-            density_ratio_infill=med(x for r in rows for x in r["infill"]["density_ratios"]),
-            density_ratio_left_only=med(x for r in rows for x in r["left_only"]["density_ratios"]),
-        )
+    for kind, against in (
+        ("infill", "left_only"),
+        ("infill_best", "left_only"),
+        ("infill_best", "left_only_best"),
+    ):
+        if kind in rows[0]:
+            summary.update(seam_summary(rows, kind, against))
     return summary
+
+
+def seam_summary(rows: list[dict], kind: str, against: str) -> dict:
+    """Medians of the seam statistics of ``kind`` and ``against`` (infill, infill_best,
+    left_only, left_only_best), and how often ``kind`` is the closer of the two."""
+    med = statistics.median
+    out = {}
+    for stat in ("pc_distance", "density_err"):
+        mine = np.array([r[kind][stat] for r in rows])
+        other = np.array([r[against][stat] for r in rows])
+        out[f"{stat}_{kind}"] = float(np.median(mine))
+        out[f"{stat}_{against}"] = float(np.median(other))
+        out[f"{stat}_{kind}_closer_than_{against}"] = float(np.mean(mine < other))
+    for name in (kind, against):
+        out[f"density_ratio_{name}"] = med(x for r in rows for x in r[name]["density_ratios"])
+    return out
 
 
 def main() -> None:
@@ -263,6 +278,14 @@ def main() -> None:
         "--samples", type=int, default=1, help="seeds per piece for the seam statistics"
     )
     ap.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        metavar="K",
+        help="also the seam statistics of the best of K infills per sample, chosen as "
+        "Pipeline.infill(candidates=K) does (the K draws are scored as plain samples too)",
+    )
+    ap.add_argument(
         "--training-layout",
         type=int,
         default=0,
@@ -272,6 +295,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.samples < 1:
         ap.error(f"--samples must be at least 1, got {args.samples}")
+    if args.candidates < 1:
+        ap.error(f"--candidates must be at least 1, got {args.candidates}")
     pipe = Pipeline.from_pretrained(args.checkpoint)
     model, tok = pipe.model, pipe.tokenizer
     vocab = InfillVocab.from_tokenizer(tok)
@@ -321,18 +346,36 @@ def main() -> None:
                 score = decode(tok, doc[: int(bars[min(len(bars) - 1, SPAN[1] + 4)])].tolist())
                 real = real_bars(score, *SPAN)
                 seed, n = taken * args.samples, args.samples
-                filled = pipe.infill(score, bars=SPAN, seed=seed, num_samples=n)
-                prompt8 = score.clip(0, int(filled[0].prompt_end_tick), clip_end=False)
+                k = args.candidates
+                # The draws Pipeline.infill(candidates=k) makes (seeds seed + j*k + i), each
+                # kept as a plain sample too, and the best of each k as it chooses them.
+                drawn = pipe.infill(score, bars=SPAN, seed=seed * k, num_samples=n * k)
+                prompt8 = score.clip(0, int(drawn[0].prompt_end_tick), clip_end=False)
                 conts = pipe.continue_midi(
-                    prompt8, bars=SPAN[1] - SPAN[0] + 1, seed=seed, num_samples=n
+                    prompt8, bars=SPAN[1] - SPAN[0] + 1, seed=seed * k, num_samples=n * k
                 )
-                row["infill"] = seam([f.continuation for f in filled], real)
-                row["left_only"] = seam([c.continuation for c in conts], real)
+                plain = [c.continuation for c in conts[::k]]  # one left-only sample per j
+                row["infill"] = seam([f.continuation for f in drawn], real)
+                row["left_only"] = seam(plain, real)
                 line += (
                     f" | pc dist infill {row['infill']['pc_distance']:.3f} left "
                     f"{row['left_only']['pc_distance']:.3f} | density err infill "
                     f"{row['infill']['density_err']:.2f} left {row['left_only']['density_err']:.2f}"
                 )
+                if k > 1:
+                    both = SeamJudge(score, SPAN, None)
+                    pick = best_of([both.distance(f.continuation) for f in drawn], k)
+                    row["infill_best"] = seam([drawn[i].continuation for i in pick], real)
+                    # The control: left-only continuations, best of k by the bars before alone.
+                    left = SeamJudge(score, SPAN, None, right=False)
+                    pick = best_of([left.distance(c.continuation) for c in conts], k)
+                    row["left_only_best"] = seam([conts[i].continuation for i in pick], real)
+                    line += (
+                        f" | best of {k}: infill pc {row['infill_best']['pc_distance']:.3f} "
+                        f"density {row['infill_best']['density_err']:.2f}, left-only pc "
+                        f"{row['left_only_best']['pc_distance']:.3f} density "
+                        f"{row['left_only_best']['density_err']:.2f}"
+                    )
             rows.append(row)
             taken += 1
             print(line, flush=True)

@@ -33,6 +33,7 @@ from musegen.generation.sampling import (
     build_processors,
     iter_sample,
 )
+from musegen.generation.seam import SeamJudge, best_of
 from musegen.generation.settings import GenerationSettings, controls_for
 from musegen.model.attention import reach_of
 from musegen.score_check import PROMPT_LIMITS, ScoreLimits, check_score, check_tokens, load_checked
@@ -44,6 +45,7 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "muse
 # With --bars and no --max-new-tokens, a safety budget per bar so a model that never ends a
 # bar still stops (its result is then marked unfinished).
 TOKENS_PER_BAR_CAP = 512
+DEFAULT_CANDIDATES = 1  # infilling: spans drawn per sample, the one fitting its neighbours kept
 
 
 def default_checkpoint() -> Path:
@@ -94,6 +96,10 @@ class _Request:
     started: float
     # Builds each row's result (default: Pipeline._result, a continuation); infilling merges.
     result: Callable[..., GenerationResult] | None = None
+    # Rows per returned sample: infilling's candidates, of which the final results keep the
+    # one the judge finds closest to the bars around the span (partial results show the first).
+    candidates: int = 1
+    judge: SeamJudge | None = None
 
 
 class Pipeline:
@@ -246,6 +252,7 @@ class Pipeline:
         tracks: Sequence[int | str] | None = None,
         settings: GenerationSettings | None = None,
         num_samples: int | None = None,
+        candidates: int = DEFAULT_CANDIDATES,
         **overrides: Any,
     ) -> list[GenerationResult]:
         """``num_samples`` versions of ``piece`` with ``bars`` (first, last: 1-based, inclusive)
@@ -256,8 +263,15 @@ class Pipeline:
         the whole piece, unchanged outside the span and in the other tracks; ``continuation``
         is the new span alone, from tick 0. Settings as for :meth:`continue_midi`, except those
         infilling fixes (:data:`~musegen.generation.infill.FIXED_SETTINGS`).
+
+        ``candidates``: each sample is the best of this many drawn spans: the one closest in
+        key and note density to the bars on both sides (:mod:`musegen.generation.seam`).
+        Sample k draws with seeds ``seed + k*candidates`` … ``+ candidates - 1`` and reports
+        the seed of the one kept; 1: no choice, sample k is seed + k.
         """
-        stream = self.stream_infill(piece, bars, tracks, settings, num_samples, 0, **overrides)
+        stream = self.stream_infill(
+            piece, bars, tracks, settings, num_samples, 0, candidates=candidates, **overrides
+        )
         return self._last(stream)
 
     def stream_infill(
@@ -269,15 +283,18 @@ class Pipeline:
         num_samples: int | None = None,
         every: int = 32,
         stop_event: threading.Event | None = None,
+        candidates: int = DEFAULT_CANDIDATES,
         **overrides: Any,
     ) -> Iterator[list[GenerationResult]]:
-        """:meth:`infill` with partial results every ``every`` new tokens, as :meth:`stream`.
+        """:meth:`infill` with partial results every ``every`` new tokens, as :meth:`stream`
+        (a partial result shows the first candidate of each sample).
 
         The request is checked before this returns, so a bad one raises here.
         """
         started = time.perf_counter()
         settings = self._settings(settings, overrides, num_samples)
         fill.check_settings(settings)
+        fill.check_candidates(candidates)
         # Refused, never re-timed (the bars are the piece's); infilling names an empty piece.
         limits = replace(self.score_limits.without_trim(), min_notes=0)
         name = str(piece) if isinstance(piece, (str, Path)) else "the piece"
@@ -290,7 +307,7 @@ class Pipeline:
         settings = settings.with_overrides(bars=plan.num_bars)
         grammar = self._infill_grammar(plan)
         start = grammar.start(plan.prefix)
-        n = settings.num_samples
+        n = settings.num_samples * candidates
         request = _Request(
             full=[plan.prompt] * n,
             window=[plan.prompt] * n,
@@ -301,14 +318,19 @@ class Pipeline:
             budget=settings.max_new_tokens or plan.num_bars * TOKENS_PER_BAR_CAP,
             started=started,
             result=partial(self._infill_result, plan),
+            candidates=candidates,
+            judge=SeamJudge(plan.score, plan.bars, plan.targets) if candidates > 1 else None,
         )
         return self._run(request, every, stop_event)
 
-    def check_infill(self, bars: tuple[int, int], settings: GenerationSettings) -> None:
+    def check_infill(
+        self, bars: tuple[int, int], settings: GenerationSettings, candidates: int = 1
+    ) -> None:
         """Raise the one-line error an infilling request gets whatever the piece (a checkpoint
-        trained without infilling, a setting infilling fixes, an empty range), so a front end
-        can refuse it once instead of once per file."""
+        trained without infilling, a setting infilling fixes, an empty range, a bad candidate
+        count), so a front end can refuse it once instead of once per file."""
         fill.check_request(self.tokenizer, bars, settings)
+        fill.check_candidates(candidates)
 
     # --- internals --------------------------------------------------------------------------
     @staticmethod
@@ -484,17 +506,26 @@ class Pipeline:
         # The budget is ≥ 1 (validate()), so iter_sample yields at least once.
         for last in steps:
             if every and last.step % every == 0 and not all(last.finished):
-                yield self._results(request, last, partial=True)
-        yield self._results(request, last, partial=False)
+                yield self._results(request, last, partial=True, stride=request.candidates)
+        yield self._best(request, self._results(request, last, partial=False))
+
+    def _best(self, request: _Request, results: list[GenerationResult]) -> list[GenerationResult]:
+        """Each sample's candidate closest to the bars around it (:mod:`~.generation.seam`)."""
+        if request.judge is None:
+            return results
+        distances = [request.judge.distance(r.continuation) for r in results]
+        best = [results[i] for i in best_of(distances, request.candidates)]
+        for r in best:
+            r.seconds = time.perf_counter() - request.started  # the choice included
+        return best
 
     def _results(
-        self, request: _Request, progress: Progress, partial: bool
+        self, request: _Request, progress: Progress, partial: bool, stride: int = 1
     ) -> list[GenerationResult]:
-        out = []
-        for k, new in enumerate(progress.new_tokens):
-            build = request.result or self._result
-            out.append(build(request, k, list(new), progress, partial))
-        return out
+        """The result of every ``stride``-th row (a partial view shows one candidate each)."""
+        build = request.result or self._result
+        rows = range(0, len(progress.new_tokens), stride)
+        return [build(request, k, list(progress.new_tokens[k]), progress, partial) for k in rows]
 
     def _result(
         self, request: _Request, k: int, new: list[int], progress: Progress, partial: bool

@@ -27,6 +27,7 @@ from musegen.generation.prompt import (
     select_prompt,
 )
 from musegen.generation.settings import GenerationSettings
+from musegen.pipeline import DEFAULT_CANDIDATES
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
 
@@ -195,15 +196,19 @@ def test_infill_request_fields_give_one_line_reasons():
     assert infill_request("5-8", "", "").bars == (5, 8)
     assert infill_request("2-3", ["1"], "33").tracks == (1, "program:33")
     assert infill_request("2", None, "drums").tracks == ("drums",)
-    for bars, tracks, program, message in [
-        ("", "", "", "choose the bars"),
-        ("4-", "", "", "give the last bar"),
-        ("8-5", "", "", "empty range"),
-        ("2-3", "bass", "", "tracks must be"),
-        ("2-3", "", "200", "add_program must be"),
+    assert infill_request("2", None, None).candidates == DEFAULT_CANDIDATES
+    assert infill_request("2", None, None, 4.0).candidates == 4  # a slider's value
+    for bars, tracks, program, candidates, message in [
+        ("", "", "", None, "choose the bars"),
+        ("4-", "", "", None, "give the last bar"),
+        ("8-5", "", "", None, "empty range"),
+        ("2-3", "bass", "", None, "tracks must be"),
+        ("2-3", "", "200", None, "add_program must be"),
+        ("2-3", "", "", 0, "candidates=0"),
+        ("2-3", "", "", 2.5, "whole number"),
     ]:
         with pytest.raises(MusegenError, match=message) as caught:
-            infill_request(bars, tracks, program)
+            infill_request(bars, tracks, program, candidates)
         assert len(str(caught.value).splitlines()) == 1
 
 
@@ -226,6 +231,11 @@ def test_infill_endpoint_end_to_end(client, band: Path):
     assert "2 version(s)" in status and "seeds 3, 4" in status
     added = client.predict(handle_file(str(band)), "2-3", "", "40", seed=1, api_name="/infill")
     assert added[0].endswith(".mid")
+    # Best of 3 draws (seeds 5-7): the status names the one kept.
+    *_, status = client.predict(
+        handle_file(str(band)), "3-4", "", "", candidates=3, seed=5, api_name="/infill"
+    )
+    assert any(f"seed {s}" in status for s in (5, 6, 7)), status
 
 
 def test_bad_ranges_give_one_line_errors_and_the_app_keeps_serving(client, band: Path):
@@ -240,6 +250,7 @@ def test_bad_ranges_give_one_line_errors_and_the_app_keeps_serving(client, band:
         ("/infill", {"bars": "4-2"}, "empty range"),
         ("/infill", {"bars": "2-3", "tracks": "6"}, "track 6 does not exist"),
         ("/infill", {"bars": ""}, "choose the bars"),
+        ("/infill", {"bars": "2-3", "candidates": 40}, "candidates=40"),
     ]
     for api, kwargs, message in cases:
         with pytest.raises(AppError) as caught:
@@ -273,7 +284,8 @@ def test_old_checkpoint_regenerate_gives_the_reason(tmp_path: Path):
     session = SessionState()
     session.set_prompt(write_midi(tmp_path / "p.mid", bars=4).read_bytes(), "p.mid")
     with pytest.warns(UserWarning):
-        outputs = list(handlers.on_regenerate(session, "2-3", [], None, lambda *a, **k: 0, **form))
+        regenerate = handlers.on_regenerate(session, "2-3", [], 1, None, lambda *a, **k: 0, **form)
+        outputs = list(regenerate)
     last = outputs[-1]
     assert "infill" in last[status].lower() and last[status].startswith("⚠️")
     assert len(last[status].splitlines()) == 1

@@ -26,8 +26,9 @@ from musegen.app.session import (
     Workspace,
     list_examples,
 )
+from musegen.generation.infill import MAX_CANDIDATES
 from musegen.generation.settings import SETTINGS, Setting
-from musegen.pipeline import INFILL_FIXED_SETTINGS, Pipeline
+from musegen.pipeline import DEFAULT_CANDIDATES, INFILL_FIXED_SETTINGS, Pipeline
 
 # Every theme in Gradio 6 ships its fonts locally; Soft draws nothing from a CDN.
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="amber")
@@ -95,6 +96,16 @@ def _edit_group() -> dict[str, gr.components.Component]:
             label="Tracks to regenerate (none chosen: all)",
             elem_id="infill-tracks",
         )
+        candidates = gr.Slider(
+            1,
+            MAX_CANDIDATES,
+            value=DEFAULT_CANDIDATES,
+            step=1,
+            label="Candidates per variation",
+            info="draw this many and keep the one closest in key and density to the bars "
+            "around it (slower by as much)",
+            elem_id="infill-candidates",
+        )
         with gr.Row():
             regenerate = gr.Button("Regenerate", size="sm", elem_id="regenerate")
         program = gr.Dropdown(
@@ -108,6 +119,7 @@ def _edit_group() -> dict[str, gr.components.Component]:
     return {
         "infill_bars": bars,
         "infill_tracks": tracks,
+        "infill_candidates": candidates,
         "regenerate": regenerate,
         "add_program": program,
         "add_track": add,
@@ -256,6 +268,13 @@ def _infill_api(handlers: Handlers) -> None:
         bars = gr.Textbox(label="bars", info="the bars to regenerate, A-B (from 1)")
         tracks = gr.Textbox("", label="tracks", info="track indices and/or drums; empty: all")
         program = gr.Textbox("", label="add_program", info="GM program 0-127 or drums to add")
+        candidates = gr.Number(
+            DEFAULT_CANDIDATES,
+            label="candidates",
+            info=f"spans drawn per version, the one closest in key and density to the bars "
+            f"around it kept (1-{MAX_CANDIDATES})",
+            precision=0,
+        )
         values = {
             s.name: setting_component(s, api=True)
             for s in SETTINGS
@@ -267,11 +286,17 @@ def _infill_api(handlers: Handlers) -> None:
     trigger.click(
         handlers.api_infill,
         inputs=[midi, bars],
-        inputs_kwargs={"tracks": tracks, "add_program": program, **values},
+        inputs_kwargs={
+            "tracks": tracks,
+            "add_program": program,
+            "candidates": candidates,
+            **values,
+        },
         outputs=outputs,
         api_name="infill",
         api_description="Regenerate bars of a MIDI piece from the music on both sides: bars "
-        "'A-B', tracks (empty: all), add_program (empty: none) and the generation settings. "
+        "'A-B', tracks (empty: all), add_program (empty: none), candidates (spans drawn per "
+        "version, the one fitting the bars around best kept) and the generation settings. "
         "Returns (MIDI, WAV, PNG of the regenerated bars with context, status).",
     )
 

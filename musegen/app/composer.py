@@ -24,9 +24,10 @@ from musegen.app.runner import STREAM_EVERY_TOKENS, InfillRequest, Job, Progress
 from musegen.app.session import IDLE_FINISHED_S, KEEP_FINISHED_S, Workspace, safe_stem
 from musegen.app.worker import WorkerPool, WorkerSpec
 from musegen.errors import MusegenError
+from musegen.generation.infill import check_candidates
 from musegen.generation.prompt import bar_range, parse_bar_range, parse_track_list, track_items
 from musegen.generation.settings import BY_NAME, NAMES, GenerationSettings
-from musegen.pipeline import INFILL_FIXED_SETTINGS, Pipeline
+from musegen.pipeline import DEFAULT_CANDIDATES, INFILL_FIXED_SETTINGS, Pipeline
 from musegen.tokenizer import load_score, load_tick_score
 
 # Infilling fixes these itself; the page's and the API's values for them are not used.
@@ -44,13 +45,23 @@ def form_settings(form: dict[str, Any]) -> GenerationSettings:
 
 
 def infill_request(
-    bars: str | None, tracks: str | list | None = None, add_program: str | int | None = None
+    bars: str | None,
+    tracks: str | list | None = None,
+    add_program: str | int | None = None,
+    candidates: float | None = None,
 ) -> InfillRequest:
     """The page's or the API's infilling fields as a request, or a one-line MusegenError.
 
     ``bars``: ``"A-B"`` (or ``"A"``); ``tracks``: indices and/or ``drums`` (text or a list;
-    empty: every track); ``add_program``: a GM program 0-127 or ``drums`` to add over the bars.
+    empty: every track); ``add_program``: a GM program 0-127 or ``drums`` to add over the bars;
+    ``candidates``: spans drawn per variation, the one fitting the bars around best kept
+    (None: the default).
     """
+    if candidates is None:
+        candidates = DEFAULT_CANDIDATES
+    elif isinstance(candidates, float) and candidates.is_integer():
+        candidates = int(candidates)  # a slider's or JSON's 4.0
+    check_candidates(candidates)
     text = parse_bar_range(bars, "bars")
     if not text:
         raise MusegenError("bars: choose the bars to regenerate, as A-B (e.g. 5-8)")
@@ -68,7 +79,7 @@ def infill_request(
                 "choose the instrument to add"
             )
         chosen.append("drums" if program == "drums" else f"program:{int(program)}")
-    return InfillRequest((a, b), tuple(chosen) if chosen else None)
+    return InfillRequest((a, b), tuple(chosen) if chosen else None, candidates)
 
 
 class Composer:

@@ -94,11 +94,11 @@ class Handlers:
             self.on_generate, inputs=[state], inputs_kwargs=form, outputs=outputs, **busy
         )
         if "regenerate" in p:
-            edit = [state, p["infill_bars"], p["infill_tracks"]]
+            edit = [state, p["infill_bars"], p["infill_tracks"], p["infill_candidates"]]
             p["regenerate"].click(
                 self.on_regenerate, inputs=edit, inputs_kwargs=form, outputs=outputs, **busy
             )
-            add = [state, p["infill_bars"], p["add_program"]]
+            add = [state, p["infill_bars"], p["add_program"], p["infill_candidates"]]
             p["add_track"].click(
                 self.on_add_track, inputs=add, inputs_kwargs=form, outputs=outputs, **busy
             )
@@ -186,18 +186,21 @@ class Handlers:
         state: SessionState,
         span: str | None,
         tracks: list[str] | None,
+        candidates: float | None,
         request: gr.Request,
         progress=gr.Progress(),  # noqa: B008 - how Gradio marks the progress parameter
         **form: Any,
     ) -> Iterator[dict]:
         """Regenerate the chosen bars (and tracks) of the current piece."""
-        yield from self._infill(state, span, tracks or None, None, request, progress, form)
+        chosen = (span, tracks or None, None, candidates)
+        yield from self._infill(state, chosen, request, progress, form)
 
     def on_add_track(
         self,
         state: SessionState,
         span: str | None,
         program: str | None,
+        candidates: float | None,
         request: gr.Request,
         progress=gr.Progress(),  # noqa: B008 - how Gradio marks the progress parameter
         **form: Any,
@@ -205,13 +208,15 @@ class Handlers:
         """Add an instrument (or drums) over the chosen bars of the current piece."""
         if program in (None, ""):
             program = "?"  # infill_request's one-line reason: choose an instrument
-        yield from self._infill(state, span, None, program, request, progress, form)
+        yield from self._infill(state, (span, None, program, candidates), request, progress, form)
 
-    def _infill(self, state, bars, tracks, program, request, progress, form) -> Iterator[dict]:
+    def _infill(self, state, fields: tuple, request, progress, form) -> Iterator[dict]:
+        """``fields``: infill_request's (bars, tracks, program to add, candidates)."""
+
         def steps(settings: GenerationSettings) -> Iterator[Progress]:
             if state.prompt is None:
                 raise MusegenError("upload a piece or pick an example first: there are no bars")
-            chosen = infill_request(bars, tracks, program)
+            chosen = infill_request(*fields)
             return self.composer.stream_infill(
                 state.prompt, chosen, settings, _key(request), state.prompt_name
             )
@@ -343,16 +348,18 @@ class Handlers:
         bars: str,
         tracks: str = "",
         add_program: str = "",
+        candidates: float | None = None,
         request: gr.Request = None,  # set by Gradio
         **values: Any,
     ) -> tuple[str, str, str, str]:
         """``/infill``: a MIDI piece, the bars to regenerate (``"5-8"``), the tracks (``"0,2"``,
-        ``"drums"``; empty: all), a program to add (``"33"``, ``"drums"``; empty: none) and the
-        generation settings infilling takes, by name; MIDI, WAV, zoomed roll and status out."""
+        ``"drums"``; empty: all), a program to add (``"33"``, ``"drums"``; empty: none), the
+        candidates drawn per version (None: the default) and the generation settings
+        infilling takes, by name; MIDI, WAV, zoomed roll and status out."""
         try:
             data = read_upload(midi, self.max_upload_bytes, self.score_limits)
             settings = GenerationSettings.from_values(values)
-            chosen = infill_request(bars, tracks, add_program)
+            chosen = infill_request(bars, tracks, add_program, candidates)
             found = self.composer.infill_once(
                 data, chosen, settings, _key(request), Path(midi).name
             )

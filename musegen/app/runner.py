@@ -22,7 +22,7 @@ from musegen.app.results import Variation, save_full, save_original, save_previe
 from musegen.errors import MusegenError
 from musegen.generation.prompt import bar_starts
 from musegen.generation.settings import GenerationSettings
-from musegen.pipeline import GenerationResult, Pipeline
+from musegen.pipeline import DEFAULT_CANDIDATES, GenerationResult, Pipeline
 from musegen.render.preview import preview_window, write_zoomed_roll
 from musegen.tokenizer import load_tick_score
 
@@ -54,6 +54,7 @@ class InfillRequest:
 
     bars: tuple[int, int]
     tracks: tuple[int | str, ...] | None = None
+    candidates: int = DEFAULT_CANDIDATES  # spans drawn per variation, the best fit kept
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,13 @@ class Runner:
                 a, b = job.infill.bars
                 tracks = list(job.infill.tracks) if job.infill.tracks is not None else None
                 steps = self.pipeline.stream_infill(
-                    score, (a, b), tracks, settings, every=self.stream_every, stop_event=stop
+                    score,
+                    (a, b),
+                    tracks,
+                    settings,
+                    every=self.stream_every,
+                    stop_event=stop,
+                    candidates=job.infill.candidates,
                 )
                 starts = bar_starts(score)
                 span_end = starts[b] if b < len(starts) else int(score.end())

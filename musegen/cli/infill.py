@@ -19,7 +19,7 @@ from tqdm import tqdm
 from musegen.cli.generate import _Run, find_prompts, stem_of
 from musegen.errors import MusegenError
 from musegen.generation.settings import NAMES, GenerationSettings, add_arguments
-from musegen.pipeline import INFILL_FIXED_SETTINGS, Pipeline
+from musegen.pipeline import DEFAULT_CANDIDATES, INFILL_FIXED_SETTINGS, Pipeline
 
 EPILOG = """\
 examples:
@@ -104,6 +104,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="P",
         help="add a track of GM program P (or drums) over the bars; repeatable",
     )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=DEFAULT_CANDIDATES,
+        metavar="K",
+        help="draw K spans per sample and keep the one closest in key and note density to the "
+        "bars on both sides; K× the sampling time",
+    )
     p.add_argument("--continuation-only", action="store_true", help="write only the new bars")
     p.add_argument("--audio", action="store_true", help="also write a .wav of each output")
     p.add_argument("--pianoroll", action="store_true", help="also write a .png piano roll")
@@ -127,9 +135,10 @@ def run(args: argparse.Namespace) -> int:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     a, b = args.bars
-    job = _Run(args, pipeline, settings, {"bars": [a, b], "tracks": tracks})
+    request = {"bars": [a, b], "tracks": tracks, "candidates": args.candidates}
+    job = _Run(args, pipeline, settings, request)
     try:  # what is wrong for every file is reported once, in the manifest too
-        pipeline.check_infill((a, b), settings)
+        pipeline.check_infill((a, b), settings, args.candidates)
         files, root = find_prompts(args.input)
     except MusegenError as exc:
         job.fail(args.input, exc)
@@ -139,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(todo), desc="files", unit="file", disable=not sys.stderr.isatty())
     for path in todo:
         try:
-            results = pipeline.infill(path, (a, b), tracks, settings)
+            results = pipeline.infill(path, (a, b), tracks, settings, candidates=args.candidates)
         except MusegenError as exc:
             job.fail(path, exc)
         else:

@@ -1,0 +1,108 @@
+"""Pick, among infilling candidates, the one that fits the bars around the span.
+
+The model reads the right side (the span's NLL is lower with it), but weakly at this size: a
+sampled span is on average no closer to the real bars in key or density than a continuation
+that never saw the right side. The bars on *both* sides say much about the missing ones,
+though: the real middle of a piece is mostly in the key of the bars around it and about as
+busy as they are. So infilling can draw several spans and keep the one whose pitch classes and
+note density are closest to the neighbouring bars on both sides (:class:`SeamJudge`); the
+candidates are all the model's own samples, so the choice only decides *which* plausible span
+the user gets. Tried first and dropped: ranking by the model's log-probability of the
+following bars after each candidate, which barely moved the seam statistics
+(``docs/infilling.md`` has both measurements).
+
+The neighbourhood is the target tracks' notes in up to :data:`NEIGHBOUR_BARS` bars before and
+after the span. A track being added has no notes there, so its density is not judged and the
+key comes from every track around it; drums have no key, so a drums target is judged by
+density alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import symusic
+
+from musegen.tokenizer import bar_ticks
+
+NEIGHBOUR_BARS = 4  # bars on each side of the span that judge a candidate
+DENSITY_FLOOR = 0.5  # notes per bar added to both sides of the density ratio (empty bars)
+
+
+def _key(track: symusic.Track) -> int:
+    return -1 if track.is_drum else int(track.program)
+
+
+def _notes(
+    score: symusic.Score, targets: frozenset[int] | None, start: int, end: int
+) -> tuple[np.ndarray, int]:
+    """The pitch-class histogram (unnormalised, drums left out) and the note count (drums
+    included) of ``targets``' notes (None: every track) starting in ``[start, end)``."""
+    hist, count = np.zeros(12), 0
+    for track in score.tracks:
+        if targets is not None and _key(track) not in targets:
+            continue
+        for note in track.notes:
+            if start <= note.time < end:
+                count += 1
+                if not track.is_drum:
+                    hist[note.pitch % 12] += 1
+    return hist, count
+
+
+class SeamJudge:
+    """How far a candidate span is from the bars around it: pitch-class histogram distance
+    (half the L1 distance, 0–1) plus the density error ``|log ratio|`` of notes per bar."""
+
+    def __init__(
+        self,
+        score: symusic.Score,
+        bars: tuple[int, int],
+        targets: frozenset[int] | None,
+        neighbours: int = NEIGHBOUR_BARS,
+        right: bool = True,
+    ) -> None:
+        """``right=False`` judges by the bars before the span alone: the control that shows
+        how much of the choice's gain comes from the right side (``bench_infill.py``)."""
+        a, b = bars
+        self.span_bars, self.targets = b - a + 1, targets
+        ticks = [t for t, _, _ in bar_ticks(score, b + neighbours + 1)]
+        end = score.end()
+        first = max(0, a - 1 - neighbours)
+        # Bars after the span that the piece has (a span near the end has fewer on its right).
+        after = sum(1 for t in ticks[b : b + neighbours] if t < end) if right else 0
+        self.bars_around = (a - 1 - first) + after
+        ranges = [(ticks[first], ticks[a - 1]), (ticks[b], ticks[b + after])]
+        hist, count = np.zeros(12), 0
+        for start, stop in ranges:
+            h, c = _notes(score, targets, start, stop)
+            hist, count = hist + h, count + c
+        known = count > 0  # a track being added has nothing around to compare its density to
+        if not known:  # … but the key is the other tracks'
+            for start, stop in ranges:
+                hist = hist + _notes(score, None, start, stop)[0]
+        self.pitch_classes = hist / hist.sum() if hist.sum() else None
+        self.notes_per_bar = count / self.bars_around if known and self.bars_around else None
+
+    def distance(self, span: symusic.Score) -> float:
+        """The candidate ``span`` (the span alone, from tick 0) against the neighbourhood;
+        0 for every candidate when the span has no bars around it (nothing to judge by)."""
+        hist, count = _notes(span, self.targets, 0, span.end() + 1)
+        out = 0.0
+        if self.pitch_classes is not None:
+            mine = hist / hist.sum() if hist.sum() else np.zeros(12)
+            out += float(0.5 * np.abs(mine - self.pitch_classes).sum()) if hist.sum() else 1.0
+        if self.notes_per_bar is not None:
+            rate = count / self.span_bars
+            out += abs(np.log((rate + DENSITY_FLOOR) / (self.notes_per_bar + DENSITY_FLOOR)))
+        return out
+
+
+def best_of(distances: Sequence[float], group: int) -> list[int]:
+    """The index of the smallest distance in each consecutive group of ``group`` (ties: the
+    first)."""
+    return [
+        start + int(np.argmin(distances[start : start + group]))
+        for start in range(0, len(distances), group)
+    ]
