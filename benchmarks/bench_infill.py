@@ -349,7 +349,9 @@ def main() -> None:
                 k = args.candidates
                 # The draws Pipeline.infill(candidates=k) makes (seeds seed + j*k + i), each
                 # kept as a plain sample too, and the best of each k as it chooses them.
-                drawn = pipe.infill(score, bars=SPAN, seed=seed * k, num_samples=n * k)
+                drawn = pipe.infill(
+                    score, bars=SPAN, seed=seed * k, num_samples=n * k, candidates=1
+                )
                 prompt8 = score.clip(0, int(drawn[0].prompt_end_tick), clip_end=False)
                 conts = pipe.continue_midi(
                     prompt8, bars=SPAN[1] - SPAN[0] + 1, seed=seed * k, num_samples=n * k

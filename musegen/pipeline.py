@@ -45,7 +45,7 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "muse
 # With --bars and no --max-new-tokens, a safety budget per bar so a model that never ends a
 # bar still stops (its result is then marked unfinished).
 TOKENS_PER_BAR_CAP = 512
-DEFAULT_CANDIDATES = 1  # infilling: spans drawn per sample, the one fitting its neighbours kept
+DEFAULT_CANDIDATES = 4  # infilling: spans drawn per sample, the one fitting its neighbours kept
 
 
 def default_checkpoint() -> Path:

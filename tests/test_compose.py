@@ -226,9 +226,9 @@ def test_infill_endpoint_end_to_end(client, band: Path):
     assert soundfile.info(wav).duration > 1.0 and Path(png).read_bytes()[:4] == b"\x89PNG"
 
     midi, _, _, status = client.predict(
-        handle_file(str(band)), "2-3", "1", "", seed=3, num_samples=2, api_name="/infill"
+        handle_file(str(band)), "2-3", "1", "", 1, seed=3, num_samples=2, api_name="/infill"
     )
-    assert "2 version(s)" in status and "seeds 3, 4" in status
+    assert "2 version(s)" in status and "seeds 3, 4" in status  # one candidate each
     added = client.predict(handle_file(str(band)), "2-3", "", "40", seed=1, api_name="/infill")
     assert added[0].endswith(".mid")
     # Best of 3 draws (seeds 5-7): the status names the one kept.

@@ -11,6 +11,7 @@ from test_infill import BAND, check_result, pipe  # noqa: F401 - the tiny pipeli
 
 from musegen.errors import MusegenError
 from musegen.generation.seam import SeamJudge, best_of
+from musegen.pipeline import DEFAULT_CANDIDATES
 
 TPQ, BAR = 480, 1920
 C_MAJOR = (60, 62, 64, 65, 67, 69, 71, 72)  # eight notes: a bar of eighths holds each once
@@ -83,7 +84,7 @@ def test_the_right_side_counts_and_a_span_with_nothing_around_cannot_be_judged()
 
 def test_each_sample_is_the_best_of_its_own_draws(pipe):  # noqa: F811
     score = make_score(bars=8, tracks=BAND, seed=3)
-    drawn = pipe.infill(score, bars=(3, 5), num_samples=6, seed=20)
+    drawn = pipe.infill(score, bars=(3, 5), num_samples=6, seed=20, candidates=1)
     judge = SeamJudge(score, (3, 5), None)
     want = [drawn[i] for i in best_of([judge.distance(r.continuation) for r in drawn], 3)]
     got = pipe.infill(score, bars=(3, 5), num_samples=2, candidates=3, seed=20)
@@ -92,6 +93,8 @@ def test_each_sample_is_the_best_of_its_own_draws(pipe):  # noqa: F811
     assert 20 <= got[0].seed < 23 <= got[1].seed < 26  # sample k draws seeds 20+3k … 22+3k
     for r in got:
         check_result(pipe, score, r, 3, 5, targets={0, 1, 2})
+    default = pipe.infill(score, bars=(3, 5), seed=20)[0]  # DEFAULT_CANDIDATES draws
+    assert 20 <= default.seed < 20 + DEFAULT_CANDIDATES
 
 
 def test_partial_results_show_one_candidate_per_sample(pipe):  # noqa: F811

@@ -8,8 +8,8 @@ busy as they are. So infilling can draw several spans and keep the one whose pit
 note density are closest to the neighbouring bars on both sides (:class:`SeamJudge`); the
 candidates are all the model's own samples, so the choice only decides *which* plausible span
 the user gets. Tried first and dropped: ranking by the model's log-probability of the
-following bars after each candidate, which barely moved the seam statistics
-(``docs/infilling.md`` has both measurements).
+following bars after each candidate, which barely moved the seam statistics (the shipped
+model card's infilling section gives both measurements).
 
 The neighbourhood is the target tracks' notes in up to :data:`NEIGHBOUR_BARS` bars before and
 after the span. A track being added has no notes there, so its density is not judged and the
