@@ -28,7 +28,8 @@
    samples, so one run gives both. The control: K left-only continuations per sample, the
    best by the 4 bars *before* the span alone, shows how much of the gain is the choice
    itself and how much the right side.
-Prints per piece and the medians; writes --json if given.
+Prints per piece and the medians; writes --json if given (``--summarize JSON`` prints the
+summary of saved rows again, e.g. after a change to what it reports).
 """
 
 from __future__ import annotations
@@ -237,12 +238,18 @@ def seam_summary(rows: list[dict], kind: str, against: str) -> dict:
     left_only, left_only_best), and how often ``kind`` is the closer of the two."""
     med = statistics.median
     out = {}
+    groups = np.array([r["group"] for r in rows])
     for stat in ("pc_distance", "density_err"):
         mine = np.array([r[kind][stat] for r in rows])
         other = np.array([r[against][stat] for r in rows])
         out[f"{stat}_{kind}"] = float(np.median(mine))
         out[f"{stat}_{against}"] = float(np.median(other))
+        out[f"{stat}_{kind}_mean"] = float(mine.mean())
+        out[f"{stat}_{against}_mean"] = float(other.mean())
         out[f"{stat}_{kind}_closer_than_{against}"] = float(np.mean(mine < other))
+        out[f"{stat}_{kind}_closer_than_{against}_by_group"] = {
+            g: float(np.mean(mine[groups == g] < other[groups == g])) for g in sorted(set(groups))
+        }
     for name in (kind, against):
         out[f"density_ratio_{name}"] = med(x for r in rows for x in r[name]["density_ratios"])
     return out
@@ -250,7 +257,7 @@ def seam_summary(rows: list[dict], kind: str, against: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--data", type=Path, help="the prepared dataset (musegen prepare)")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument(
         "--pieces", type=int, default=12, help="per group (0: only the --training-layout checks)"
@@ -292,7 +299,26 @@ def main() -> None:
         metavar="N",
         help="also compare on N validation windows rearranged as in training",
     )
+    ap.add_argument(
+        "--summarize",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="only print the summary of the rows a --json run saved (after a change to it)",
+    )
     args = ap.parse_args()
+    if args.summarize:
+        saved = json.loads(args.summarize.read_text())
+        old = saved["summary"]
+        budgets = [int(b) for b in old.get("by_suffix_budget", {})]
+        print(
+            json.dumps(
+                summarize(saved["rows"], old["split"], old["suffix_tokens"], budgets), indent=1
+            )
+        )
+        return
+    if args.data is None:
+        ap.error("--data is required (except with --summarize)")
     if args.samples < 1:
         ap.error(f"--samples must be at least 1, got {args.samples}")
     if args.candidates < 1:

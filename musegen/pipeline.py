@@ -46,6 +46,8 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "muse
 # bar still stops (its result is then marked unfinished).
 TOKENS_PER_BAR_CAP = 512
 DEFAULT_CANDIDATES = 4  # infilling: spans drawn per sample, the one fitting its neighbours kept
+MAX_CANDIDATES = fill.MAX_CANDIDATES
+check_candidates = fill.check_candidates  # for front ends, which stop at this module
 
 
 def default_checkpoint() -> Path:

@@ -26,9 +26,13 @@ from musegen.app.session import (
     Workspace,
     list_examples,
 )
-from musegen.generation.infill import MAX_CANDIDATES
 from musegen.generation.settings import SETTINGS, Setting
-from musegen.pipeline import DEFAULT_CANDIDATES, INFILL_FIXED_SETTINGS, Pipeline
+from musegen.pipeline import (
+    DEFAULT_CANDIDATES,
+    INFILL_FIXED_SETTINGS,
+    MAX_CANDIDATES,
+    Pipeline,
+)
 
 # Every theme in Gradio 6 ships its fonts locally; Soft draws nothing from a CDN.
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="amber")

@@ -24,10 +24,14 @@ from musegen.app.runner import STREAM_EVERY_TOKENS, InfillRequest, Job, Progress
 from musegen.app.session import IDLE_FINISHED_S, KEEP_FINISHED_S, Workspace, safe_stem
 from musegen.app.worker import WorkerPool, WorkerSpec
 from musegen.errors import MusegenError
-from musegen.generation.infill import check_candidates
 from musegen.generation.prompt import bar_range, parse_bar_range, parse_track_list, track_items
 from musegen.generation.settings import BY_NAME, NAMES, GenerationSettings
-from musegen.pipeline import DEFAULT_CANDIDATES, INFILL_FIXED_SETTINGS, Pipeline
+from musegen.pipeline import (
+    DEFAULT_CANDIDATES,
+    INFILL_FIXED_SETTINGS,
+    Pipeline,
+    check_candidates,
+)
 from musegen.tokenizer import load_score, load_tick_score
 
 # Infilling fixes these itself; the page's and the API's values for them are not used.
