@@ -185,6 +185,11 @@ def score_to_midi_bytes(score: symusic.Score) -> bytes:
     return bytes(buf) if not isinstance(buf, bytes) else buf
 
 
+def track_program(track: symusic.Track) -> int:
+    """The track's program as the tokens write it: its GM program, -1 for drums."""
+    return -1 if track.is_drum else int(track.program)
+
+
 def instrument_name(program: int) -> str:
     """The General MIDI name of ``program`` (-1: drums), as the app and messages show it."""
     return "Drums" if program < 0 else str(miditok.constants.MIDI_INSTRUMENTS[program]["name"])

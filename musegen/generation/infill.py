@@ -52,6 +52,7 @@ from musegen.tokenizer import (
     encode,
     instrument_name,
     load_tick_score,
+    track_program,
 )
 
 # Room kept for each target bar at least, in tokens (a sparse or new track still needs some).
@@ -176,7 +177,7 @@ def resolve_tracks(score: symusic.Score, tracks: Sequence[Track] | None) -> froz
                     f"track(s) ({listing})"
                 )
             track = score.tracks[item]
-            programs.add(-1 if track.is_drum else int(track.program))
+            programs.add(track_program(track))
         else:
             raise MusegenError(
                 f"track {item!r}: give a track index, 'drums' or 'program:P' (P a GM program)"
@@ -208,7 +209,7 @@ def _controls(score, targets: frozenset[int] | None, bars: int, settings) -> Con
         instruments, drums = None, True  # any instrument; a new one gets its own track
     else:
         if targets is None:  # the whole span: the piece's own instruments
-            targets = frozenset(-1 if t.is_drum else int(t.program) for t in score.tracks)
+            targets = frozenset(track_program(t) for t in score.tracks)
         instruments, drums = sorted(p for p in targets if p >= 0), -1 in targets
     overrides = dict(instruments=instruments, drums=drums, bars=bars)
     return controls_for(settings.with_overrides(**overrides))
@@ -292,13 +293,13 @@ def merge(
     held: dict[int, list[symusic.Note]] = {}
     kept: dict[int, list[symusic.Note]] = {}
     for index, track in enumerate(out.tracks):
-        if targets is None or _key(track) in targets:
+        if targets is None or track_program(track) in targets:
             notes = [n for n in track.notes if not start <= n.time < end]
             kept[index] = notes
             held[index] = [n for n in notes if n.time < start < n.time + n.duration]
     new: dict[int, list[symusic.Note]] = {}
     for track in generated.tracks:
-        index = _destination(out, kept, held, _key(track))
+        index = _destination(out, kept, held, track_program(track))
         for note in track.notes:
             onset = _to_original(note.time, tok_ticks, plan.ticks)
             if not start <= onset < end:
@@ -319,14 +320,10 @@ def merge(
     return out, out.clip(start, end, clip_end=False).shift_time(-start)
 
 
-def _key(track: symusic.Track) -> int:
-    return -1 if track.is_drum else int(track.program)
-
-
 def _destination(out: symusic.Score, kept: dict, held: dict, key: int) -> int:
     """The index of the track that receives notes of ``key``; a new, named track if none."""
     for index in kept:
-        if _key(out.tracks[index]) == key:
+        if track_program(out.tracks[index]) == key:
             return index
     track = symusic.Track(name=instrument_name(key), program=max(0, key), is_drum=key == -1)
     out.tracks.append(track)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import symusic
 
 from musegen.errors import MusegenError
-from musegen.tokenizer import bar_ticks, instrument_name
+from musegen.tokenizer import bar_ticks, instrument_name, track_program
 
 _RANGE = re.compile(r"^\s*(\d*)\s*(-?)\s*(\d*)\s*$")
 
@@ -128,7 +128,7 @@ def overview(score: symusic.Score) -> tuple[int, list[TrackRow]]:
     starts = bar_starts(score)
     rows = []
     for i, track in enumerate(score.tracks):
-        program = -1 if track.is_drum else int(track.program)
+        program = track_program(track)
         onsets = [n.time for n in track.notes]
         first = bisect.bisect_right(starts, min(onsets)) if onsets else 0
         last = bisect.bisect_right(starts, max(onsets)) if onsets else 0

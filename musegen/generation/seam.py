@@ -7,9 +7,7 @@ though: the real middle of a piece is mostly in the key of the bars around it an
 busy as they are. So infilling can draw several spans and keep the one whose pitch classes and
 note density are closest to the neighbouring bars on both sides (:class:`SeamJudge`); the
 candidates are all the model's own samples, so the choice only decides *which* plausible span
-the user gets. Tried first and dropped: ranking by the model's log-probability of the
-following bars after each candidate, which barely moved the seam statistics (the shipped
-model card's infilling section gives both measurements).
+the user gets. The shipped model card's infilling section gives the measurements.
 
 The neighbourhood is the target tracks' notes in up to :data:`NEIGHBOUR_BARS` bars before and
 after the span. A track being added has no notes there, so its density is not judged and the
@@ -24,14 +22,11 @@ from collections.abc import Sequence
 import numpy as np
 import symusic
 
-from musegen.tokenizer import bar_ticks
+from musegen.metrics import histogram_distance
+from musegen.tokenizer import bar_ticks, track_program
 
 NEIGHBOUR_BARS = 4  # bars on each side of the span that judge a candidate
 DENSITY_FLOOR = 0.5  # notes per bar added to both sides of the density ratio (empty bars)
-
-
-def _key(track: symusic.Track) -> int:
-    return -1 if track.is_drum else int(track.program)
 
 
 def _notes(
@@ -41,13 +36,13 @@ def _notes(
     included) of ``targets``' notes (None: every track) starting in ``[start, end)``."""
     hist, count = np.zeros(12), 0
     for track in score.tracks:
-        if targets is not None and _key(track) not in targets:
+        if targets is not None and track_program(track) not in targets:
             continue
-        for note in track.notes:
-            if start <= note.time < end:
-                count += 1
-                if not track.is_drum:
-                    hist[note.pitch % 12] += 1
+        notes = track.notes.numpy()  # symusic's arrays: no Python object per note
+        inside = (notes["time"] >= start) & (notes["time"] < end)
+        count += int(inside.sum())
+        if not track.is_drum:
+            hist += np.bincount(notes["pitch"][inside].astype(np.int64) % 12, minlength=12)
     return hist, count
 
 
@@ -72,7 +67,7 @@ class SeamJudge:
         first = max(0, a - 1 - neighbours)
         # Bars after the span that the piece has (a span near the end has fewer on its right).
         after = sum(1 for t in ticks[b : b + neighbours] if t < end) if right else 0
-        self.bars_around = (a - 1 - first) + after
+        bars_around = (a - 1 - first) + after
         ranges = [(ticks[first], ticks[a - 1]), (ticks[b], ticks[b + after])]
         hist, count = np.zeros(12), 0
         for start, stop in ranges:
@@ -83,7 +78,7 @@ class SeamJudge:
             for start, stop in ranges:
                 hist = hist + _notes(score, None, start, stop)[0]
         self.pitch_classes = hist / hist.sum() if hist.sum() else None
-        self.notes_per_bar = count / self.bars_around if known and self.bars_around else None
+        self.notes_per_bar = count / bars_around if known and bars_around else None
 
     def distance(self, span: symusic.Score) -> float:
         """The candidate ``span`` (the span alone, from tick 0) against the neighbourhood;
@@ -91,8 +86,8 @@ class SeamJudge:
         hist, count = _notes(span, self.targets, 0, span.end() + 1)
         out = 0.0
         if self.pitch_classes is not None:
-            mine = hist / hist.sum() if hist.sum() else np.zeros(12)
-            out += float(0.5 * np.abs(mine - self.pitch_classes).sum()) if hist.sum() else 1.0
+            total = hist.sum()  # a span without pitched notes is as far as can be
+            out += histogram_distance(hist / total, self.pitch_classes) if total else 1.0
         if self.notes_per_bar is not None:
             rate = count / self.span_bars
             out += abs(np.log((rate + DENSITY_FLOOR) / (self.notes_per_bar + DENSITY_FLOOR)))
