@@ -66,6 +66,7 @@ class GroupEvalSettings:
     temperature: float = 1.0
     top_p: float = 0.95
     seed: int = 0
+    candidates: int | None = None  # continuations drawn per piece (None: the pipeline's default)
     device: str = "cpu"
     progress: bool = True
     speed_groups: list[str] = field(default_factory=list)  # default: names with SPEED_GROUP_WORDS
@@ -77,8 +78,9 @@ def _continue(pipeline, piece: Piece, prompt_bars: int, bars: int, seed: int, s)
 
     ``aligned`` says whether the new bars start where the real next bars do (the prompt's
     ``prompt_bars`` bars end), as they should since the prompt's last bar has notes."""
+    chosen = {} if s.candidates is None else {"candidates": s.candidates}
     result = pipeline.continue_midi(
-        piece.prompt, num_samples=1, bars=bars, seed=seed, temperature=s.temperature, top_p=s.top_p
+        piece.prompt, 1, bars=bars, seed=seed, temperature=s.temperature, top_p=s.top_p, **chosen
     )[0]
     new = result.continuation.resample(piece.prompt.tpq, min_dur=1)
     start = result.prompt_end_tick * piece.prompt.tpq / result.score.tpq

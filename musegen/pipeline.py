@@ -22,6 +22,7 @@ import torch
 from musegen.data.infill import suffix_budget
 from musegen.errors import CheckpointError, MidiError, MusegenError
 from musegen.generation import infill as fill
+from musegen.generation import seam
 from musegen.generation.coverage import coverage_warning
 from musegen.generation.grammar import Controls, Grammar, GrammarState
 from musegen.generation.prompt import select_prompt
@@ -33,7 +34,7 @@ from musegen.generation.sampling import (
     build_processors,
     iter_sample,
 )
-from musegen.generation.seam import SeamJudge, best_of
+from musegen.generation.seam import SeamJudge, best_of, continuation_distance
 from musegen.generation.settings import GenerationSettings, controls_for
 from musegen.model.attention import reach_of
 from musegen.score_check import PROMPT_LIMITS, ScoreLimits, check_score, check_tokens, load_checked
@@ -46,8 +47,11 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "muse
 # bar still stops (its result is then marked unfinished).
 TOKENS_PER_BAR_CAP = 512
 DEFAULT_CANDIDATES = 4  # infilling: spans drawn per sample, the one fitting its neighbours kept
-MAX_CANDIDATES = fill.MAX_CANDIDATES
-check_candidates = fill.check_candidates  # for front ends, which stop at this module
+# Continuations drawn per sample, the one fitting the prompt's last bars kept (1: the plain
+# sample). 1 by default: each candidate costs decoding time (the model card measures both).
+DEFAULT_CONTINUATION_CANDIDATES = 1
+MAX_CANDIDATES = seam.MAX_CANDIDATES
+check_candidates = seam.check_candidates  # for front ends, which stop at this module
 
 
 def default_checkpoint() -> Path:
@@ -98,10 +102,10 @@ class _Request:
     started: float
     # Builds each row's result (default: Pipeline._result, a continuation); infilling merges.
     result: Callable[..., GenerationResult] | None = None
-    # Rows per returned sample: infilling's candidates, of which the final results keep the
-    # one the judge finds closest to the bars around the span (partial results show the first).
+    # Rows per returned sample: candidates, of which the final results keep the one the judge
+    # finds closest to the music around it (partial results show the first).
     candidates: int = 1
-    judge: SeamJudge | None = None
+    judge: Callable[[GenerationResult], float] | None = None
 
 
 class Pipeline:
@@ -182,23 +186,35 @@ class Pipeline:
         prompt: str | Path | bytes | symusic.Score,
         num_samples: int | None = None,
         settings: GenerationSettings | None = None,
+        candidates: int = DEFAULT_CONTINUATION_CANDIDATES,
         **overrides: Any,
     ) -> list[GenerationResult]:
         """``num_samples`` continuations of ``prompt`` (a path, MIDI bytes or a Score).
 
         ``num_samples`` (None: ``settings.num_samples``) and any keyword override a field of
         :class:`~musegen.generation.settings.GenerationSettings`.
+
+        ``candidates``: each sample is the best of this many drawn continuations: the one
+        closest in key, each track's density and each track's groove to the prompt's last
+        bars (:func:`~musegen.generation.seam.continuation_distance`). Sample k draws with
+        seeds ``seed + k*candidates`` … ``+ candidates - 1`` and reports the seed of the one
+        kept; 1: no choice, sample k is seed + k. Starting from nothing, there is nothing to
+        judge by, so one is drawn.
         """
-        return self._last(self.stream(prompt, num_samples, settings, every=0, **overrides))
+        stream = self.stream(prompt, num_samples, settings, 0, candidates=candidates, **overrides)
+        return self._last(stream)
 
     def continue_batch(
         self,
         prompts: list[str | Path | bytes | symusic.Score],
         num_samples: int | None = None,
         settings: GenerationSettings | None = None,
+        candidates: int = DEFAULT_CONTINUATION_CANDIDATES,
         **overrides: Any,
     ) -> list[list[GenerationResult] | MusegenError]:
-        """Several prompts in one batch; a bad prompt gets its error instead of results."""
+        """Several prompts in one batch; a bad prompt gets its error instead of results.
+        ``candidates`` as for :meth:`continue_midi`."""
+        check_candidates(candidates)
         settings = self._settings(settings, overrides, num_samples)
         num_samples = settings.num_samples
         prepared: list[list[int] | MusegenError] = []
@@ -217,7 +233,7 @@ class Pipeline:
         out: list[list[GenerationResult] | MusegenError] = list(prepared)  # type: ignore[arg-type]
         for own, members in groups.values():
             rows = [prepared[i] for i in members]
-            results = self._last(self._run(self._request(rows, own), 0, None))
+            results = self._last(self._run(self._request(rows, own, candidates), 0, None))
             for k, i in enumerate(members):
                 out[i] = results[k * num_samples : (k + 1) * num_samples]
         return out
@@ -238,13 +254,19 @@ class Pipeline:
         settings: GenerationSettings | None = None,
         every: int = 32,
         stop_event: threading.Event | None = None,
+        candidates: int = DEFAULT_CONTINUATION_CANDIDATES,
         **overrides: Any,
     ) -> Iterator[list[GenerationResult]]:
-        """Partial results every ``every`` new tokens (0: only the end); the last is complete.
+        """Partial results every ``every`` new tokens (0: only the end); the last is complete
+        (a partial result shows the first candidate of each sample; ``candidates`` as for
+        :meth:`continue_midi`).
 
         Setting ``stop_event`` ends generation early and yields what exists as the last item.
         """
-        request = self._prepare(prompt, num_samples, settings, overrides)
+        check_candidates(candidates)
+        settings = self._settings(settings, overrides, num_samples)
+        ids = self._prompt_ids(prompt, settings)
+        request = self._request([ids], self._for_prompt(settings, ids), candidates if ids else 1)
         return self._run(request, every, stop_event)
 
     def infill(
@@ -296,7 +318,7 @@ class Pipeline:
         started = time.perf_counter()
         settings = self._settings(settings, overrides, num_samples)
         fill.check_settings(settings)
-        fill.check_candidates(candidates)
+        check_candidates(candidates)
         # Refused, never re-timed (the bars are the piece's); infilling names an empty piece.
         limits = replace(self.score_limits.without_trim(), min_notes=0)
         name = str(piece) if isinstance(piece, (str, Path)) else "the piece"
@@ -321,7 +343,7 @@ class Pipeline:
             started=started,
             result=partial(self._infill_result, plan),
             candidates=candidates,
-            judge=SeamJudge(plan.score, plan.bars, plan.targets) if candidates > 1 else None,
+            judge=_span_judge(SeamJudge(plan.score, plan.bars, plan.targets), candidates),
         )
         return self._run(request, every, stop_event)
 
@@ -332,7 +354,7 @@ class Pipeline:
         trained without infilling, a setting infilling fixes, an empty range, a bad candidate
         count), so a front end can refuse it once instead of once per file."""
         fill.check_request(self.tokenizer, bars, settings)
-        fill.check_candidates(candidates)
+        check_candidates(candidates)
 
     # --- internals --------------------------------------------------------------------------
     @staticmethod
@@ -449,35 +471,32 @@ class Pipeline:
             overrides = {**overrides, "num_samples": num_samples}
         return (settings or GenerationSettings()).with_overrides(**overrides).with_seed()
 
-    def _prepare(
-        self,
-        prompt: Any,
-        num_samples: int | None,
-        settings: GenerationSettings | None,
-        overrides: dict[str, Any],
+    def _request(
+        self, prompts: list[list[int]], settings: GenerationSettings, candidates: int = 1
     ) -> _Request:
-        settings = self._settings(settings, overrides, num_samples)
-        ids = self._prompt_ids(prompt, settings)
-        return self._request([ids], self._for_prompt(settings, ids))
-
-    def _request(self, prompts: list[list[int]], settings: GenerationSettings) -> _Request:
+        """Rows for every prompt, sample and candidate, in that order: sample k of a prompt
+        draws with seeds ``seed + k*candidates`` … ``+ candidates - 1``."""
         started = time.perf_counter()
         grammar = self.grammar(settings)
         budget = settings.max_new_tokens or settings.bars * TOKENS_PER_BAR_CAP
         if settings.bars and settings.max_new_tokens:
             budget = min(budget, settings.bars * TOKENS_PER_BAR_CAP)
         full, window, starts, seeds = [], [], [], []
+        rows = settings.num_samples * candidates
         for ids in prompts:
             cut = self._window(ids, grammar, budget)
             if not cut:
                 raise MusegenError("this tokenizer has no BOS token, so generation needs a prompt")
             start = grammar.start(ids)
-            for k in range(settings.num_samples):
+            for k in range(rows):
                 full.append(ids)
                 window.append(cut)
                 starts.append(start.copy())
                 seeds.append(int(settings.seed) + k)
-        return _Request(full, window, starts, seeds, settings, grammar, budget, started)
+        request = _Request(full, window, starts, seeds, settings, grammar, budget, started)
+        if candidates > 1:
+            request.candidates, request.judge = candidates, _continuation_judge
+        return request
 
     def _processors(self, request: _Request) -> list:
         s, grammar = request.settings, request.grammar
@@ -515,7 +534,7 @@ class Pipeline:
         """Each sample's candidate closest to the bars around it (:mod:`~.generation.seam`)."""
         if request.judge is None:
             return results
-        distances = [request.judge.distance(r.continuation) for r in results]
+        distances = [request.judge(r) for r in results]
         best = [results[i] for i in best_of(distances, request.candidates)]
         for r in best:
             r.seconds = time.perf_counter() - request.started  # the choice included
@@ -573,3 +592,15 @@ class Pipeline:
                 "temperature or fewer instrument restrictions"
             )
         return [w for w in found if w]
+
+
+def _continuation_judge(result: GenerationResult) -> float:
+    """How far a continuation is from the prompt's last bars (:mod:`~.generation.seam`)."""
+    return continuation_distance(
+        result.score, result.prompt_end_tick, result.continuation, result.bars
+    )
+
+
+def _span_judge(judge: SeamJudge, candidates: int) -> Callable[[GenerationResult], float] | None:
+    """How far an infilled span is from the bars around it; None: one candidate, no choice."""
+    return (lambda result: judge.distance(result.continuation)) if candidates > 1 else None

@@ -296,9 +296,9 @@ def test_server_paths_are_refused_as_uploads(served):
     secret = Path(__file__).resolve().parents[1] / "musegen" / "examples" / "bach_chorale.mid"
     from musegen.generation.settings import SETTINGS
 
-    # Raw HTTP sends every parameter: the MIDI, then each setting in the table's order.
+    # Raw HTTP sends every parameter: the MIDI, each setting in the table's order, candidates.
     settings = [1, 1, 1, 0, 1, 1] + [[] if s.default is None else s.default for s in SETTINGS[6:]]
-    body = {"data": [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}, *settings]}
+    body = {"data": [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}, *settings, 1]}
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )

@@ -251,6 +251,7 @@ def test_bad_ranges_give_one_line_errors_and_the_app_keeps_serving(client, band:
         ("/infill", {"bars": "2-3", "tracks": "6"}, "track 6 does not exist"),
         ("/infill", {"bars": ""}, "choose the bars"),
         ("/infill", {"bars": "2-3", "candidates": 40}, "candidates=40"),
+        ("/continue", {"candidates": 0}, "candidates=0"),
     ]
     for api, kwargs, message in cases:
         with pytest.raises(AppError) as caught:
@@ -259,6 +260,9 @@ def test_bad_ranges_give_one_line_errors_and_the_app_keeps_serving(client, band:
         assert message in text and len(text.strip().splitlines()) == 1, text
     out = client.predict(handle_file(str(band)), bars=1, seed=2, api_name="/continue")
     assert Path(out[0]).is_file() and "seed 2" in out[3]
+    # Best of 3 continuations (seeds 4-6): the status names the one kept.
+    out = client.predict(handle_file(str(band)), bars=1, seed=4, candidates=3, api_name="/continue")
+    assert any(f"seeds {s})" in out[3] for s in (4, 5, 6)), out[3]
 
 
 def test_old_checkpoint_regenerate_gives_the_reason(tmp_path: Path):

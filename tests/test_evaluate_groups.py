@@ -149,3 +149,10 @@ def test_cli_end_to_end(tmp_path: Path, tiny_checkpoint: Path, capsys):
     assert table.count("| full_band |") == 4 and "Long pieces" in table
     assert main(["evaluate-groups", "--checkpoint", str(tiny_checkpoint)]) == 2
     assert "--group" in capsys.readouterr().err
+    # --candidates K: each piece's continuation is the best of K, and the title says so.
+    group_flag = ["--group", f"full_band={tmp_path / 'band'}", "--pieces", "1", "--quiet"]
+    common = ["evaluate-groups", "--checkpoint", str(tiny_checkpoint), *group_flag]
+    assert main([*common, "--candidates", "2", "--markdown", str(out_md)]) == 0
+    assert "best of 2 candidates" in out_md.read_text()
+    assert main([*common, "--candidates", "0"]) == 2
+    assert "candidates=0" in capsys.readouterr().err

@@ -177,3 +177,22 @@ def test_processors_see_every_sampled_token_as_seen():
         for step, t in enumerate(tokens[:-1]):
             assert snapshots[step + 1][row, t]  # seen from the next step on
     assert snapshots[0][0, 1] and snapshots[0][0, 2] and snapshots[0][1, 3]
+
+
+@pytest.mark.parametrize("attention", ["relative", "local", "sparse", "linformer"])
+def test_identical_prompts_share_one_prefill_and_sample_as_if_alone(attention, monkeypatch):
+    """A prompt's samples are prefilled once and the cache copied to each row (kinds whose
+    cache cannot copy rows prefill every row); each row then samples exactly as it would alone."""
+    model = tiny(attention)
+    sizes: list[int] = []
+    new_cache = model.new_cache
+    monkeypatch.setattr(model, "new_cache", lambda b, **kw: sizes.append(b) or new_cache(b, **kw))
+    prompts = [PROMPTS[0], PROMPTS[2], PROMPTS[0], PROMPTS[0]]
+    seeds = [3, 4, 5, 6]
+    batched = sample(model, prompts, build_processors(1.0), Stopping(12), seeds, pad_id=0)
+    copies = new_cache(1).ROW_FIELDS is not None
+    assert sizes == ([2] if copies else [2, 4])
+    assert batched[0] != batched[2]  # the copies diverge, each with its own seed
+    for prompt, seed, got in zip(prompts, seeds, batched, strict=True):
+        alone = sample(model, [prompt], build_processors(1.0), Stopping(12), [seed], pad_id=0)
+        assert alone[0] == got

@@ -1,5 +1,6 @@
-"""Best-of-K infilling: each sample is the candidate closest in key and note density to the
-bars around the span (musegen.generation.seam)."""
+"""Best of K: an infilled span is the candidate closest in key and note density to the bars
+around it, a continuation the one closest in key and in each track's density and groove to the
+prompt's last bars (musegen.generation.seam)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,14 @@ from conftest import make_score
 from test_infill import BAND, check_result, pipe  # noqa: F401 - the tiny pipeline fixture
 
 from musegen.errors import MusegenError
-from musegen.generation.seam import SeamJudge, best_of
-from musegen.pipeline import DEFAULT_CANDIDATES
+from musegen.generation.seam import (
+    CONTINUATION_WEIGHTS,
+    SeamJudge,
+    best_of,
+    continuation_distance,
+    continuation_terms,
+)
+from musegen.pipeline import DEFAULT_CANDIDATES, DEFAULT_CONTINUATION_CANDIDATES
 
 TPQ, BAR = 480, 1920
 C_MAJOR = (60, 62, 64, 65, 67, 69, 71, 72)  # eight notes: a bar of eighths holds each once
@@ -126,3 +133,79 @@ def test_cli_candidates_are_recorded_and_checked(pipe, tmp_path, capsys):  # noq
     assert manifest(out)[-1]["candidates"] == 1
     assert infill_cli(pipe.checkpoint_dir, midi, out, *args[:-1], "0") == 2
     assert "candidates=0" in capsys.readouterr().err
+
+
+# --- continuations ---------------------------------------------------------------------------
+def test_a_continuation_is_judged_by_key_each_tracks_density_and_groove():
+    prompt = piece(bars_of(C_MAJOR, 8, 8), bars_of((36, 42), 16, 8, drum=True))
+    split = 8 * BAR
+
+    def terms(*tracks):
+        return continuation_terms(prompt, split, piece(*tracks), 4)
+
+    assert terms(bars_of(C_MAJOR, 8, 4), bars_of((36, 42), 16, 4, drum=True)) == (0, 0, 0)
+    key, density, groove = terms(bars_of(F_SHARP_MAJOR, 8, 4), bars_of((36,), 16, 4, drum=True))
+    assert 0.5 < key < 1 and density == groove == pytest.approx(0.0)  # drums have no key
+    # The drums fall silent: the piano's density is right, the mean over tracks is not.
+    _, density, groove = terms(bars_of(C_MAJOR, 8, 4))
+    assert density == pytest.approx(np.log(16.5 / 0.5) / 2) and groove == pytest.approx(0.5)
+    # Same notes per bar, another rhythm: only the groove differs.
+    offbeat = bars_of(C_MAJOR, 8, 4).shift_time(BAR // 16)
+    _, density, groove = terms(offbeat, bars_of((36, 42), 16, 4, drum=True))
+    assert density == pytest.approx(0.0) and groove > 0.4
+    # The judge weighs the three; nothing before the split: nothing to judge by.
+    same_key = continuation_distance(prompt, split, piece(bars_of(C_MAJOR, 8, 4)), 4)
+    silent_drums = (0, np.log(16.5 / 0.5) / 2, 0.5)
+    assert same_key == pytest.approx(np.dot(CONTINUATION_WEIGHTS, silent_drums))
+    assert continuation_terms(piece(), 0, piece(bars_of(C_MAJOR, 8, 4)), 4) == (0, 0, 0)
+
+
+def test_only_the_last_bars_of_the_prompt_judge_a_continuation():
+    turning = piece(bars_of(F_SHARP_MAJOR, 8, 8))  # bars 1-8 in F#, bars 9-12 in C
+    turning.tracks[0].notes.extend(bars_of(C_MAJOR, 8, 4).shift_time(8 * BAR).notes)
+    in_c = piece(bars_of(C_MAJOR, 8, 4))
+    assert continuation_terms(turning, 12 * BAR, in_c, 4) == (0, 0, 0)
+    assert continuation_terms(turning, 12 * BAR, in_c, 4, neighbours=12)[0] > 0.3
+
+
+def test_each_continuation_is_the_best_of_its_own_draws(pipe):  # noqa: F811
+    score = make_score(bars=6, tracks=BAND, seed=5)
+    drawn = pipe.continue_midi(score, num_samples=6, bars=2, seed=30)
+    assert DEFAULT_CONTINUATION_CANDIDATES == 1  # the plain sample unless asked
+    judged = [continuation_distance(r.score, r.prompt_end_tick, r.continuation, r.bars)
+              for r in drawn]  # fmt: skip
+    want = [drawn[i] for i in best_of(judged, 3)]
+    got = pipe.continue_midi(score, num_samples=2, bars=2, seed=30, candidates=3)
+    assert [(r.seed, r.tokens) for r in got] == [(r.seed, r.tokens) for r in want]
+    assert 30 <= got[0].seed < 33 <= got[1].seed < 36
+    batch = pipe.continue_batch([score, score], 2, bars=2, seed=30, candidates=3)
+    assert [[r.tokens for r in rs] for rs in batch] == [[r.tokens for r in got]] * 2
+    steps = list(pipe.stream(score, num_samples=2, bars=2, seed=30, every=4, candidates=3))
+    assert len(steps) > 1 and all(len(step) == 2 for step in steps)
+    # From nothing there is nothing to judge by: one draw per sample.
+    fresh = pipe.generate(num_samples=2, bars=1, seed=7)
+    assert [r.seed for r in fresh] == [7, 8]
+    with pytest.raises(MusegenError, match="candidates=0"):
+        pipe.continue_midi(score, bars=1, candidates=0)
+
+
+def test_generate_cli_records_and_checks_candidates(pipe, tmp_path, capsys):  # noqa: F811
+    import json
+
+    from conftest import write_midi
+
+    from musegen.cli import main
+
+    midi = write_midi(tmp_path / "a.mid", bars=4, tracks=BAND, seed=2)
+    out = tmp_path / "out"
+    args = ["generate", "--checkpoint", str(pipe.checkpoint_dir), "--prompt", str(midi)]
+    args += ["--out", str(out), "--bars", "1", "--seed", "6"]
+    assert main([*args, "--candidates", "2"]) == 0
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    best = pipe.continue_midi(midi, bars=1, seed=6, candidates=2)[0]
+    assert rows[-1]["candidates"] == 2 and rows[-1]["seed"] == best.seed
+    assert main([*args, "--candidates", "1"]) == 0  # another request: redone, not skipped
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert rows[-1]["candidates"] == 1 and rows[-1]["seed"] == 6
+    assert main([*args, "--candidates", "17"]) == 2
+    assert "candidates=17" in capsys.readouterr().err

@@ -25,6 +25,7 @@ from musegen.generation.settings import (
     controls_for,
     from_args,
 )
+from musegen.pipeline import DEFAULT_CONTINUATION_CANDIDATES
 
 # gradio's queue calls a pandas option pandas 3 deprecates; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
@@ -200,8 +201,9 @@ def client(served):
 def test_api_has_a_parameter_per_setting_with_the_same_default(client):
     info = client.view_api(print_info=False, return_format="dict")
     params = info["named_endpoints"]["/continue"]["parameters"]
-    assert [p["parameter_name"] for p in params[1:]] == list(NAMES)
-    for s, p in zip(SETTINGS, params[1:], strict=True):
+    assert [p["parameter_name"] for p in params[1:]] == [*NAMES, "candidates"]
+    assert params[-1]["parameter_default"] == DEFAULT_CONTINUATION_CANDIDATES
+    for s, p in zip(SETTINGS, params[1:-1], strict=True):
         assert p["parameter_has_default"], s.name
         default = p["parameter_default"]
         assert GenerationSettings.from_values({s.name: default}) == GenerationSettings(), s.name
@@ -214,7 +216,7 @@ def test_api_accepts_every_setting(served, client, midi_file, monkeypatch):
 
     seen: list[GenerationSettings] = []
 
-    def capture(prompt, settings, key, name="musegen"):
+    def capture(prompt, settings, key, name="musegen", candidates=1):
         seen.append(settings)
         raise MusegenError("captured")
 

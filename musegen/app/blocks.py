@@ -29,11 +29,16 @@ from musegen.app.session import (
 from musegen.generation.settings import SETTINGS, Setting
 from musegen.pipeline import (
     DEFAULT_CANDIDATES,
+    DEFAULT_CONTINUATION_CANDIDATES,
     INFILL_FIXED_SETTINGS,
     MAX_CANDIDATES,
     Pipeline,
 )
 
+CONTINUATION_CANDIDATES_INFO = (
+    "draw this many continuations and keep the one closest to the prompt's last bars in key "
+    "and in each track's density and groove"
+)
 # Every theme in Gradio 6 ships its fonts locally; Soft draws nothing from a CDN.
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="amber")
 CSS = """
@@ -187,6 +192,15 @@ def _controls_column() -> dict[str, gr.components.Component]:
                 # used is written back into the Seed field, so untick to repeat a result.
                 controls["random_seed"] = gr.Checkbox(value=True, label="Random seed")
         with gr.Accordion("More settings", open=False):
+            controls["continuation_candidates"] = gr.Slider(
+                1,
+                MAX_CANDIDATES,
+                value=DEFAULT_CONTINUATION_CANDIDATES,
+                step=1,
+                label="Candidates per variation",
+                info=CONTINUATION_CANDIDATES_INFO + " (slower by about as much)",
+                elem_id="candidates",
+            )
             for setting in (s for s in SETTINGS if s.spec.advanced):
                 controls[setting.name] = setting_component(setting)
         with gr.Row():
@@ -246,6 +260,12 @@ def _api_block(handlers: Handlers) -> None:
     with gr.Column(visible=False):
         midi = gr.File(label="MIDI prompt", file_types=[".mid", ".midi"])
         values = {s.name: setting_component(s, api=True) for s in SETTINGS}
+        candidates = gr.Number(
+            DEFAULT_CONTINUATION_CANDIDATES,
+            label="candidates",
+            info=f"{CONTINUATION_CANDIDATES_INFO} (1-{MAX_CANDIDATES})",
+            precision=0,
+        )
         out_midi = gr.File(label="MIDI (prompt + continuation)")
         out_wav = gr.File(label="WAV")
         out_png = gr.File(label="piano roll PNG")
@@ -254,12 +274,14 @@ def _api_block(handlers: Handlers) -> None:
     trigger.click(
         handlers.api_continue,
         inputs=[midi],
-        inputs_kwargs=values,  # a parameter per setting, in the settings table's order
+        # a parameter per setting, in the settings table's order, then the candidates
+        inputs_kwargs={**values, "candidates": candidates},
         outputs=[out_midi, out_wav, out_png, out_status],
         api_name="continue",
         api_description="Continue a MIDI prompt with any generation setting (each defaults as "
-        "on the CLI and the page). Returns (MIDI, WAV, PNG, status) of the first variation; "
-        "the status lists the seeds of all.",
+        "on the CLI and the page) and candidates (continuations drawn per variation, the one "
+        "fitting the prompt's last bars best kept). Returns (MIDI, WAV, PNG, status) of the "
+        "first variation; the status lists the seeds of all.",
     )
     _infill_api(handlers)
 

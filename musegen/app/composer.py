@@ -28,6 +28,7 @@ from musegen.generation.prompt import bar_range, parse_bar_range, parse_track_li
 from musegen.generation.settings import BY_NAME, NAMES, GenerationSettings
 from musegen.pipeline import (
     DEFAULT_CANDIDATES,
+    DEFAULT_CONTINUATION_CANDIDATES,
     INFILL_FIXED_SETTINGS,
     Pipeline,
     check_candidates,
@@ -48,6 +49,16 @@ def form_settings(form: dict[str, Any]) -> GenerationSettings:
     return GenerationSettings.from_values(values)
 
 
+def candidate_count(value: float | None, default: int) -> int:
+    """A page's or the API's candidates per variation (None: ``default``), checked."""
+    if value is None:
+        return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a slider's or JSON's 4.0
+    check_candidates(value)
+    return value
+
+
 def infill_request(
     bars: str | None,
     tracks: str | list | None = None,
@@ -61,11 +72,7 @@ def infill_request(
     ``candidates``: spans drawn per variation, the one fitting the bars around best kept
     (None: the default).
     """
-    if candidates is None:
-        candidates = DEFAULT_CANDIDATES
-    elif isinstance(candidates, float) and candidates.is_integer():
-        candidates = int(candidates)  # a slider's or JSON's 4.0
-    check_candidates(candidates)
+    candidates = candidate_count(candidates, DEFAULT_CANDIDATES)
     text = parse_bar_range(bars, "bars")
     if not text:
         raise MusegenError("bars: choose the bars to regenerate, as A-B (e.g. 5-8)")
@@ -168,9 +175,13 @@ class Composer:
         settings: GenerationSettings,
         key: str,
         name: str = "musegen",
+        candidates: int = DEFAULT_CONTINUATION_CANDIDATES,
     ) -> Iterator[Progress]:
-        """Generate ``settings.num_samples`` continuations, yielding previews, then the files."""
-        yield from self._session(key, prompt, self.checked(settings), name)
+        """Generate ``settings.num_samples`` continuations, yielding previews, then the files
+        (each the best of ``candidates``: :meth:`~musegen.pipeline.Pipeline.continue_midi`)."""
+        check_candidates(candidates)
+        checked = self.checked(settings)
+        yield from self._session(key, prompt, checked, name, candidates=candidates)
 
     def stream_infill(
         self,
@@ -206,6 +217,7 @@ class Composer:
         name: str,
         infill: InfillRequest | None = None,
         streaming: bool = True,
+        candidates: int = DEFAULT_CONTINUATION_CANDIDATES,
     ) -> Iterator[Progress]:
         """Run one request in its own folder, with a fresh stop flag as session ``key``'s, in
         its lane, in a worker process when that lane has workers."""
@@ -218,7 +230,9 @@ class Composer:
                 self._stops.setdefault(key, stop)
         try:
             with self.workspace.request(key) as directory:
-                job = Job(prompt, settings, directory, safe_stem(name), infill, streaming)
+                job = Job(
+                    prompt, settings, directory, safe_stem(name), infill, streaming, candidates
+                )
                 pool = self.workers if heavy else self.light_workers
                 run = self.runner.run if pool is None else pool.run
                 if pool is not None and isinstance(prompt, symusic.Score):
@@ -235,12 +249,15 @@ class Composer:
         settings: GenerationSettings,
         key: str,
         name: str = "musegen",
+        candidates: int = DEFAULT_CONTINUATION_CANDIDATES,
     ) -> list[Variation]:
         """The non-streaming path (the ``continue`` API): all variations, saved as files.
 
         ``prompt`` is MIDI bytes or a Score; None starts from nothing.
         """
-        *_, last = self._session(key, prompt, self.checked(settings), name, streaming=False)
+        check_candidates(candidates)
+        checked = self.checked(settings)
+        *_, last = self._session(key, prompt, checked, name, streaming=False, candidates=candidates)
         return last.variations or []
 
     def infill_once(
@@ -261,6 +278,7 @@ __all__ = [
     "InfillRequest",
     "Progress",
     "Variation",
+    "candidate_count",
     "form_settings",
     "infill_request",
 ]

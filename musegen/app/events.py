@@ -19,6 +19,7 @@ from musegen.app.composer import (
     Composer,
     Progress,
     Variation,
+    candidate_count,
     form_settings,
     infill_request,
 )
@@ -26,12 +27,13 @@ from musegen.app.session import SessionState, check_prompt, describe_score, read
 from musegen.errors import MusegenError
 from musegen.generation.prompt import overview
 from musegen.generation.settings import NAMES, GenerationSettings
+from musegen.pipeline import DEFAULT_CONTINUATION_CANDIDATES
 from musegen.render.pianoroll import render_pianoroll
 
 log = logging.getLogger("musegen.app.blocks")
 Components = dict[str, Any]
 # The form sends every generation setting by name, plus the page's Random-seed box.
-CONTROL_NAMES = (*NAMES, "random_seed")
+CONTROL_NAMES = (*NAMES, "random_seed", "continuation_candidates")
 # The prompt column's overview of the piece (a table of tracks and bars) and the track picker
 # for regenerating, refreshed with every prompt change.
 PIECE_VIEW = ("overview", "infill_tracks")
@@ -177,7 +179,10 @@ class Handlers:
         def steps(settings: GenerationSettings) -> Iterator[Progress]:
             name = state.prompt_name
             stem = self.examples[name].stem if name in self.examples else name
-            return self.composer.stream(state.prompt_score(), settings, _key(request), stem)
+            k = candidate_count(
+                form.get("continuation_candidates"), DEFAULT_CONTINUATION_CANDIDATES
+            )
+            return self.composer.stream(state.prompt_score(), settings, _key(request), stem, k)
 
         yield from self._run(state, form, steps, progress)
 
@@ -322,16 +327,19 @@ class Handlers:
     def api_continue(
         self,
         midi: str | None,
-        request: gr.Request,
+        candidates: float | None = None,
+        request: gr.Request = None,  # set by Gradio
         **values: Any,
     ) -> tuple[str, str, str, str]:
-        """``/continue``: a MIDI prompt and every generation setting by name (see
-        :mod:`musegen.generation.settings`) in; MIDI, WAV, piano roll and a status line out."""
+        """``/continue``: a MIDI prompt, the candidates drawn per variation (None: the
+        default) and every generation setting by name (see :mod:`musegen.generation.settings`)
+        in; MIDI, WAV, piano roll and a status line out."""
         try:
             data = read_upload(midi, self.max_upload_bytes, self.score_limits)
             settings = GenerationSettings.from_values(values)
+            k = candidate_count(candidates, DEFAULT_CONTINUATION_CANDIDATES)
             # read_upload has already checked the MIDI (errors name the file); no second parse.
-            found = self.composer.continue_once(data, settings, _key(request), Path(midi).name)
+            found = self.composer.continue_once(data, settings, _key(request), Path(midi).name, k)
         except MusegenError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         except Exception as exc:

@@ -22,7 +22,12 @@ from musegen.app.results import Variation, save_full, save_original, save_previe
 from musegen.errors import MusegenError
 from musegen.generation.prompt import bar_starts
 from musegen.generation.settings import GenerationSettings
-from musegen.pipeline import DEFAULT_CANDIDATES, GenerationResult, Pipeline
+from musegen.pipeline import (
+    DEFAULT_CANDIDATES,
+    DEFAULT_CONTINUATION_CANDIDATES,
+    GenerationResult,
+    Pipeline,
+)
 from musegen.render.preview import preview_window, write_zoomed_roll
 from musegen.tokenizer import load_tick_score
 
@@ -68,6 +73,8 @@ class Job:
     stem: str
     infill: InfillRequest | None = None
     streaming: bool = True  # previews while generating (the page); False: the files only (API)
+    # A continuation's candidates per variation, the best fit to the prompt's last bars kept.
+    candidates: int = DEFAULT_CONTINUATION_CANDIDATES
 
 
 class Runner:
@@ -114,7 +121,11 @@ class Runner:
                 return
             every = self.stream_every if job.streaming else 0
             steps = self.pipeline.stream(
-                job.prompt, settings=settings, every=every, stop_event=stop
+                job.prompt,
+                settings=settings,
+                every=every,
+                stop_event=stop,
+                candidates=job.candidates,
             )
             if job.streaming:
                 yield from self._stream(steps, job, stop, None, deadline)

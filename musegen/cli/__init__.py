@@ -96,6 +96,18 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_candidates_argument(parser: argparse.ArgumentParser, default: int, judged: str) -> None:
+    """``--candidates K``: draw K per sample and keep the one fitting the music around best
+    (``judged``: by what, in words)."""
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=default,
+        metavar="K",
+        help=f"draw K per sample and keep the one closest to {judged}; K rows sampled at once",
+    )
+
+
 def load_pipeline(args: argparse.Namespace):
     """The :class:`~musegen.pipeline.Pipeline` that the model and deploy arguments ask for."""
     from musegen.pipeline import Pipeline

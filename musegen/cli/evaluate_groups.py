@@ -97,6 +97,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0, help="piece i of a group uses seed + i")
     p.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        metavar="K",
+        help="continuations drawn per piece, the one fitting the prompt's last bars kept "
+        "(default: the pipeline's, as the app and the CLI use it)",
+    )
+    p.add_argument(
         "--speed-group",
         action="append",
         default=[],
@@ -122,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("pieces", "prompt_bars", "new_bars", "long_bars", "long_prompt_bars"):
         if getattr(args, flag) <= 0:
             raise MusegenError(f"--{flag.replace('_', '-')} must be positive")
+    if args.candidates is not None:
+        from musegen.pipeline import check_candidates
+
+        check_candidates(args.candidates)
     if args.long_pieces < 0:
         raise MusegenError("--long-pieces must be ≥ 0")
     if args.data is None and not args.group:
@@ -143,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
+        candidates=args.candidates,
         device=args.device,
         progress=not args.quiet,
         speed_groups=args.speed_group,

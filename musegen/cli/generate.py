@@ -16,7 +16,13 @@ from tqdm import tqdm
 from musegen.errors import MusegenError
 from musegen.files import append_jsonl, atomic_path, read_jsonl, write_atomic
 from musegen.generation.settings import add_arguments, from_args
-from musegen.pipeline import GenerationResult, GenerationSettings, Pipeline
+from musegen.pipeline import (
+    DEFAULT_CONTINUATION_CANDIDATES,
+    GenerationResult,
+    GenerationSettings,
+    Pipeline,
+    check_candidates,
+)
 from musegen.tokenizer import score_to_midi_bytes
 
 MANIFEST = "manifest.jsonl"
@@ -29,12 +35,19 @@ examples:
   musegen generate --out out/ --num-samples 4 --max-new-tokens 512   # from nothing
 
 Outputs are named <prompt>_s<seed>_<k>.mid; manifest.jsonl holds one line per output (prompt,
-seed, settings, checkpoint, token counts, seconds) and one per prompt that could not be read.
+seed, settings, candidates, checkpoint, token counts, seconds) and one per prompt that could
+not be read. With --candidates K, sample k draws seeds seed+k*K … seed+k*K+K-1 and the
+manifest's seed is the one kept.
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from musegen.cli import HelpFormatter, add_deploy_arguments, add_model_arguments
+    from musegen.cli import (
+        HelpFormatter,
+        add_candidates_argument,
+        add_deploy_arguments,
+        add_model_arguments,
+    )
 
     p = subparsers.add_parser(
         "generate",
@@ -48,6 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", type=Path, help="a MIDI file, or a folder searched recursively")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     add_arguments(p)  # one flag per generation setting, from the settings table
+    add_candidates_argument(
+        p,
+        DEFAULT_CONTINUATION_CANDIDATES,
+        "the prompt's last bars in key and in each track's density and groove",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="sequences sampled at once")
     p.add_argument("--continuation-only", action="store_true", help="write only the new part")
     p.add_argument("--audio", action="store_true", help="also write a .wav of each output")
@@ -59,6 +77,7 @@ def settings_from(args: argparse.Namespace) -> GenerationSettings:
     """The validated settings the flags describe, with a seed drawn when ``--seed`` < 0."""
     if args.batch_size < 1:
         raise MusegenError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_candidates(args.candidates)
     return from_args(args).with_seed()
 
 
@@ -199,19 +218,24 @@ def run(args: argparse.Namespace) -> int:
 
     pipeline = load_pipeline(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    job = _Run(args, pipeline, settings)
+    # From nothing there is nothing to judge candidates by: one is drawn (Pipeline.generate).
+    job = _Run(args, pipeline, settings, {"candidates": args.candidates if args.prompt else 1})
     todo = [p for p in prompts if not set(job.names(stem_of(p, root))) <= job.done]
     if len(prompts) == 1 and prompts[0] is not None and todo:
-        results = pipeline.continue_midi(prompts[0], args.num_samples, settings)  # errors: 1 line
+        results = pipeline.continue_midi(  # errors: one line
+            prompts[0], args.num_samples, settings, args.candidates
+        )
         job.write(prompts[0], stem_of(prompts[0], root), results)
     elif prompts == [None] and todo:
         job.write(None, "sample", pipeline.generate(args.num_samples, settings))
     elif todo:
-        per_batch = max(1, args.batch_size // args.num_samples)
+        per_batch = max(1, args.batch_size // (args.num_samples * args.candidates))
         bar = tqdm(total=len(todo), desc="prompts", unit="prompt", disable=not sys.stderr.isatty())
         for chunk in _batches(todo, per_batch):
             for prompt, outcome in zip(
-                chunk, pipeline.continue_batch(chunk, args.num_samples, settings), strict=True
+                chunk,
+                pipeline.continue_batch(chunk, args.num_samples, settings, args.candidates),
+                strict=True,
             ):
                 if isinstance(outcome, MusegenError):
                     job.fail(prompt, outcome)

@@ -68,7 +68,12 @@ def parse_program(text: str) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from musegen.cli import HelpFormatter, add_deploy_arguments, add_model_arguments
+    from musegen.cli import (
+        HelpFormatter,
+        add_candidates_argument,
+        add_deploy_arguments,
+        add_model_arguments,
+    )
 
     p = subparsers.add_parser(
         "infill",
@@ -104,14 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="P",
         help="add a track of GM program P (or drums) over the bars; repeatable",
     )
-    p.add_argument(
-        "--candidates",
-        type=int,
-        default=DEFAULT_CANDIDATES,
-        metavar="K",
-        help="draw K spans per sample and keep the one closest in key and note density to the "
-        "bars on both sides; K× the sampling time",
-    )
+    add_candidates_argument(p, DEFAULT_CANDIDATES, "the bars on both sides in key and note density")
     p.add_argument("--continuation-only", action="store_true", help="write only the new bars")
     p.add_argument("--audio", action="store_true", help="also write a .wav of each output")
     p.add_argument("--pianoroll", action="store_true", help="also write a .png piano roll")

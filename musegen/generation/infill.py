@@ -363,19 +363,6 @@ def check_settings(settings) -> None:
             )
 
 
-MAX_CANDIDATES = 16
-
-
-def check_candidates(candidates: int) -> None:
-    """A one-line error for a candidate count that is not 1–:data:`MAX_CANDIDATES`."""
-    if isinstance(candidates, bool) or not isinstance(candidates, int):
-        raise MusegenError(f"candidates must be a whole number, got {candidates!r}")
-    if not 1 <= candidates <= MAX_CANDIDATES:
-        raise MusegenError(
-            f"candidates={candidates}: give 1 to {MAX_CANDIDATES} spans drawn per sample"
-        )
-
-
 def check_request(tokenizer, bars: Sequence[int], settings: GenerationSettings) -> None:
     """The one-line error of a request that fails whatever the piece: a checkpoint trained
     without infilling, a setting infilling fixes, an empty or reversed range."""

@@ -192,13 +192,24 @@ class _Runner:
             keep = max(1, self.limit // 2) if any(len(r) >= self.limit for r in rows) else None
             rows = [r[-keep:] if keep else r for r in rows]
         self.rows = [list(r) for r in rows]
-        ids, mask = _left_pad(self.rows, self.pad_id, self.device)
-        if self.use_cache:
+        if not self.use_cache:
+            ids, mask = _left_pad(self.rows, self.pad_id, self.device)
+            return self.model(ids, padding_mask=mask)[:, -1].float()
+        # Identical rows (a prompt's samples and candidates) are prefilled once, then copied.
+        unique: dict[tuple[int, ...], int] = {}
+        copy = [unique.setdefault(tuple(r), len(unique)) for r in self.rows]
+        first = [list(r) for r in unique]
+        self.cache = self.model.new_cache(len(first), device=self.device)
+        if len(first) < len(rows) and self.cache.ROW_FIELDS is None:  # a kind that cannot copy
+            first, copy = self.rows, list(range(len(rows)))
             self.cache = self.model.new_cache(len(rows), device=self.device)
-            logits = self.model(ids, cache=self.cache, padding_mask=mask)
-        else:
-            logits = self.model(ids, padding_mask=mask)
-        return logits[:, -1].float()
+        ids, mask = _left_pad(first, self.pad_id, self.device)
+        logits = self.model(ids, cache=self.cache, padding_mask=mask)[:, -1].float()
+        if len(first) == len(rows):
+            return logits
+        index = torch.tensor(copy, device=self.device)
+        self.cache.select_rows(index)
+        return logits.index_select(0, index)
 
     def step(self, tokens: list[int]) -> torch.Tensor:
         for row, t in zip(self.rows, tokens, strict=True):

@@ -47,6 +47,10 @@ class StepKeys:
 class KVCache:
     """Common bookkeeping: batch size, tokens seen, left padding per row."""
 
+    # The per-row (batch-first) tensors and lists of tensors that select_rows re-indexes;
+    # None for a kind that does not support it (its rows are then prefilled one each).
+    ROW_FIELDS: tuple[str, ...] | None = None
+
     def __init__(self, n_layers: int, batch_size: int, device=None, dtype=None) -> None:
         self.n_layers = n_layers
         self.batch_size = batch_size
@@ -77,6 +81,21 @@ class KVCache:
         self.length += self._n
         self._n = 0
 
+    def select_rows(self, index: Tensor) -> None:
+        """Row i becomes the old row ``index[i]`` (repeats allowed), between forwards: one
+        prefill of a prompt shared by its samples and candidates, copied to each of them."""
+        if self.ROW_FIELDS is None:
+            raise NotImplementedError(f"{type(self).__name__} cannot select rows")
+        for name in self.ROW_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, list):  # per layer
+                setattr(
+                    self, name, [None if t is None else t.index_select(0, index) for t in value]
+                )
+            else:
+                setattr(self, name, value.index_select(0, index))
+        self.batch_size = int(index.numel())
+
     def memory_bytes(self) -> int:
         """Bytes held by key/value storage (for tests and benchmarks)."""
         return sum(t.numel() * t.element_size() for t in self._tensors())
@@ -91,6 +110,8 @@ class KVCache:
 
 class FullCache(KVCache):
     """Every key and value of the sequence, in preallocated storage that doubles when full."""
+
+    ROW_FIELDS = ("pad", "pin_open", "k", "v", "valid")
 
     def __init__(self, n_layers: int, batch_size: int, device=None, dtype=None, capacity=256):
         super().__init__(n_layers, batch_size, device, dtype)
@@ -137,6 +158,8 @@ class FullCache(KVCache):
 
 class RingCache(KVCache):
     """The last ``window`` keys (ring buffer), plus ``summaries`` summary slots for ``sparse``."""
+
+    ROW_FIELDS = ("pad", "pin_open", "k", "v", "index", "valid", "n_pinned")
 
     def __init__(
         self,
