@@ -196,3 +196,15 @@ def test_identical_prompts_share_one_prefill_and_sample_as_if_alone(attention, m
     for prompt, seed, got in zip(prompts, seeds, batched, strict=True):
         alone = sample(model, [prompt], build_processors(1.0), Stopping(12), [seed], pad_id=0)
         assert alone[0] == got
+
+
+@pytest.mark.parametrize("attention", ["relative", "local", "linformer"])
+def test_rows_that_end_early_leave_the_batch_and_the_others_sample_as_if_alone(attention):
+    model = tiny(attention)
+    stopping = Stopping(40, eos_id=5)
+    seeds = [0, 1, 2, 3, 4, 5]
+    prompts = [PROMPTS[i % 3] for i in range(6)]
+    batched = sample(model, prompts, build_processors(1.0), stopping, seeds, pad_id=0)
+    assert len({len(row) for row in batched}) > 2  # the rows end at different steps
+    for prompt, seed, got in zip(prompts, seeds, batched, strict=True):
+        assert sample(model, [prompt], build_processors(1.0), stopping, [seed], pad_id=0) == [got]

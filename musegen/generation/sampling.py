@@ -174,7 +174,13 @@ def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device):
 
 
 class _Runner:
-    """Owns the cache; ``prefill`` once, then ``step`` one token per row (or re-run all)."""
+    """Owns the cache; ``prefill`` once, then ``step`` one token per row (or re-run all).
+
+    Rows that have finished (``done``) leave the cache, for kinds that can select rows: the
+    batch then costs what its live rows cost, so samples that end early no longer pay for the
+    longest one's steps. They get zero logits, which nobody draws from (a re-prefill, which
+    unbounded kinds need past ``max_seq_len``, brings every row back).
+    """
 
     def __init__(self, model: torch.nn.Module, pad_id: int, use_cache: bool):
         self.model, self.pad_id, self.use_cache = model, pad_id, use_cache
@@ -186,12 +192,14 @@ class _Runner:
         self.limit = config.max_seq_len if unbounded else None
         self.cache = None
         self.rows: list[list[int]] = []
+        self.live: list[int] = []  # the rows in the cache, in its order
 
     def prefill(self, rows: list[list[int]]) -> torch.Tensor:
         if self.limit:  # keep the newest tokens; leave room to grow before the next slide
             keep = max(1, self.limit // 2) if any(len(r) >= self.limit for r in rows) else None
             rows = [r[-keep:] if keep else r for r in rows]
         self.rows = [list(r) for r in rows]
+        self.live = list(range(len(rows)))
         if not self.use_cache:
             ids, mask = _left_pad(self.rows, self.pad_id, self.device)
             return self.model(ids, padding_mask=mask)[:, -1].float()
@@ -211,13 +219,23 @@ class _Runner:
         self.cache.select_rows(index)
         return logits.index_select(0, index)
 
-    def step(self, tokens: list[int]) -> torch.Tensor:
+    def step(self, tokens: list[int], done: Sequence[bool] | None = None) -> torch.Tensor:
         for row, t in zip(self.rows, tokens, strict=True):
             row.append(t)
         if not self.use_cache or (self.limit and max(map(len, self.rows)) > self.limit):
             return self.prefill(self.rows)
-        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
-        return self.model(ids, cache=self.cache)[:, -1].float()
+        if done is not None and self.cache.ROW_FIELDS is not None:
+            keep = [k for k, i in enumerate(self.live) if not done[i]]
+            if len(keep) < len(self.live):
+                self.cache.select_rows(torch.tensor(keep, device=self.device))
+                self.live = [self.live[k] for k in keep]
+        ids = torch.tensor([tokens[i] for i in self.live], device=self.device)[:, None]
+        logits = self.model(ids, cache=self.cache)[:, -1].float()
+        if len(self.live) == len(self.rows):
+            return logits
+        out = logits.new_zeros(len(self.rows), logits.shape[-1])
+        out[self.live] = logits
+        return out
 
 
 @torch.inference_mode()
@@ -288,7 +306,7 @@ def iter_sample(
         step += 1
         yield Progress(new, list(done), states, step, hit_budget=budget)
         if not all(done):
-            logits = runner.step(tokens)
+            logits = runner.step(tokens, done)
 
 
 def sample(
