@@ -2,9 +2,10 @@
 
 A processor is ``f(logits[B, V], ctx) -> logits``; :func:`build_processors` chains the usual
 ones (repetition penalty → grammar mask → temperature → top-k → top-p). :func:`iter_sample`
-prefills the left-padded prompts once, then feeds one token per sequence per step and yields
-after each step (the pipeline streams from it); :func:`sample` runs it to the end. Each row has
-its own ``torch.Generator``, so a sample depends only on its seed and settings.
+prefills the left-padded prompts once (identical prompts, e.g. one prompt's samples, once for
+all), then feeds one token per unfinished sequence per step and yields after each step (the
+pipeline streams from it); :func:`sample` runs it to the end. Each row has its own
+``torch.Generator``, so a sample depends only on its seed and settings.
 """
 
 from __future__ import annotations
