@@ -179,7 +179,6 @@ class Composer:
     ) -> Iterator[Progress]:
         """Generate ``settings.num_samples`` continuations, yielding previews, then the files
         (each the best of ``candidates``: :meth:`~musegen.pipeline.Pipeline.continue_midi`)."""
-        check_candidates(candidates)
         checked = self.checked(settings)
         yield from self._session(key, prompt, checked, name, candidates=candidates)
 
@@ -255,7 +254,6 @@ class Composer:
 
         ``prompt`` is MIDI bytes or a Score; None starts from nothing.
         """
-        check_candidates(candidates)
         checked = self.checked(settings)
         *_, last = self._session(key, prompt, checked, name, streaming=False, candidates=candidates)
         return last.variations or []

@@ -48,7 +48,8 @@ class KVCache:
     """Common bookkeeping: batch size, tokens seen, left padding per row."""
 
     # The per-row (batch-first) tensors and lists of tensors that select_rows re-indexes;
-    # None for a kind that does not support it (its rows are then prefilled one each).
+    # None for a kind that does not support it (every row of a batch is then prefilled, and
+    # finished rows stay in the batch).
     ROW_FIELDS: tuple[str, ...] | None = None
 
     def __init__(self, n_layers: int, batch_size: int, device=None, dtype=None) -> None:
