@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from musegen.eval_pieces import from_prepared, pieces
-from musegen.evaluate_groups import check_targets, score_piece, summarize
+from musegen.evaluate_groups import check_targets, new_bars, score_piece, summarize
 from musegen.generation.seam import CONTINUATION_WEIGHTS, continuation_terms
 from musegen.pipeline import Pipeline
 
@@ -41,18 +41,17 @@ def draw(pipeline: Pipeline, data: Path, split: str, n: int, k: int) -> dict[str
         out[source.name] = []
         for i, piece in enumerate(pieces(source, n, 8, 4)):
             drawn = pipeline.continue_midi(piece.prompt, k, bars=4, seed=i * k)
-            rows = []
-            for r in drawn:
-                new = r.continuation.resample(piece.prompt.tpq, min_dur=1)
-                rows.append(
+            out[source.name].append(
+                [
                     {
                         "terms": continuation_terms(
                             r.score, r.prompt_end_tick, r.continuation, r.bars
                         ),
-                        "row": score_piece(piece, new.clip(0, 4 * piece.bar, clip_end=False), 4),
+                        "row": score_piece(piece, new_bars(piece, r, 4), 4),
                     }
-                )
-            out[source.name].append(rows)
+                    for r in drawn
+                ]
+            )
         print(f"{source.name}: {len(out[source.name])} pieces", file=sys.stderr, flush=True)
     return out
 

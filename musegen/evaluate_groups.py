@@ -73,6 +73,12 @@ class GroupEvalSettings:
 
 
 # --- one piece -------------------------------------------------------------------------------
+def new_bars(piece: Piece, result, bars: int):
+    """A result's new part in the piece's ticks, cut to ``bars`` bars: what is scored."""
+    new = result.continuation.resample(piece.prompt.tpq, min_dur=1)
+    return new.clip(0, bars * piece.bar, clip_end=False)
+
+
 def _continue(pipeline, piece: Piece, prompt_bars: int, bars: int, seed: int, s) -> dict:
     """Generate ``bars`` new bars after ``piece.prompt``; the new bars in the piece's ticks.
 
@@ -82,10 +88,9 @@ def _continue(pipeline, piece: Piece, prompt_bars: int, bars: int, seed: int, s)
     result = pipeline.continue_midi(
         piece.prompt, 1, bars=bars, seed=seed, temperature=s.temperature, top_p=s.top_p, **chosen
     )[0]
-    new = result.continuation.resample(piece.prompt.tpq, min_dur=1)
     start = result.prompt_end_tick * piece.prompt.tpq / result.score.tpq
     return {
-        "new": new.clip(0, bars * piece.bar, clip_end=False),
+        "new": new_bars(piece, result, bars),
         "seconds": result.seconds,
         "tokens": result.new_tokens,
         "finished": result.finished,

@@ -50,6 +50,9 @@ DEFAULT_CANDIDATES = 4  # infilling: spans drawn per sample, the one fitting its
 # Continuations drawn per sample, the one fitting the prompt's last bars kept (1: the plain
 # sample). 1 by default: each candidate costs decoding time (the model card measures both).
 DEFAULT_CONTINUATION_CANDIDATES = 1
+# What each kind of candidate is judged against, in words (the CLI's help, the page's info).
+SPAN_FIT = "the bars on both sides in key and note density"
+CONTINUATION_FIT = "the prompt's last bars in key and in each track's density and groove"
 MAX_CANDIDATES = seam.MAX_CANDIDATES
 check_candidates = seam.check_candidates  # for front ends, which stop at this module
 
@@ -493,10 +496,11 @@ class Pipeline:
                 window.append(cut)
                 starts.append(start.copy())
                 seeds.append(int(settings.seed) + k)
-        request = _Request(full, window, starts, seeds, settings, grammar, budget, started)
-        if candidates > 1:
-            request.candidates, request.judge = candidates, _continuation_judge
-        return request
+        judge = _continuation_judge if candidates > 1 else None
+        return _Request(
+            full, window, starts, seeds, settings, grammar, budget, started,
+            candidates=candidates, judge=judge,
+        )  # fmt: skip
 
     def _processors(self, request: _Request) -> list:
         s, grammar = request.settings, request.grammar

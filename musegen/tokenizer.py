@@ -215,6 +215,16 @@ def bar_ticks(score: symusic.Score, count: int) -> list[tuple[int, int, int]]:
     return out
 
 
+def bars_until(score: symusic.Score, tick: int) -> list[tuple[int, int, int]]:
+    """:func:`bar_ticks` of every bar that starts before ``tick``, then of the next one."""
+    count = 16
+    while True:
+        bars = bar_ticks(score, count)
+        if bars[-1][0] >= tick:
+            return bars[: sum(1 for b in bars if b[0] < tick) + 1]
+        count *= 2
+
+
 def special_id(tokenizer: miditok.MusicTokenizer, token: str) -> int:
     return int(tokenizer.vocab[token])
 

@@ -170,8 +170,10 @@ def test_only_the_last_bars_of_the_prompt_judge_a_continuation():
 
 def test_each_continuation_is_the_best_of_its_own_draws(pipe):  # noqa: F811
     score = make_score(bars=6, tracks=BAND, seed=5)
-    drawn = pipe.continue_midi(score, num_samples=6, bars=2, seed=30)
-    assert DEFAULT_CONTINUATION_CANDIDATES == 1  # the plain sample unless asked
+    drawn = pipe.continue_midi(score, num_samples=6, bars=2, seed=30, candidates=1)
+    assert [r.seed for r in drawn] == list(range(30, 36))
+    default = pipe.continue_midi(score, bars=2, seed=30)[0]  # DEFAULT_CONTINUATION_CANDIDATES
+    assert 30 <= default.seed < 30 + DEFAULT_CONTINUATION_CANDIDATES
     judged = [continuation_distance(r.score, r.prompt_end_tick, r.continuation, r.bars)
               for r in drawn]  # fmt: skip
     want = [drawn[i] for i in best_of(judged, 3)]

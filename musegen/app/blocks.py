@@ -28,17 +28,15 @@ from musegen.app.session import (
 )
 from musegen.generation.settings import SETTINGS, Setting
 from musegen.pipeline import (
+    CONTINUATION_FIT,
     DEFAULT_CANDIDATES,
     DEFAULT_CONTINUATION_CANDIDATES,
     INFILL_FIXED_SETTINGS,
     MAX_CANDIDATES,
+    SPAN_FIT,
     Pipeline,
 )
 
-CONTINUATION_CANDIDATES_INFO = (
-    "draw this many continuations and keep the one closest to the prompt's last bars in key "
-    "and in each track's density and groove"
-)
 # Every theme in Gradio 6 ships its fonts locally; Soft draws nothing from a CDN.
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="amber")
 CSS = """
@@ -111,8 +109,7 @@ def _edit_group() -> dict[str, gr.components.Component]:
             value=DEFAULT_CANDIDATES,
             step=1,
             label="Candidates per variation",
-            info="draw this many and keep the one closest in key and density to the bars "
-            "around it (slower by as much)",
+            info=f"draw this many spans and keep the one closest to {SPAN_FIT} (slower by as much)",
             elem_id="infill-candidates",
         )
         with gr.Row():
@@ -198,7 +195,8 @@ def _controls_column() -> dict[str, gr.components.Component]:
                 value=DEFAULT_CONTINUATION_CANDIDATES,
                 step=1,
                 label="Candidates per variation",
-                info=CONTINUATION_CANDIDATES_INFO + " (slower by about as much)",
+                info=f"draw this many continuations and keep the one closest to "
+                f"{CONTINUATION_FIT} (slower by about as much)",
                 elem_id="candidates",
             )
             for setting in (s for s in SETTINGS if s.spec.advanced):
@@ -263,7 +261,8 @@ def _api_block(handlers: Handlers) -> None:
         candidates = gr.Number(
             DEFAULT_CONTINUATION_CANDIDATES,
             label="candidates",
-            info=f"{CONTINUATION_CANDIDATES_INFO} (1-{MAX_CANDIDATES})",
+            info=f"continuations drawn per variation, the one closest to {CONTINUATION_FIT} "
+            f"kept (1-{MAX_CANDIDATES})",
             precision=0,
         )
         out_midi = gr.File(label="MIDI (prompt + continuation)")
@@ -297,8 +296,8 @@ def _infill_api(handlers: Handlers) -> None:
         candidates = gr.Number(
             DEFAULT_CANDIDATES,
             label="candidates",
-            info=f"spans drawn per version, the one closest in key and density to the bars "
-            f"around it kept (1-{MAX_CANDIDATES})",
+            info=f"spans drawn per version, the one closest to {SPAN_FIT} kept "
+            f"(1-{MAX_CANDIDATES})",
             precision=0,
         )
         values = {

@@ -17,6 +17,7 @@ from musegen.errors import MusegenError
 from musegen.files import append_jsonl, atomic_path, read_jsonl, write_atomic
 from musegen.generation.settings import add_arguments, from_args
 from musegen.pipeline import (
+    CONTINUATION_FIT,
     DEFAULT_CONTINUATION_CANDIDATES,
     GenerationResult,
     GenerationSettings,
@@ -61,11 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", type=Path, help="a MIDI file, or a folder searched recursively")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     add_arguments(p)  # one flag per generation setting, from the settings table
-    add_candidates_argument(
-        p,
-        DEFAULT_CONTINUATION_CANDIDATES,
-        "the prompt's last bars in key and in each track's density and groove",
-    )
+    add_candidates_argument(p, DEFAULT_CONTINUATION_CANDIDATES, CONTINUATION_FIT)
     p.add_argument("--batch-size", type=int, default=8, help="sequences sampled at once")
     p.add_argument("--continuation-only", action="store_true", help="write only the new part")
     p.add_argument("--audio", action="store_true", help="also write a .wav of each output")

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from musegen.cli.generate import _Run, find_prompts, stem_of
 from musegen.errors import MusegenError
 from musegen.generation.settings import NAMES, GenerationSettings, add_arguments
-from musegen.pipeline import DEFAULT_CANDIDATES, INFILL_FIXED_SETTINGS, Pipeline
+from musegen.pipeline import DEFAULT_CANDIDATES, INFILL_FIXED_SETTINGS, SPAN_FIT, Pipeline
 
 EPILOG = """\
 examples:
@@ -109,7 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="P",
         help="add a track of GM program P (or drums) over the bars; repeatable",
     )
-    add_candidates_argument(p, DEFAULT_CANDIDATES, "the bars on both sides in key and note density")
+    add_candidates_argument(p, DEFAULT_CANDIDATES, SPAN_FIT)
     p.add_argument("--continuation-only", action="store_true", help="write only the new bars")
     p.add_argument("--audio", action="store_true", help="also write a .wav of each output")
     p.add_argument("--pianoroll", action="store_true", help="also write a .png piano roll")

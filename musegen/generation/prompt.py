@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import symusic
 
 from musegen.errors import MusegenError
-from musegen.tokenizer import bar_ticks, instrument_name, track_program
+from musegen.tokenizer import bars_until, instrument_name, track_program
 
 _RANGE = re.compile(r"^\s*(\d*)\s*(-?)\s*(\d*)\s*$")
 
@@ -98,14 +98,7 @@ def track_items(text: str) -> list[int | str] | None:
 
 def bar_starts(score: symusic.Score) -> list[int]:
     """The start tick of every bar of ``score`` that has music, plus the end of the last one."""
-    end = max(1, int(score.end()))
-    count = 16
-    while True:
-        ticks = [tick for tick, _, _ in bar_ticks(score, count)]
-        if ticks[-1] >= end:
-            inside = [t for t in ticks if t < end]
-            return [*inside, ticks[len(inside)]]
-        count *= 2
+    return [tick for tick, _, _ in bars_until(score, max(1, int(score.end())))]
 
 
 @dataclass

@@ -32,7 +32,7 @@ import symusic
 from musegen import metrics
 from musegen.errors import MusegenError
 from musegen.metrics import histogram_distance
-from musegen.tokenizer import bar_ticks, track_program
+from musegen.tokenizer import bar_ticks, bars_until, track_program
 
 NEIGHBOUR_BARS = 4  # bars on each side of the span that judge a candidate
 DENSITY_FLOOR = 0.5  # notes per bar added to both sides of the density ratio (empty bars)
@@ -52,6 +52,17 @@ def check_candidates(candidates: int) -> None:
         raise MusegenError(
             f"candidates={candidates}: give 1 to {MAX_CANDIDATES} candidates drawn per sample"
         )
+
+
+def _key_distance(hist: np.ndarray, reference: np.ndarray) -> float:
+    """A candidate's normalised pitch-class histogram against the reference's: half the L1
+    distance, or 1 for a candidate without pitched notes (all zeros: as far as can be)."""
+    return histogram_distance(hist, reference) if hist.any() else 1.0
+
+
+def _density_error(rate: float, reference: float) -> float:
+    """``|log ratio|`` of two note rates per bar, each with :data:`DENSITY_FLOOR` added."""
+    return float(abs(np.log((rate + DENSITY_FLOOR) / (reference + DENSITY_FLOOR))))
 
 
 def _notes(
@@ -111,11 +122,9 @@ class SeamJudge:
         hist, count = _notes(span, self.targets, 0, span.end() + 1)
         out = 0.0
         if self.pitch_classes is not None:
-            total = hist.sum()  # a span without pitched notes is as far as can be
-            out += histogram_distance(hist / total, self.pitch_classes) if total else 1.0
+            out += _key_distance(hist / max(hist.sum(), 1), self.pitch_classes)
         if self.notes_per_bar is not None:
-            rate = count / self.span_bars
-            out += abs(np.log((rate + DENSITY_FLOOR) / (self.notes_per_bar + DENSITY_FLOOR)))
+            out += _density_error(count / self.span_bars, self.notes_per_bar)
         return out
 
 
@@ -140,7 +149,7 @@ def continuation_terms(
     distance; density: the mean over the prompt's tracks of the error ``|log ratio|`` of notes
     per bar; groove: one minus the onset similarity (:func:`musegen.metrics.onset_similarity`).
     All 0 when the prompt has no notes there (nothing to judge by)."""
-    bars_before = [b for b in bar_ticks(score, 4 * split // max(1, score.tpq) + 2) if b[0] < split]
+    bars_before = bars_until(score, split)[:-1]
     tail_bars = min(neighbours, len(bars_before))
     if not tail_bars:
         return 0.0, 0.0, 0.0
@@ -151,18 +160,15 @@ def continuation_terms(
     before, after = metrics.notes_by_track(tail), metrics.notes_by_track(new)
     if not before:
         return 0.0, 0.0, 0.0
-    key = 0.0
-    hist_tail, hist_new = metrics.pitch_class_histogram(tail), metrics.pitch_class_histogram(new)
-    if hist_tail.any():  # a continuation without pitched notes is as far as can be
-        key = histogram_distance(hist_new, hist_tail) if hist_new.any() else 1.0
+    hist_tail = metrics.pitch_class_histogram(tail)
+    key = _key_distance(metrics.pitch_class_histogram(new), hist_tail) if hist_tail.any() else 0.0
     bars = max(1, bars)
     density = np.mean(
         [
-            abs(np.log((len(after.get(track, ())) / bars + DENSITY_FLOOR)
-                       / (len(notes) / tail_bars + DENSITY_FLOOR)))
+            _density_error(len(after.get(track, ())) / bars, len(notes) / tail_bars)
             for track, notes in before.items()
         ]
-    )  # fmt: skip
+    )
     similarity = metrics.onset_similarity(tail, new, bar, max(tail_bars, bars))
     return key, float(density), 1.0 - similarity if similarity is not None else 0.0
 
