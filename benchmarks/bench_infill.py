@@ -56,11 +56,13 @@ from musegen.data.infill import (
     suffix_budget,
 )
 from musegen.generation.seam import SeamJudge, best_of
+from musegen.generation.settings import BY_NAME
 from musegen.model.attention import reach_of
 from musegen.pipeline import Pipeline
 from musegen.tokenizer import decode
 
 SPAN = (9, 12)  # 1-based, inclusive
+GUIDANCE = ("key_guidance", "groove_guidance")  # the settings measured with their defaults
 
 
 def target_logits(model, prompt: np.ndarray, target: np.ndarray) -> torch.Tensor:
@@ -292,6 +294,15 @@ def main() -> None:
         help="also the seam statistics of the best of K infills per sample, chosen as "
         "Pipeline.infill(candidates=K) does (the K draws are scored as plain samples too)",
     )
+    for name in ("key", "groove"):
+        ap.add_argument(
+            f"--{name}-guidance",
+            type=float,
+            default=None,
+            metavar="S",
+            help=f"{name} guidance of the sampled infills and continuations (default: the "
+            "generation settings' default)",
+        )
     ap.add_argument(
         "--training-layout",
         type=int,
@@ -373,14 +384,16 @@ def main() -> None:
                 real = real_bars(score, *SPAN)
                 seed, n = taken * args.samples, args.samples
                 k = args.candidates
+                guide = {name: getattr(args, name) for name in GUIDANCE}
+                guide = {name: value for name, value in guide.items() if value is not None}
                 # The draws Pipeline.infill(candidates=k) makes (seeds seed + j*k + i), each
                 # kept as a plain sample too, and the best of each k as it chooses them.
                 drawn = pipe.infill(
-                    score, bars=SPAN, seed=seed * k, num_samples=n * k, candidates=1
+                    score, bars=SPAN, seed=seed * k, num_samples=n * k, candidates=1, **guide
                 )
                 prompt8 = score.clip(0, int(drawn[0].prompt_end_tick), clip_end=False)
                 conts = pipe.continue_midi(
-                    prompt8, bars=SPAN[1] - SPAN[0] + 1, seed=seed * k, num_samples=n * k
+                    prompt8, bars=SPAN[1] - SPAN[0] + 1, seed=seed * k, num_samples=n * k, **guide
                 )
                 plain = [c.continuation for c in conts[::k]]  # one left-only sample per j
                 row["infill"] = seam([f.continuation for f in drawn], real)
@@ -408,6 +421,9 @@ def main() -> None:
             taken += 1
             print(line, flush=True)
     summary = summarize(rows, args.split, right, budgets)
+    for name in GUIDANCE:
+        value = getattr(args, name)
+        summary[name] = BY_NAME[name].default if value is None else value
     if args.training_layout:
         summary["training_layout"] = training_layout(pipe, dataset, args.training_layout)
         summary["training_layout_no_left"] = training_layout(

@@ -79,7 +79,11 @@ def _long_row(name: str, model: dict) -> str:
 def _candidates(st: dict) -> str:
     """The title's note on the choice among candidates (absent: the pipeline's default)."""
     k = st.get("candidates")
-    return "" if k is None else f", best of {k} candidates" if k > 1 else ", 1 candidate"
+    note = "" if k is None else f", best of {k} candidates" if k > 1 else ", 1 candidate"
+    for name in ("key", "groove"):
+        g = st.get(f"{name}_guidance")
+        note += "" if g is None else f", {name} guidance {g}"
+    return note
 
 
 def to_markdown(report: dict) -> str:

@@ -25,6 +25,7 @@ from musegen.generation import infill as fill
 from musegen.generation import seam
 from musegen.generation.coverage import coverage_warning
 from musegen.generation.grammar import Controls, Grammar, GrammarState
+from musegen.generation.guidance import guidance_for
 from musegen.generation.prompt import select_prompt
 from musegen.generation.rules import grammar_for
 from musegen.generation.sampling import (
@@ -510,6 +511,7 @@ class Pipeline:
             s.top_p,
             s.repetition_penalty,
             grammar if s.constrained else None,
+            guidance_for(s, grammar),
         )
         if not s.constrained:  # still honour the instrument choice, and never emit specials
             chain.insert(0, AllowedTokens(grammar.unconstrained_mask()))

@@ -104,6 +104,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continuations drawn per piece, the one fitting the prompt's last bars kept "
         "(default: the pipeline's, as the app and the CLI use it)",
     )
+    for name in ("key", "groove"):
+        p.add_argument(
+            f"--{name}-guidance",
+            type=float,
+            default=None,
+            metavar="S",
+            help=f"{name} guidance strength (see `musegen generate --help`; default: the "
+            "generation settings' default)",
+        )
     p.add_argument(
         "--speed-group",
         action="append",
@@ -156,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
         candidates=args.candidates,
+        key_guidance=args.key_guidance,
+        groove_guidance=args.groove_guidance,
         device=args.device,
         progress=not args.quiet,
         speed_groups=args.speed_group,

@@ -1,10 +1,10 @@
 """Batched autoregressive sampling over the KV cache, shaped by small logits processors.
 
 A processor is ``f(logits[B, V], ctx) -> logits``; :func:`build_processors` chains the usual
-ones (repetition penalty → grammar mask → temperature → top-k → top-p). :func:`iter_sample`
-prefills the left-padded prompts once (identical prompts, e.g. one prompt's samples, once for
-all), then feeds one token per unfinished sequence per step and yields after each step (the
-pipeline streams from it); :func:`sample` runs it to the end. Each row has its own
+ones (repetition penalty → grammar mask → guidance → temperature → top-k → top-p).
+:func:`iter_sample` prefills the left-padded prompts once (identical prompts, e.g. one prompt's
+samples, once for all), then feeds one token per unfinished sequence per step and yields after
+each step (the pipeline streams from it); :func:`sample` runs it to the end. Each row has its own
 ``torch.Generator``, so a sample depends only on its seed and settings.
 """
 
@@ -108,13 +108,18 @@ def build_processors(
     top_p: float = 1.0,
     repetition_penalty: float = 1.0,
     grammar: Grammar | None = None,
+    guidance: Sequence[Processor] = (),
 ) -> list[Processor]:
-    """The standard chain; identity settings (top_k=0, top_p=1, penalty=1) add nothing."""
+    """The standard chain; identity settings (top_k=0, top_p=1, penalty=1) add nothing.
+
+    ``guidance`` (:mod:`~musegen.generation.guidance`) comes after the grammar mask, so it
+    reweights only the tokens the grammar allows, and before temperature and the nucleus."""
     chain: list[Processor] = []
     if repetition_penalty != 1.0:
         chain.append(RepetitionPenalty(repetition_penalty))
     if grammar is not None:
         chain.append(GrammarMask(grammar))
+    chain.extend(guidance)
     if temperature != 1.0:
         chain.append(Temperature(temperature))
     if top_k > 0:

@@ -131,6 +131,18 @@ class GenerationSettings:
         "", "continue from these tracks of the prompt only: indices from 0 and/or drums, "
         "comma-separated (empty: every track)", "Prompt tracks", metavar="I,I,…|drums",
     )  # fmt: skip
+    key_guidance: float = setting(
+        1.0, "keep each track's balance of pitch classes what it was in the prompt's last 8 "
+        "bars: a pitch class the track played more than there gets less likely, one it played "
+        "less more likely; the chance of writing a note is unchanged (0: off)", "Stay in key",
+        low=0, high=4, page=(0.0, 3.0, 0.1), advanced=True,
+    )  # fmt: skip
+    groove_guidance: float = setting(
+        0.0, "lean each new onset toward the positions in the bar where the prompt's last 4 "
+        "bars have onsets; the chance of ending the bar is unchanged (0: off; on, it thinned "
+        "the default model's drum parts)", "Keep the groove",
+        low=0, high=4, page=(0.0, 3.0, 0.1), advanced=True,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         self.validate()

@@ -1,0 +1,229 @@
+"""Prompt guidance: new notes keep the prompt's balance of pitch classes (key guidance) and
+its onset positions (groove guidance), and nothing else moves."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_score
+
+from musegen import metrics
+from musegen.errors import MusegenError
+from musegen.generation.grammar import Grammar
+from musegen.generation.guidance import GROOVE_BARS, KEY_BARS, GrooveGuidance, KeyGuidance
+from musegen.generation.sampling import StepContext
+from musegen.generation.settings import GenerationSettings
+from musegen.tokenizer import build_tokenizer
+
+C_MAJOR = (0, 2, 4, 5, 7, 9, 11)
+
+
+@pytest.fixture(scope="module")
+def grammar() -> Grammar:
+    return Grammar(build_tokenizer())
+
+
+def _ids(grammar: Grammar, *names: str) -> list[int]:
+    return [grammar.tokenizer.vocab[n] for n in names]
+
+
+def _bars(
+    grammar: Grammar, pitch_classes: tuple[int, ...], bars: int, program: int = 0
+) -> list[int]:
+    """``bars`` bars of notes on ``program``, one per pitch class given, in octave 4."""
+    out = []
+    for _ in range(bars):
+        out += _ids(grammar, "Bar_None") + _notes(
+            grammar, [60 + pc for pc in pitch_classes], program
+        )
+    return out
+
+
+def _notes(grammar: Grammar, pitches: list[int], program: int = 0) -> list[int]:
+    """Notes in the current bar, without a bar line."""
+    out = []
+    for p in pitches:
+        out += _ids(grammar, "Position_0", f"Program_{program}", f"Pitch_{p}")
+        out += _ids(grammar, "Velocity_63", "Duration_1.0.8")
+    return out
+
+
+def _pitch_ids(grammar: Grammar, kind: str = "Pitch") -> torch.Tensor:
+    return torch.tensor(grammar.by_type[kind])
+
+
+def _by_class(grammar: Grammar, probs: torch.Tensor) -> torch.Tensor:
+    """``probs[V]`` summed per pitch class of the pitch tokens."""
+    out = torch.zeros(12)
+    for i in grammar.by_type["Pitch"]:
+        out[int(grammar.values[i]) % 12] += probs[i]
+    return out
+
+
+def test_overplayed_pitch_classes_lose_and_underplayed_gain_nothing_else_moves(grammar):
+    torch.manual_seed(0)
+    logits = torch.randn(1, grammar.vocab_size)
+    prompt = _bars(grammar, C_MAJOR, 4)
+    guide = KeyGuidance(grammar, 1.0)
+    ctx = StepContext(tokens=[list(prompt)], seen=torch.zeros(logits.shape, dtype=torch.bool))
+    assert torch.allclose(guide(logits, ctx), logits)  # nothing written yet: nothing to steer
+    ctx.tokens[0] += _notes(grammar, [60] * 8 + [61])  # C overplayed, one C# the prompt lacks
+    out = guide(logits, ctx)
+    other = torch.ones(grammar.vocab_size, dtype=torch.bool)
+    other[_pitch_ids(grammar)] = False
+    assert torch.equal(out[0, other], logits[0, other])  # drums, timing, programs untouched
+    before, after = logits.softmax(-1)[0], out.softmax(-1)[0]
+    pitch = _pitch_ids(grammar)
+    assert after[pitch].sum() == pytest.approx(before[pitch].sum().item(), rel=1e-5)
+    gain = _by_class(grammar, after) / _by_class(grammar, before)
+    assert gain[0] < 1 and gain[1] < 1  # C and C#: more than the prompt's share already
+    assert all(gain[pc] > 1 for pc in C_MAJOR[1:])  # D … B: fewer
+    assert gain[6] == pytest.approx(gain[3], rel=1e-4)  # unheard and unwritten: left alone
+
+
+def test_stronger_guidance_leans_further_and_no_pitched_prompt_means_none(grammar):
+    torch.manual_seed(1)
+    logits = torch.randn(2, grammar.vocab_size)
+    c = grammar.tokenizer.vocab["Pitch_60"]
+    prompts = [_bars(grammar, C_MAJOR, 2), _ids(grammar, "BOS_None")]
+    probs = {}
+    for strength in (0.5, 2.0):
+        guide = KeyGuidance(grammar, strength)
+        ctx = StepContext(tokens=[list(p) for p in prompts], seen=torch.zeros(logits.shape).bool())
+        guide(logits, ctx)
+        for row in ctx.tokens:
+            row += _notes(grammar, [60] * 6)
+        probs[strength] = guide(logits, ctx).softmax(-1)
+    assert probs[2.0][0, c] < probs[0.5][0, c] < logits.softmax(-1)[0, c]
+    assert torch.allclose(probs[2.0][1], logits.softmax(-1)[1], atol=1e-6)
+
+
+def test_the_target_is_the_prompts_latest_bars_and_the_written_notes_slide(grammar):
+    f_sharp = (6, 8, 10, 11, 1, 3, 5)
+    prompt = _bars(grammar, C_MAJOR, 6) + _bars(grammar, f_sharp, KEY_BARS)
+    guide = KeyGuidance(grammar, 1.0)
+    tokens = [list(prompt)]
+    assert not guide.weights(tokens).any()  # nothing written: nothing to steer
+    tokens[0] += _bars(grammar, (0,), 1)  # a new bar of C only: C is not in the latest bars
+    weights = guide.weights(tokens)[0]
+    assert weights[0] < 0 and (weights[list(f_sharp)] > 0).all()
+    tokens[0] += _bars(grammar, f_sharp, KEY_BARS)  # the C bar has slid out of the window
+    assert guide.weights(tokens).abs().max() < 1e-6
+
+
+def test_each_track_keeps_its_own_balance(grammar):
+    """The bass held to its roots and fifths, the piano to its scale; a track the prompt
+    barely plays (the guitar) to the shares of all tracks."""
+    prompt = []
+    for _ in range(4):
+        prompt += _ids(grammar, "Bar_None") + _notes(grammar, [36, 43], program=33)  # C, G
+        prompt += _notes(grammar, [60 + pc for pc in C_MAJOR])
+    guide = KeyGuidance(grammar, 1.0)
+    tokens = [prompt]
+    guide.weights(tokens)  # the first call reads the prompt
+    tokens[0] += _ids(grammar, "Bar_None") + _notes(grammar, [40] * 4, program=33)  # E
+    bass = guide.weights(tokens)[0]
+    assert bass[4] < 0 < min(bass[0], bass[7])  # E is not the bass's; C and G are
+    tokens[0] += _ids(grammar, "Position_8", "Program_0")
+    assert not guide.weights(tokens).any()  # the piano has written nothing yet
+    tokens[0] += _notes(grammar, [61, 61], program=29)  # C# on a guitar the prompt lacks
+    guitar = guide.weights(tokens)[0]
+    assert guitar[1] < 0 and (guitar[list(C_MAJOR)] > 0).all()
+    assert guitar[4] > 0  # E counts as the prompt's: it is in the piano's part
+
+
+def test_masked_rows_and_drums_stay_as_they_are(grammar):
+    logits = torch.full((1, grammar.vocab_size), -torch.inf)
+    drums = _pitch_ids(grammar, "PitchDrum")
+    logits[0, drums] = torch.randn(len(drums))
+    guide = KeyGuidance(grammar, 3.0)
+    ctx = StepContext(tokens=[_bars(grammar, C_MAJOR, 2)], seen=torch.zeros(logits.shape).bool())
+    guide(logits, ctx)
+    ctx.tokens[0] += _notes(grammar, [61] * 4)
+    assert torch.equal(guide(logits, ctx), logits)
+
+
+def _onsets(grammar: Grammar, positions: tuple[int, ...], bars: int) -> list[int]:
+    """``bars`` bars of drum hits at ``positions`` (units of the bar)."""
+    out = []
+    for _ in range(bars):
+        out += _ids(grammar, "Bar_None")
+        for p in positions:
+            out += _ids(grammar, f"Position_{p}", "Program_-1", "PitchDrum_36")
+            out += _ids(grammar, "Velocity_63", "Duration_0.1.8")
+    return out
+
+
+def test_onsets_lean_to_the_prompts_positions_and_the_bar_goes_on_as_before(grammar):
+    torch.manual_seed(2)
+    logits = torch.randn(2, grammar.vocab_size)
+    quarters = (0, 8, 16, 24)
+    prompts = [_onsets(grammar, quarters, 3), _ids(grammar, "BOS_None")]
+    ctx = StepContext(tokens=prompts, seen=torch.zeros(logits.shape, dtype=torch.bool))
+    out = GrooveGuidance(grammar, 1.0)(logits, ctx)
+    positions = torch.tensor(grammar.by_type["Position"])
+    other = torch.ones(grammar.vocab_size, dtype=torch.bool)
+    other[positions] = False
+    assert torch.equal(out[:, other], logits[:, other])  # the bar line, notes: untouched
+    before, after = logits.softmax(-1), out.softmax(-1)
+    assert after[0, positions].sum() == pytest.approx(before[0, positions].sum().item(), rel=1e-5)
+    gain = after[0] / before[0]
+    on_grid = [grammar.tokenizer.vocab[f"Position_{p}"] for p in quarters]
+    off_grid = [grammar.tokenizer.vocab[f"Position_{p}"] for p in (2, 4, 12, 31)]
+    assert gain[on_grid].min() > 1 > gain[off_grid].max()
+    assert torch.allclose(after[1], before[1], atol=1e-6)  # no onsets in the prompt: no prior
+
+
+def test_only_the_latest_bars_set_the_groove(grammar):
+    prompt = _onsets(grammar, (4, 12), 5) + _onsets(grammar, (0, 16), GROOVE_BARS)
+    weights = GrooveGuidance(grammar, 1.0).weights([prompt])[0]
+    assert weights[0] == weights[16] == 0
+    assert weights[4] == weights[12] == weights[2] < 0
+
+
+def test_the_pipeline_keeps_the_prompts_grid_with_groove_guidance(tiny_checkpoint):
+    """An untrained model puts onsets anywhere; guidance pulls them onto the prompt's 8ths."""
+    from musegen.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(tiny_checkpoint)
+    prompt = make_score(bars=8)  # piano 8th notes
+    on_grid = {}
+    for strength in (0.0, 3.0):
+        results = pipe.continue_midi(
+            prompt, 8, bars=4, seed=0, groove_guidance=strength, key_guidance=0
+        )
+        new = [r.continuation for r in results]
+        eighths = [n.time % (c.tpq // 2) == 0 for c in new for t in c.tracks for n in t.notes]
+        assert len(eighths) > 40
+        on_grid[strength] = sum(eighths) / len(eighths)
+    assert on_grid[3.0] > on_grid[0.0] + 0.2
+
+
+def test_the_setting_is_checked():
+    assert GenerationSettings(key_guidance=0).key_guidance == 0.0  # off
+    assert GenerationSettings(key_guidance=1.5).key_guidance == 1.5
+    for name in ("key_guidance", "groove_guidance"):
+        for bad in (-0.1, 4.5, "strong", True):
+            with pytest.raises(MusegenError, match=name):
+                GenerationSettings(**{name: bad})
+
+
+def test_the_pipeline_stays_closer_to_the_prompt_key_with_guidance(tiny_checkpoint):
+    """An untrained model writes pitches at random; guidance pulls them into the prompt's key."""
+    from musegen.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(tiny_checkpoint)
+    prompt = make_score(bars=8)  # C major, piano
+    key = frozenset(C_MAJOR)
+    target = metrics.pitch_class_histogram(prompt)
+    distance, rate = {}, {}
+    for strength in (0.0, 1.0, 3.0):
+        results = pipe.continue_midi(
+            prompt, 8, bars=8, seed=0, key_guidance=strength, groove_guidance=0
+        )
+        assert all(r.continuation.note_num() > 10 for r in results)
+        new = [metrics.pitch_class_histogram(r.continuation) for r in results]
+        distance[strength] = sum(metrics.histogram_distance(h, target) for h in new) / 8
+        rate[strength] = sum(metrics.in_key_rate(r.continuation, key) for r in results) / 8
+    assert distance[1.0] < distance[0.0] - 0.05  # closer to the prompt's balance
+    assert rate[0.0] + 0.05 < rate[1.0] < rate[3.0]  # and fewer notes out of its key
