@@ -56,13 +56,17 @@ from musegen.data.infill import (
     suffix_budget,
 )
 from musegen.generation.seam import SeamJudge, best_of
-from musegen.generation.settings import BY_NAME
+from musegen.generation.settings import (
+    BY_NAME,
+    GUIDANCE,
+    add_guidance_overrides,
+    guidance_overrides,
+)
 from musegen.model.attention import reach_of
 from musegen.pipeline import Pipeline
 from musegen.tokenizer import decode
 
 SPAN = (9, 12)  # 1-based, inclusive
-GUIDANCE = ("key_guidance", "groove_guidance")  # the settings measured with their defaults
 
 
 def target_logits(model, prompt: np.ndarray, target: np.ndarray) -> torch.Tensor:
@@ -294,15 +298,7 @@ def main() -> None:
         help="also the seam statistics of the best of K infills per sample, chosen as "
         "Pipeline.infill(candidates=K) does (the K draws are scored as plain samples too)",
     )
-    for name in ("key", "groove"):
-        ap.add_argument(
-            f"--{name}-guidance",
-            type=float,
-            default=None,
-            metavar="S",
-            help=f"{name} guidance of the sampled infills and continuations (default: the "
-            "generation settings' default)",
-        )
+    add_guidance_overrides(ap)  # of the sampled infills and continuations
     ap.add_argument(
         "--training-layout",
         type=int,
@@ -384,8 +380,7 @@ def main() -> None:
                 real = real_bars(score, *SPAN)
                 seed, n = taken * args.samples, args.samples
                 k = args.candidates
-                guide = {name: getattr(args, name) for name in GUIDANCE}
-                guide = {name: value for name, value in guide.items() if value is not None}
+                guide = guidance_overrides(args)
                 # The draws Pipeline.infill(candidates=k) makes (seeds seed + j*k + i), each
                 # kept as a plain sample too, and the best of each k as it chooses them.
                 drawn = pipe.infill(
@@ -421,9 +416,7 @@ def main() -> None:
             taken += 1
             print(line, flush=True)
     summary = summarize(rows, args.split, right, budgets)
-    for name in GUIDANCE:
-        value = getattr(args, name)
-        summary[name] = BY_NAME[name].default if value is None else value
+    summary.update({name: BY_NAME[name].default for name in GUIDANCE}, **guidance_overrides(args))
     if args.training_layout:
         summary["training_layout"] = training_layout(pipe, dataset, args.training_layout)
         summary["training_layout_no_left"] = training_layout(

@@ -80,9 +80,8 @@ def _candidates(st: dict) -> str:
     """The title's note on the choice among candidates (absent: the pipeline's default)."""
     k = st.get("candidates")
     note = "" if k is None else f", best of {k} candidates" if k > 1 else ", 1 candidate"
-    for name in ("key", "groove"):
-        g = st.get(f"{name}_guidance")
-        note += "" if g is None else f", {name} guidance {g}"
+    for name, value in st.get("guidance", {}).items():
+        note += f", {name.replace('_', ' ')} {value}"
     return note
 
 

@@ -67,8 +67,7 @@ class GroupEvalSettings:
     top_p: float = 0.95
     seed: int = 0
     candidates: int | None = None  # continuations drawn per piece (None: the pipeline's default)
-    key_guidance: float | None = None  # None: the generation settings' default
-    groove_guidance: float | None = None  # likewise
+    guidance: dict[str, float] = field(default_factory=dict)  # key/groove; absent: defaults
     device: str = "cpu"
     progress: bool = True
     speed_groups: list[str] = field(default_factory=list)  # default: names with SPEED_GROUP_WORDS
@@ -87,9 +86,7 @@ def _continue(pipeline, piece: Piece, prompt_bars: int, bars: int, seed: int, s)
     ``aligned`` says whether the new bars start where the real next bars do (the prompt's
     ``prompt_bars`` bars end), as they should since the prompt's last bar has notes."""
     chosen = {} if s.candidates is None else {"candidates": s.candidates}
-    for name in ("key_guidance", "groove_guidance"):
-        if getattr(s, name) is not None:
-            chosen[name] = getattr(s, name)
+    chosen.update(s.guidance)
     result = pipeline.continue_midi(
         piece.prompt, 1, bars=bars, seed=seed, temperature=s.temperature, top_p=s.top_p, **chosen
     )[0]

@@ -156,3 +156,8 @@ def test_cli_end_to_end(tmp_path: Path, tiny_checkpoint: Path, capsys):
     assert "best of 2 candidates" in out_md.read_text()
     assert main([*common, "--candidates", "0"]) == 2
     assert "candidates=0" in capsys.readouterr().err
+    # Guidance flags override the settings' defaults; a bad strength is a one-line error.
+    assert main([*common, "--key-guidance", "0", "--markdown", str(out_md)]) == 0
+    assert "key guidance 0.0" in out_md.read_text()
+    assert main([*common, "--groove-guidance", "9"]) == 2
+    assert "groove_guidance must be" in capsys.readouterr().err

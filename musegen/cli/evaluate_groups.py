@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 
 from musegen.cli import HelpFormatter, add_model_arguments
+from musegen.generation.settings import add_guidance_overrides, guidance_overrides
 
 EPILOG = """\
 where the pieces come from (give --data, --group, or both):
@@ -104,15 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continuations drawn per piece, the one fitting the prompt's last bars kept "
         "(default: the pipeline's, as the app and the CLI use it)",
     )
-    for name in ("key", "groove"):
-        p.add_argument(
-            f"--{name}-guidance",
-            type=float,
-            default=None,
-            metavar="S",
-            help=f"{name} guidance strength (see `musegen generate --help`; default: the "
-            "generation settings' default)",
-        )
+    add_guidance_overrides(p)
     p.add_argument(
         "--speed-group",
         action="append",
@@ -165,8 +158,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
         candidates=args.candidates,
-        key_guidance=args.key_guidance,
-        groove_guidance=args.groove_guidance,
+        guidance=guidance_overrides(args),
         device=args.device,
         progress=not args.quiet,
         speed_groups=args.speed_group,

@@ -312,6 +312,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(s.flag, type=number, default=s.default, help=help_text)
 
 
+GUIDANCE = ("key_guidance", "groove_guidance")
+
+
+def add_guidance_overrides(parser: argparse.ArgumentParser) -> None:
+    """``--key-guidance`` / ``--groove-guidance`` for a measuring command: unset (None) leaves
+    the setting's default, so the command measures what the app and the CLI do."""
+    for name in GUIDANCE:
+        s = BY_NAME[name]
+        parser.add_argument(
+            s.flag, type=float, default=None, metavar="S",
+            help=f"{s.spec.label.lower()}: {s.spec.help} (default: {_num(s.default)})",
+        )  # fmt: skip
+
+
+def guidance_overrides(args: argparse.Namespace) -> dict[str, float]:
+    """The guidance settings :func:`add_guidance_overrides` flags set, by setting name."""
+    return {name: getattr(args, name) for name in GUIDANCE if getattr(args, name) is not None}
+
+
 def from_args(args: argparse.Namespace) -> GenerationSettings:
     """The settings the flags of :func:`add_arguments` describe (validated)."""
     return GenerationSettings.from_values({name: getattr(args, name) for name in NAMES})
@@ -319,13 +338,16 @@ def from_args(args: argparse.Namespace) -> GenerationSettings:
 
 __all__ = [
     "BY_NAME",
+    "GUIDANCE",
     "NAMES",
     "SETTINGS",
     "GenerationSettings",
     "Setting",
     "Spec",
     "add_arguments",
+    "add_guidance_overrides",
     "controls_for",
     "from_args",
+    "guidance_overrides",
     "parse_programs",
 ]
