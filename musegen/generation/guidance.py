@@ -97,20 +97,6 @@ class _PromptGuidance:
     def class_of(self, value) -> int:
         raise NotImplementedError
 
-    def bars(self, tokens: Sequence[int], keep: int) -> deque[list[int]]:
-        """Per bar, how often each class occurs in ``tokens`` (the latest ``keep`` bars)."""
-        bars: deque[list[int]] = deque([[0] * self.width], maxlen=keep)
-        self.count(tokens, bars)
-        return bars
-
-    def count(self, tokens: Sequence[int], bars: deque[list[int]]) -> None:
-        for token in tokens:
-            if 0 <= token < len(self._classes):
-                for _ in range(self._bar_lines[token]):
-                    bars.append([0] * self.width)
-                for c in self._classes[token]:
-                    bars[-1][c] += 1
-
     def weights(self, tokens: list[list[int]]) -> torch.Tensor:
         """Each row's bias per class, ``Float[B, width]``."""
         raise NotImplementedError
@@ -215,25 +201,31 @@ class GrooveGuidance(_PromptGuidance):
     def class_of(self, value) -> int:
         return int(value)
 
+    def _played(self, tokens: Sequence[int]) -> list[list[bool]]:
+        """For each of the latest bars of ``tokens`` with onsets: which positions have one."""
+        bars: deque[list[bool]] = deque([[False] * self.width], maxlen=self.keep)
+        for token in tokens:
+            if 0 <= token < len(self._classes):
+                for _ in range(self._bar_lines[token]):
+                    bars.append([False] * self.width)
+                for position in self._classes[token]:
+                    bars[-1][position] = True
+        return [bar for bar in bars if any(bar)]
+
     def weights(self, tokens: list[list[int]]) -> torch.Tensor:
         if self._weights is None:  # fixed by the prompts
             rows = []
             for seq in tokens:
-                played = [[min(c, 1) for c in bar] for bar in self.bars(seq, self.keep) if any(bar)]
+                played = self._played(seq)
                 if not played:  # no onsets: no groove to keep
-                    rows.append(torch.zeros(1, self.width))
+                    rows.append(torch.zeros(self.width))
                     continue
-                share = _sums([deque(played)]) / len(played)
+                share = torch.tensor(played, dtype=torch.float).mean(0)  # of the bars, per position
                 rows.append(
                     self.strength * torch.log((share + GROOVE_SMOOTHING) / (1 + GROOVE_SMOOTHING))
                 )
-            self._weights = torch.cat(rows)
+            self._weights = torch.stack(rows)
         return self._weights
-
-
-def _sums(rows: Sequence[deque[list[int]]]) -> torch.Tensor:
-    """Each row's counts summed over its bars, ``Float[B, width]``."""
-    return torch.tensor([[sum(c) for c in zip(*bars, strict=True)] for bars in rows]).float()
 
 
 def guidance_for(settings, grammar: Grammar) -> list[_PromptGuidance]:
