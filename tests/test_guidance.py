@@ -27,16 +27,10 @@ def _ids(grammar: Grammar, *names: str) -> list[int]:
     return [grammar.tokenizer.vocab[n] for n in names]
 
 
-def _bars(
-    grammar: Grammar, pitch_classes: tuple[int, ...], bars: int, program: int = 0
-) -> list[int]:
-    """``bars`` bars of notes on ``program``, one per pitch class given, in octave 4."""
-    out = []
-    for _ in range(bars):
-        out += _ids(grammar, "Bar_None") + _notes(
-            grammar, [60 + pc for pc in pitch_classes], program
-        )
-    return out
+def _bars(grammar: Grammar, pitch_classes: tuple[int, ...], bars: int) -> list[int]:
+    """``bars`` bars of piano notes, one per pitch class given, from middle C up."""
+    pitches = [60 + pc for pc in pitch_classes]
+    return [t for _ in range(bars) for t in _ids(grammar, "Bar_None") + _notes(grammar, pitches)]
 
 
 def _notes(grammar: Grammar, pitches: list[int], program: int = 0) -> list[int]:
