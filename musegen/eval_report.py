@@ -76,8 +76,8 @@ def _long_row(name: str, model: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _candidates(st: dict) -> str:
-    """The title's note on the choice among candidates (absent: the pipeline's default)."""
+def _sampling_note(st: dict) -> str:
+    """The title's note on the candidates and guidance measured (absent: the defaults)."""
     k = st.get("candidates")
     note = "" if k is None else f", best of {k} candidates" if k > 1 else ", 1 candidate"
     for name, value in st.get("guidance", {}).items():
@@ -92,7 +92,7 @@ def to_markdown(report: dict) -> str:
     lines = [
         f"### Continuations by group: {st['prompt_bars']}-bar prompt → {st['new_bars']} new "
         f"bars (up to {st['pieces']} held-out pieces per group, batch 1, seed {st['seed']}+i, "
-        f"temperature {st['temperature']}, top-p {st['top_p']}{_candidates(st)})",
+        f"temperature {st['temperature']}, top-p {st['top_p']}{_sampling_note(st)})",
         "",
         "| group | model | pieces | tracks keep playing: model / real / copy | density ratio "
         f"in [{low}, {high}] · min | pitch-class distance: model / copy = ratio | in key: "

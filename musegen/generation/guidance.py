@@ -91,21 +91,25 @@ class _PromptGuidance:
             if types == [self.kind]:  # a merged (BPE) id is left as the model scored it
                 cls[i] = found[0]
         self._members = cls >= 0
+        self._member_ids = self._members.nonzero().squeeze(1)
         self._class = cls.clamp(min=0)
-        self._started = False
 
     def class_of(self, value) -> int:
         raise NotImplementedError
 
     def weights(self, tokens: list[list[int]]) -> torch.Tensor:
-        """Each row's bias per class, ``Float[B, width]``."""
+        """Each row's bias per class, ``Float[B, width]``; the first call reads the prompts."""
+        raise NotImplementedError
+
+    def read_prompts(self) -> bool:
+        """Whether :meth:`weights` has been called (the prompts are read)."""
         raise NotImplementedError
 
     def __call__(self, logits: torch.Tensor, ctx) -> torch.Tensor:
         members = self._members.to(logits.device)
-        if self._started and not logits[:, members].isfinite().any():
+        allowed = logits.index_select(-1, self._member_ids.to(logits.device)).isfinite().any()
+        if self.read_prompts() and not allowed:
             return logits  # no row may write one of these tokens now: count them later
-        self._started = True
         weights = self.weights(ctx.tokens).to(logits.device)
         return reweight_within(logits, weights[:, self._class.to(logits.device)], members)
 
@@ -130,6 +134,9 @@ class KeyGuidance(_PromptGuidance):
 
     def class_of(self, value) -> int:
         return int(value) % 12
+
+    def read_prompts(self) -> bool:
+        return bool(self._counted)
 
     def _count(self, tokens: Sequence[int], notes: _Notes) -> None:
         for token in tokens:
@@ -179,11 +186,9 @@ class _Notes:
         return {p for bar in self.bars for p in bar}
 
     def total(self, program: int | None) -> torch.Tensor:
-        counts = torch.zeros(12)
-        for bar in self.bars:
-            if program in bar:
-                counts += torch.tensor(bar[program], dtype=torch.float)
-        return counts
+        """``program``'s counts summed over the bars, ``Float[12]``."""
+        rows = [bar[program] for bar in self.bars if program in bar] or [[0] * 12]
+        return torch.tensor([sum(c) for c in zip(*rows, strict=True)], dtype=torch.float)
 
 
 class GrooveGuidance(_PromptGuidance):
@@ -200,6 +205,9 @@ class GrooveGuidance(_PromptGuidance):
 
     def class_of(self, value) -> int:
         return int(value)
+
+    def read_prompts(self) -> bool:
+        return self._weights is not None
 
     def _played(self, tokens: Sequence[int]) -> list[list[bool]]:
         """For each of the latest bars of ``tokens`` with onsets: which positions have one."""
