@@ -3,6 +3,8 @@ its onset positions (groove guidance), and nothing else moves."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import make_score
@@ -10,12 +12,22 @@ from conftest import make_score
 from musegen import metrics
 from musegen.errors import MusegenError
 from musegen.generation.grammar import Grammar
-from musegen.generation.guidance import GROOVE_BARS, KEY_BARS, GrooveGuidance, KeyGuidance
+from musegen.generation.guidance import (
+    GROOVE_BARS,
+    KEY_BARS,
+    PRIOR_BARS,
+    TRACK_BARS,
+    DensityGuidance,
+    GrooveGuidance,
+    KeyGuidance,
+    TrackGuidance,
+)
 from musegen.generation.sampling import StepContext
 from musegen.generation.settings import GenerationSettings
 from musegen.tokenizer import build_tokenizer
 
 C_MAJOR = (0, 2, 4, 5, 7, 9, 11)
+OFF = {"key_guidance": 0, "groove_guidance": 0, "track_guidance": 0, "density_guidance": 0}
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +196,7 @@ def test_the_pipeline_keeps_the_prompts_grid_with_groove_guidance(tiny_checkpoin
     on_grid = {}
     for strength in (0.0, 3.0):
         results = pipe.continue_midi(
-            prompt, 8, bars=4, seed=0, groove_guidance=strength, key_guidance=0
+            prompt, 8, bars=4, seed=0, **{**OFF, "groove_guidance": strength}
         )
         new = [r.continuation for r in results]
         eighths = [n.time % (c.tpq // 2) == 0 for c in new for t in c.tracks for n in t.notes]
@@ -196,7 +208,7 @@ def test_the_pipeline_keeps_the_prompts_grid_with_groove_guidance(tiny_checkpoin
 def test_the_setting_is_checked():
     assert GenerationSettings(key_guidance=0).key_guidance == 0.0  # off
     assert GenerationSettings(key_guidance=1.5).key_guidance == 1.5
-    for name in ("key_guidance", "groove_guidance"):
+    for name in ("key_guidance", "groove_guidance", "track_guidance", "density_guidance"):
         for bad in (-0.1, 4.5, "strong", True):
             with pytest.raises(MusegenError, match=name):
                 GenerationSettings(**{name: bad})
@@ -212,12 +224,113 @@ def test_the_pipeline_stays_closer_to_the_prompt_key_with_guidance(tiny_checkpoi
     target = metrics.pitch_class_histogram(prompt)
     distance, rate = {}, {}
     for strength in (0.0, 1.0, 3.0):
-        results = pipe.continue_midi(
-            prompt, 8, bars=8, seed=0, key_guidance=strength, groove_guidance=0
-        )
+        results = pipe.continue_midi(prompt, 8, bars=8, seed=0, **{**OFF, "key_guidance": strength})
         assert all(r.continuation.note_num() > 10 for r in results)
         new = [metrics.pitch_class_histogram(r.continuation) for r in results]
         distance[strength] = sum(metrics.histogram_distance(h, target) for h in new) / 8
         rate[strength] = sum(metrics.in_key_rate(r.continuation, key) for r in results) / 8
     assert distance[1.0] < distance[0.0] - 0.05  # closer to the prompt's balance
     assert rate[0.0] + 0.05 < rate[1.0] < rate[3.0]  # and fewer notes out of its key
+
+
+def test_a_track_gone_quiet_gets_the_next_note_and_whether_a_note_comes_stays(grammar):
+    torch.manual_seed(3)
+    logits = torch.randn(1, grammar.vocab_size)
+    prompt = []
+    for _ in range(TRACK_BARS):  # piano and bass, half the notes each
+        prompt += _ids(grammar, "Bar_None") + _notes(grammar, [60, 64])
+        prompt += _notes(grammar, [36, 43], program=33)
+    guide = TrackGuidance(grammar, 1.0)
+    ctx = StepContext(tokens=[prompt], seen=torch.zeros(logits.shape, dtype=torch.bool))
+    assert torch.allclose(guide(logits, ctx), logits)  # nothing written yet: nothing to steer
+    for _ in range(3):  # three new bars of piano alone
+        ctx.tokens[0] += _ids(grammar, "Bar_None") + _notes(grammar, [60, 64, 67, 72])
+    out = guide(logits, ctx)
+    programs = _pitch_ids(grammar, "Program")
+    other = torch.ones(grammar.vocab_size, dtype=torch.bool)
+    other[programs] = False
+    assert torch.equal(out[0, other], logits[0, other])  # pitches, timing, bar lines: untouched
+    before, after = logits.softmax(-1)[0], out.softmax(-1)[0]
+    assert after[programs].sum() == pytest.approx(before[programs].sum().item(), rel=1e-5)
+    gain = after / before
+    vocab = grammar.tokenizer.vocab
+    assert gain[vocab["Program_33"]] > 2 and gain[vocab["Program_0"]] < 1
+    assert gain[vocab["Program_40"]] == pytest.approx(gain[vocab["Program_-1"]].item(), rel=1e-4)
+    for _ in range(TRACK_BARS):  # the balance back: the quiet bars slide out of the window
+        ctx.tokens[0] += _ids(grammar, "Bar_None") + _notes(grammar, [60, 64])
+        ctx.tokens[0] += _notes(grammar, [36, 43], program=33)
+    assert guide.weights(ctx.tokens).abs().max() < 1e-6
+
+
+def test_the_pipeline_keeps_the_prompts_balance_of_tracks(tiny_checkpoint):
+    """An untrained model gives each allowed instrument about the same share of the notes;
+    guidance pulls the shares toward the prompt's (piano 8 notes a bar, bass and strings 2)."""
+    from musegen.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(tiny_checkpoint)
+    prompt = make_score(bars=8, tracks=((0, False), (33, False), (48, False)))
+    for track in prompt.tracks[1:]:
+        kept = [n for i, n in enumerate(track.notes) if i % 4 == 0]
+        track.notes.clear()
+        track.notes.extend(kept)
+    target = torch.tensor([8, 2, 2]) / 12
+    gap = {}
+    for strength in (0.0, 2.0):
+        results = pipe.continue_midi(
+            prompt, 8, bars=4, seed=0, **{**OFF, "track_guidance": strength}
+        )
+        gaps = []
+        for r in results:
+            notes = {t.program: t.note_num() for t in r.continuation.tracks}
+            counts = torch.tensor([notes.get(p, 0) for p in (0, 33, 48)], dtype=torch.float)
+            assert counts.sum() > 10
+            gaps.append((counts / counts.sum() - target).abs().sum().item())
+        gap[strength] = sum(gaps) / len(gaps)
+    assert gap[2.0] < gap[0.0] - 0.1
+
+
+def test_denser_new_bars_make_one_more_note_at_an_onset_less_likely(grammar):
+    torch.manual_seed(4)
+    logits = torch.randn(2, grammar.vocab_size)
+    prompts = [_bars(grammar, (0, 4, 7, 11), 4), _ids(grammar, "BOS_None")]  # 4 notes a bar
+    guide = DensityGuidance(grammar, 1.0)
+    ctx = StepContext(tokens=prompts, seen=torch.zeros(logits.shape, dtype=torch.bool))
+    assert torch.equal(guide(logits, ctx), logits)  # no new bar finished: nothing to steer
+    for row in ctx.tokens:
+        row += _bars(grammar, (0, 2, 4, 5, 7, 9, 11, 1), 2)  # a new bar of 8, one under way
+    out = guide(logits, ctx)
+    programs = _pitch_ids(grammar, "Program")
+    other = torch.ones(grammar.vocab_size, dtype=torch.bool)
+    other[programs] = False
+    assert torch.equal(out[:, other], logits[:, other])  # pitches, onsets, bar lines: untouched
+    ratio = (8 + PRIOR_BARS * 4) / ((1 + PRIOR_BARS) * 4)  # written notes per bar / prompt's
+    assert torch.allclose(out[0, programs] - logits[0, programs], torch.tensor(-math.log(ratio)))
+    assert torch.equal(out[1], logits[1])  # a prompt without notes: no density to keep
+    sparse = DensityGuidance(grammar, 2.0)
+    tokens = [_bars(grammar, (0, 4, 7, 11), 4)]
+    sparse.weights(tokens)
+    tokens[0] += _bars(grammar, (0,), 3)  # one note a bar: one more note gets likelier
+    expected = -2 * math.log((2 + PRIOR_BARS * 4) / ((2 + PRIOR_BARS) * 4))
+    assert sparse.weights(tokens)[0, 0] == pytest.approx(expected)
+    short = DensityGuidance(grammar, 1.0)  # a 2-bar prompt: its own 2 bars set the target
+    tokens = [_ids(grammar, "BOS_None") + _bars(grammar, (0, 4), 2)]
+    short.weights(tokens)
+    tokens[0] += _bars(grammar, (0, 4), 2)  # the same density: nothing to correct
+    assert short.weights(tokens)[0, 0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_pipeline_keeps_the_prompts_density(tiny_checkpoint):
+    """An untrained model writes chords of any size; guidance holds the notes per bar nearer
+    the prompt's (8 single notes a bar)."""
+    from musegen.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(tiny_checkpoint)
+    prompt = make_score(bars=8)
+    gap = {}
+    for strength in (0.0, 2.0):
+        results = pipe.continue_midi(
+            prompt, 8, bars=6, seed=0, **{**OFF, "density_guidance": strength}
+        )
+        per_bar = [r.continuation.note_num() / 6 for r in results]
+        gap[strength] = sum(abs(math.log(max(n, 0.5) / 8)) for n in per_bar) / len(per_bar)
+    assert gap[2.0] < gap[0.0] - 0.1

@@ -78,18 +78,15 @@ def test_continues_a_full_band_with_every_track() -> None:
     pipe = Pipeline.from_pretrained()  # the default: no path, no download
     prompt = band_prompt()
     results = pipe.continue_midi(prompt, num_samples=8, bars=4, seed=0)
-    all_four = 0
-    for result in results:  # every variation: a band that keeps its rhythm section
+    for result in results:  # every variation: the whole band keeps playing
         assert result.bars == 4 and result.finished and not result.empty
         notes = track_notes(result)
-        assert notes.keys() >= BAND_TRACKS.keys(), notes
+        assert every_track_plays(notes), notes
         assert notes[(0, True)] >= 16, notes  # the drums keep a beat: 4+ hits a bar
         assert notes[(33, False)] >= 4, notes  # the bass keeps playing
         assert not result.warnings
-        all_four += every_track_plays(notes)
-    # Piano or guitar sometimes rests for the 4 bars: MODEL_CARD.md gives the rate over two
-    # seed sets for this model and the previous one (one seed set of 8 varies by 3 either way).
-    assert all_four > len(results) // 2, all_four
+    # Without track guidance (the default since 2026-12-05) piano or guitar rested for the 4
+    # bars in about half the variations: MODEL_CARD.md gives the rates over two seed sets.
 
 
 def test_continues_a_bundled_example(tmp_path: Path) -> None:

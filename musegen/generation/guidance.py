@@ -1,10 +1,12 @@
-"""Prompt guidance: keep a continuation's key and groove those of the bars before it.
+"""Prompt guidance: keep a continuation's key, groove, instruments and density those of the
+bars before it.
 
 A model that has seen many keys and rhythms drifts from the prompt's within a few bars (issue
 13: the 4-bar continuations were 1.2-1.5 times farther in pitch class from the real next bars
-than simply copying the prompt's last bars, and drum parts repeated their pattern less than
-real drummers do). Two logits processors pull the new notes back toward the prompt, each within
-one kind of token, so the rest stays the model's own:
+than simply copying the prompt's last bars, drum parts repeated their pattern less than real
+drummers do, and in 32-bar pieces a band's instrument could fall silent for good). Four logits
+processors pull the new notes back toward the prompt, each on one kind of token, so the rest
+stays the model's own:
 
 - :class:`KeyGuidance` chooses among **pitches**, track by track. Its *target* for a track is
   the pitch-class shares of that track's notes in the prompt's last :data:`KEY_BARS` bars (all
@@ -20,6 +22,10 @@ one kind of token, so the rest stays the model's own:
   from the real next bars. One target for all tracks pushed a bass line toward the melody's
   pitch classes, and in the hand-made band of ``tests/test_shipped_checkpoint.py`` the drums
   or the bass then fell silent in a few variations, which they never did unguided.
+- :class:`TrackGuidance` chooses among **instruments** (which track plays the next note), the
+  same way: its target is each track's share of the notes in the prompt's last
+  :data:`TRACK_BARS` bars, compared with the shares in the latest new bars. A track that has
+  gone quiet becomes the likelier one to play the next note.
 - :class:`GrooveGuidance` chooses among **positions in the bar** (where the next onset falls).
   Its prior is the share ``f`` of the prompt's last :data:`GROOVE_BARS` bars that have an onset
   at each position, and it adds ``strength * log((f + a) / (1 + a))``: positions the prompt
@@ -27,13 +33,16 @@ one kind of token, so the rest stays the model's own:
   a groove is a pattern repeated bar after bar. Off by default: it snaps onsets to a quantised
   prompt's grid, but on the default model's held-out drum performances (played, not quantised)
   it moved onsets to later positions the prompt had used and so thinned the drum parts.
+- :class:`DensityGuidance` scales the odds of **one more note at an onset** by how the new
+  bars' notes per bar compare with the prompt's last :data:`DENSITY_BARS` bars.
 
-Each adds its bias and then shifts its tokens together so that their total probability is what
-the model gave them: key guidance changes which pitch a note gets, never whether a note is
-written; groove guidance changes where the next onset falls, never whether the bar goes on.
-Drum notes (``PitchDrum``) are never touched by key guidance; a prompt without pitched notes
-(or without onsets) gets no guidance of that kind. The measurements are in
-``benchmarks/results/guidance/``.
+The first three add their bias and then shift their tokens together so that their total
+probability is what the model gave them: key guidance changes which pitch a note gets, track
+guidance which instrument plays it, never whether a note is written; groove guidance changes
+where the next onset falls, never whether the bar goes on. Density guidance is the one that
+changes whether a note is written. Drum notes (``PitchDrum``) are never touched by key
+guidance; a prompt without pitched notes (or without onsets, or notes) gets no guidance of
+that kind. The measurements are in ``benchmarks/results/guidance/``.
 """
 
 from __future__ import annotations
@@ -49,10 +58,14 @@ from musegen.generation.grammar import Grammar
 
 KEY_BARS = 8  # the prompt bars that set the key target, and the new bars compared with it
 GROOVE_BARS = 4  # the prompt bars whose onset positions set the groove prior
+TRACK_BARS = 4  # the prompt bars that set each track's share of the notes, and the new bars
 PRIOR_NOTES = 8.0  # the written shares start as this many notes matching the target
 MIN_NOTES = 8  # a track with fewer notes in the prompt's bars takes the shares of all tracks
 KEY_SMOOTHING = 0.02  # added to every pitch-class share, so none becomes impossible
 GROOVE_SMOOTHING = 0.05  # added to every position's share of bars, likewise
+TRACK_SMOOTHING = 0.02  # added to every track's share of the notes, likewise
+DENSITY_BARS = 4  # the prompt bars that set the notes per bar, and the new bars compared with it
+PRIOR_BARS = 1.0  # the new bars start as this many bars at the prompt's density
 
 
 def reweight_within(logits: torch.Tensor, bias: torch.Tensor, members: torch.Tensor):
@@ -236,7 +249,147 @@ class GrooveGuidance(_PromptGuidance):
         return self._weights
 
 
+class TrackGuidance(_PromptGuidance):
+    """Steers which instrument plays each new note toward the prompt's balance of tracks: a track
+    that has fallen silent in the new bars while the prompt's last bars gave it a share of the
+    notes becomes the likelier one to play the next note."""
+
+    kind, width = "Program", 129  # class = program + 1: drums (-1) are class 0
+
+    def __init__(self, grammar: Grammar, strength: float, bars: int = TRACK_BARS):
+        super().__init__(grammar, strength)
+        self.keep = int(bars)
+        self._targets: list[torch.Tensor] = []  # per row: each track's share of the prompt's notes
+        self._written: list[deque[list[int]]] = []  # per row: notes per track in the new bars
+        self._counted: list[int] = []
+
+    def class_of(self, value) -> int:
+        return int(value) + 1
+
+    def read_prompts(self) -> bool:
+        return bool(self._counted)
+
+    def _count(self, tokens: Sequence[int], bars: deque[list[int]]) -> None:
+        for token in tokens:
+            if 0 <= token < len(self._classes):
+                for _ in range(self._bar_lines[token]):
+                    bars.append([0] * self.width)
+                for track in self._classes[token]:
+                    bars[-1][track] += 1
+
+    def weights(self, tokens: list[list[int]]) -> torch.Tensor:
+        if not self._counted:
+            for seq in tokens:
+                prompt: deque[list[int]] = deque([[0] * self.width], maxlen=self.keep)
+                self._count(seq, prompt)
+                notes = torch.tensor(list(prompt), dtype=torch.float).sum(0)
+                self._targets.append(notes / notes.sum().clamp(min=1))
+                self._written.append(deque([[0] * self.width], maxlen=self.keep))
+                self._counted.append(len(seq))
+        rows = []
+        for row, seq in enumerate(tokens):
+            self._count(seq[self._counted[row] :], self._written[row])
+            self._counted[row] = len(seq)
+            target = self._targets[row]
+            notes = torch.tensor(list(self._written[row]), dtype=torch.float).sum(0)
+            shares = (notes + PRIOR_NOTES * target) / (notes.sum() + PRIOR_NOTES)
+            bias = self.strength * torch.log(
+                (target + TRACK_SMOOTHING) / (shares + TRACK_SMOOTHING)
+            )
+            rows.append(bias if target.sum() > 0 else torch.zeros(self.width))  # nothing to keep
+        return torch.stack(rows)
+
+
+class DensityGuidance(_PromptGuidance):
+    """Holds each row's notes per bar near its prompt's: once the new bars run denser (sparser)
+    than the prompt's last :data:`DENSITY_BARS` bars, another note at the same onset (a fuller
+    chord, another drum hit) gets less (more) likely against moving on.
+
+    Unlike the others this one changes *whether* a note comes, by design. The notes at an onset
+    come as a run of "one more" choices ended by the next onset or bar line, so their number
+    beyond the first grows with the odds of one more: those odds are scaled by ``r**-strength``,
+    where ``r`` is the written notes per bar over the prompt's (the latest new bars, counted as
+    if :data:`PRIOR_BARS` bars had matched). Where the onsets fall stays the model's own. (A
+    first design biased every "go on" token against the bar line and changed nothing: a bar
+    ends when its onsets have run to its end, not by an early choice.)
+    """
+
+    width = 1  # every note counts the same
+
+    def __init__(self, grammar: Grammar, strength: float, bars: int = DENSITY_BARS):
+        self.kind = grammar.first_note  # one per note: its Program (or its Pitch)
+        super().__init__(grammar, strength)
+        self.keep = int(bars)
+        self._one_more = torch.tensor(
+            [bool(b) and grammar.types[b[0]] == grammar.first_note for b in grammar.expand]
+        )
+        self._targets: list[float] = []  # per row: the prompt's notes per bar
+        self._written: list[_Bars] = []
+        self._counted: list[int] = []
+
+    def class_of(self, value) -> int:
+        return 0
+
+    def read_prompts(self) -> bool:
+        return bool(self._counted)
+
+    def _count(self, tokens: Sequence[int], bars: _Bars) -> None:
+        for token in tokens:
+            if 0 <= token < len(self._classes):
+                for _ in range(self._bar_lines[token]):
+                    bars.close()
+                bars.current += len(self._classes[token])
+
+    def weights(self, tokens: list[list[int]]) -> torch.Tensor:
+        if not self._counted:
+            for seq in tokens:
+                prompt = _Bars(deque(maxlen=self.keep), started=False)  # from its first bar line
+                self._count(seq, prompt)
+                prompt.close()  # the prompt's last bar, as far as it goes
+                done = list(prompt.done)
+                self._targets.append(sum(done) / len(done) if done else 0.0)
+                self._written.append(_Bars(deque(maxlen=self.keep), started=False))
+                self._counted.append(len(seq))
+        rows = []
+        for row, seq in enumerate(tokens):
+            written = self._written[row]
+            self._count(seq[self._counted[row] :], written)
+            self._counted[row] = len(seq)
+            target = self._targets[row]
+            if target <= 0:  # a silent prompt: no density to keep
+                rows.append(0.0)
+                continue
+            ratio = (sum(written.done) + PRIOR_BARS * target) / (
+                (len(written.done) + PRIOR_BARS) * target
+            )
+            rows.append(-self.strength * math.log(max(ratio, 1e-3)))
+        return torch.tensor(rows).unsqueeze(1)
+
+    def __call__(self, logits: torch.Tensor, ctx) -> torch.Tensor:
+        bias = self.weights(ctx.tokens).to(logits.device)
+        return logits + bias * self._one_more.to(logits.device)
+
+
+@dataclass
+class _Bars:
+    """One row's notes per completed bar (the latest few) and in the bar under way."""
+
+    done: deque[int]
+    current: int = 0
+    started: bool = True  # False: what comes before the next bar line is not counted
+
+    def close(self) -> None:
+        if self.started:
+            self.done.append(self.current)
+        self.current, self.started = 0, True
+
+
 def guidance_for(settings, grammar: Grammar) -> list[_PromptGuidance]:
     """The processors a request's settings turn on (fresh ones: they hold its rows' state)."""
-    chosen = [(KeyGuidance, settings.key_guidance), (GrooveGuidance, settings.groove_guidance)]
+    chosen = [
+        (KeyGuidance, settings.key_guidance),
+        (GrooveGuidance, settings.groove_guidance),
+        (TrackGuidance, settings.track_guidance),
+        (DensityGuidance, settings.density_guidance),
+    ]
     return [kind(grammar, strength) for kind, strength in chosen if strength]

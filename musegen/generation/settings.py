@@ -143,6 +143,18 @@ class GenerationSettings:
         "the default model's drum parts)", "Keep the groove",
         low=0, high=4, page=(0.0, 3.0, 0.1), advanced=True,
     )  # fmt: skip
+    track_guidance: float = setting(
+        1.0, "keep each track's share of the notes what it was in the prompt's last 4 bars: "
+        "an instrument that has gone quiet in the new bars gets likelier to play the next note; "
+        "the chance of writing a note is unchanged (0: off)", "Keep every instrument",
+        low=0, high=4, page=(0.0, 3.0, 0.1), advanced=True,
+    )  # fmt: skip
+    density_guidance: float = setting(
+        1.0, "keep the notes per bar near the prompt's last 4 bars: once the new bars run "
+        "denser (sparser) than those, one more note at an onset gets less (more) likely; "
+        "where the onsets fall is unchanged (0: off)", "Keep the density",
+        low=0, high=4, page=(0.0, 3.0, 0.1), advanced=True,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         self.validate()
@@ -312,7 +324,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(s.flag, type=number, default=s.default, help=help_text)
 
 
-GUIDANCE = ("key_guidance", "groove_guidance")
+GUIDANCE = ("key_guidance", "groove_guidance", "track_guidance", "density_guidance")
 
 
 def add_guidance_overrides(parser: argparse.ArgumentParser) -> None:
