@@ -260,6 +260,11 @@ def test_a_track_gone_quiet_gets_the_next_note_and_whether_a_note_comes_stays(gr
         ctx.tokens[0] += _ids(grammar, "Bar_None") + _notes(grammar, [60, 64])
         ctx.tokens[0] += _notes(grammar, [36, 43], program=33)
     assert guide.weights(ctx.tokens).abs().max() < 1e-6
+    silent = TrackGuidance(grammar, 1.0)  # a prompt without notes: no balance to keep
+    tokens = [_ids(grammar, "BOS_None")]
+    silent.weights(tokens)
+    tokens[0] += _bars(grammar, (0, 4), 2)
+    assert not silent.weights(tokens).any()
 
 
 def test_the_pipeline_keeps_the_prompts_balance_of_tracks(tiny_checkpoint):
