@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -127,7 +127,43 @@ class _PromptGuidance:
         return reweight_within(logits, weights[:, self._class.to(logits.device)], members)
 
 
-class KeyGuidance(_PromptGuidance):
+class _FeedbackGuidance(_PromptGuidance):
+    """A processor whose target comes from each row's prompt and whose correction comes from
+    what the row has written since: the first call reads the prompts, later calls count only
+    the tokens sampled since."""
+
+    def __init__(self, grammar: Grammar, strength: float, bars: int):
+        super().__init__(grammar, strength)
+        self.keep = int(bars)
+        self._targets: list = []  # per row: what its prompt sets
+        self._written: list = []  # per row: the counts of its latest new bars
+        self._counted: list[int] = []  # per row: the tokens read so far
+
+    def read_prompts(self) -> bool:
+        return bool(self._counted)
+
+    def read_prompt(self, seq: Sequence[int]) -> tuple:
+        """A row's target and its empty written counts, from its prompt ``seq``."""
+        raise NotImplementedError
+
+    def _count(self, tokens: Sequence[int], written) -> None:
+        raise NotImplementedError
+
+    def rows(self, tokens: list[list[int]]) -> Iterator[tuple]:
+        """Each row's target and its written counts, brought up to date."""
+        if not self._counted:
+            for seq in tokens:
+                target, written = self.read_prompt(seq)
+                self._targets.append(target)
+                self._written.append(written)
+                self._counted.append(len(seq))
+        for row, seq in enumerate(tokens):
+            self._count(seq[self._counted[row] :], self._written[row])
+            self._counted[row] = len(seq)
+            yield self._targets[row], self._written[row]
+
+
+class KeyGuidance(_FeedbackGuidance):
     """Steers each row's new pitch classes toward the shares of its prompt's last bars, track by
     track: a bass line keeps its roots and fifths, a melody its scale (an instrument the prompt
     barely plays is held to the prompt's shares over all its pitched tracks)."""
@@ -135,21 +171,14 @@ class KeyGuidance(_PromptGuidance):
     kind, width = "Pitch", 12
 
     def __init__(self, grammar: Grammar, strength: float, bars: int = KEY_BARS):
-        super().__init__(grammar, strength)
-        self.keep = int(bars)
+        super().__init__(grammar, strength, bars)
         self._program: list[int | None] = []  # per model id: the last program it names
         for bases in grammar.expand:
             named = [int(grammar.values[b]) for b in bases if grammar.types[b] == "Program"]
             self._program.append(named[-1] if named else None)
-        self._targets: list[dict[int | None, torch.Tensor]] = []  # per row: shares by program
-        self._written: list[_Notes] = []
-        self._counted: list[int] = []
 
     def class_of(self, value) -> int:
         return int(value) % 12
-
-    def read_prompts(self) -> bool:
-        return bool(self._counted)
 
     def _count(self, tokens: Sequence[int], notes: _Notes) -> None:
         for token in tokens:
@@ -162,24 +191,19 @@ class KeyGuidance(_PromptGuidance):
             for pc in self._classes[token]:
                 notes.bars[-1].setdefault(notes.program, [0] * 12)[pc] += 1
 
+    def read_prompt(self, seq: Sequence[int]) -> tuple[dict, _Notes]:
+        """Pitch-class shares by program (None: all tracks together); the program playing."""
+        prompt = _Notes(deque([{}], maxlen=self.keep))
+        self._count(seq, prompt)
+        by_program = {p: prompt.total(p) for p in prompt.programs()}
+        overall = sum(by_program.values(), torch.zeros(12))
+        targets = {p: c / c.sum() for p, c in by_program.items() if c.sum() >= MIN_NOTES}
+        targets[None] = overall / overall.sum().clamp(min=1)
+        return targets, _Notes(deque([{}], maxlen=self.keep), prompt.program)
+
     def weights(self, tokens: list[list[int]]) -> torch.Tensor:
-        if not self._counted:
-            for seq in tokens:
-                prompt = _Notes(deque([{}], maxlen=self.keep))
-                self._count(seq, prompt)
-                by_program = {p: prompt.total(p) for p in prompt.programs()}
-                overall = sum(by_program.values(), torch.zeros(12))
-                targets = {p: c / c.sum() for p, c in by_program.items() if c.sum() >= MIN_NOTES}
-                targets[None] = overall / overall.sum().clamp(min=1)
-                self._targets.append(targets)
-                self._written.append(_Notes(deque([{}], maxlen=self.keep), prompt.program))
-                self._counted.append(len(seq))
         rows = []
-        for row, seq in enumerate(tokens):
-            written = self._written[row]
-            self._count(seq[self._counted[row] :], written)
-            self._counted[row] = len(seq)
-            targets = self._targets[row]
+        for targets, written in self.rows(tokens):
             target = targets.get(written.program, targets[None])
             notes = written.total(written.program)
             shares = (notes + PRIOR_NOTES * target) / (notes.sum() + PRIOR_NOTES)
@@ -249,7 +273,7 @@ class GrooveGuidance(_PromptGuidance):
         return self._weights
 
 
-class TrackGuidance(_PromptGuidance):
+class TrackGuidance(_FeedbackGuidance):
     """Steers which instrument plays each new note toward the prompt's balance of tracks: a track
     that has fallen silent in the new bars while the prompt's last bars gave it a share of the
     notes becomes the likelier one to play the next note."""
@@ -257,17 +281,10 @@ class TrackGuidance(_PromptGuidance):
     kind, width = "Program", 129  # class = program + 1: drums (-1) are class 0
 
     def __init__(self, grammar: Grammar, strength: float, bars: int = TRACK_BARS):
-        super().__init__(grammar, strength)
-        self.keep = int(bars)
-        self._targets: list[torch.Tensor] = []  # per row: each track's share of the prompt's notes
-        self._written: list[deque[list[int]]] = []  # per row: notes per track in the new bars
-        self._counted: list[int] = []
+        super().__init__(grammar, strength, bars)
 
     def class_of(self, value) -> int:
         return int(value) + 1
-
-    def read_prompts(self) -> bool:
-        return bool(self._counted)
 
     def _count(self, tokens: Sequence[int], bars: deque[list[int]]) -> None:
         for token in tokens:
@@ -277,21 +294,17 @@ class TrackGuidance(_PromptGuidance):
                 for track in self._classes[token]:
                     bars[-1][track] += 1
 
+    def read_prompt(self, seq: Sequence[int]) -> tuple[torch.Tensor, deque[list[int]]]:
+        """Each track's share of the prompt's notes; notes per track, bar by bar, to come."""
+        prompt: deque[list[int]] = deque([[0] * self.width], maxlen=self.keep)
+        self._count(seq, prompt)
+        notes = torch.tensor(list(prompt), dtype=torch.float).sum(0)
+        return notes / notes.sum().clamp(min=1), deque([[0] * self.width], maxlen=self.keep)
+
     def weights(self, tokens: list[list[int]]) -> torch.Tensor:
-        if not self._counted:
-            for seq in tokens:
-                prompt: deque[list[int]] = deque([[0] * self.width], maxlen=self.keep)
-                self._count(seq, prompt)
-                notes = torch.tensor(list(prompt), dtype=torch.float).sum(0)
-                self._targets.append(notes / notes.sum().clamp(min=1))
-                self._written.append(deque([[0] * self.width], maxlen=self.keep))
-                self._counted.append(len(seq))
         rows = []
-        for row, seq in enumerate(tokens):
-            self._count(seq[self._counted[row] :], self._written[row])
-            self._counted[row] = len(seq)
-            target = self._targets[row]
-            notes = torch.tensor(list(self._written[row]), dtype=torch.float).sum(0)
+        for target, written in self.rows(tokens):
+            notes = torch.tensor(list(written), dtype=torch.float).sum(0)
             shares = (notes + PRIOR_NOTES * target) / (notes.sum() + PRIOR_NOTES)
             bias = self.strength * torch.log(
                 (target + TRACK_SMOOTHING) / (shares + TRACK_SMOOTHING)
@@ -300,7 +313,7 @@ class TrackGuidance(_PromptGuidance):
         return torch.stack(rows)
 
 
-class DensityGuidance(_PromptGuidance):
+class DensityGuidance(_FeedbackGuidance):
     """Holds each row's notes per bar near its prompt's: once the new bars run denser (sparser)
     than the prompt's last :data:`DENSITY_BARS` bars, another note at the same onset (a fuller
     chord, another drum hit) gets less (more) likely against moving on.
@@ -318,20 +331,13 @@ class DensityGuidance(_PromptGuidance):
 
     def __init__(self, grammar: Grammar, strength: float, bars: int = DENSITY_BARS):
         self.kind = grammar.first_note  # one per note: its Program (or its Pitch)
-        super().__init__(grammar, strength)
-        self.keep = int(bars)
+        super().__init__(grammar, strength, bars)
         self._one_more = torch.tensor(
             [bool(b) and grammar.types[b[0]] == grammar.first_note for b in grammar.expand]
         )
-        self._targets: list[float] = []  # per row: the prompt's notes per bar
-        self._written: list[_Bars] = []
-        self._counted: list[int] = []
 
     def class_of(self, value) -> int:
         return 0
-
-    def read_prompts(self) -> bool:
-        return bool(self._counted)
 
     def _count(self, tokens: Sequence[int], bars: _Bars) -> None:
         for token in tokens:
@@ -340,22 +346,19 @@ class DensityGuidance(_PromptGuidance):
                     bars.close()
                 bars.current += len(self._classes[token])
 
+    def read_prompt(self, seq: Sequence[int]) -> tuple[float, _Bars]:
+        """The prompt's notes per bar (its latest bars, from its first bar line)."""
+        prompt = _Bars(deque(maxlen=self.keep), started=False)
+        self._count(seq, prompt)
+        prompt.close()  # the prompt's last bar, as far as it goes
+        done = list(prompt.done)
+        return (sum(done) / len(done) if done else 0.0), _Bars(
+            deque(maxlen=self.keep), started=False
+        )
+
     def weights(self, tokens: list[list[int]]) -> torch.Tensor:
-        if not self._counted:
-            for seq in tokens:
-                prompt = _Bars(deque(maxlen=self.keep), started=False)  # from its first bar line
-                self._count(seq, prompt)
-                prompt.close()  # the prompt's last bar, as far as it goes
-                done = list(prompt.done)
-                self._targets.append(sum(done) / len(done) if done else 0.0)
-                self._written.append(_Bars(deque(maxlen=self.keep), started=False))
-                self._counted.append(len(seq))
         rows = []
-        for row, seq in enumerate(tokens):
-            written = self._written[row]
-            self._count(seq[self._counted[row] :], written)
-            self._counted[row] = len(seq)
-            target = self._targets[row]
+        for target, written in self.rows(tokens):
             if target <= 0:  # a silent prompt: no density to keep
                 rows.append(0.0)
                 continue
