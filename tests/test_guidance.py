@@ -23,11 +23,11 @@ from musegen.generation.guidance import (
     TrackGuidance,
 )
 from musegen.generation.sampling import StepContext
-from musegen.generation.settings import GenerationSettings
+from musegen.generation.settings import GUIDANCE, GenerationSettings
 from musegen.tokenizer import build_tokenizer
 
 C_MAJOR = (0, 2, 4, 5, 7, 9, 11)
-OFF = {"key_guidance": 0, "groove_guidance": 0, "track_guidance": 0, "density_guidance": 0}
+OFF = dict.fromkeys(GUIDANCE, 0)  # every processor off; a test turns its own on
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,7 @@ def test_the_pipeline_keeps_the_prompts_grid_with_groove_guidance(tiny_checkpoin
 def test_the_setting_is_checked():
     assert GenerationSettings(key_guidance=0).key_guidance == 0.0  # off
     assert GenerationSettings(key_guidance=1.5).key_guidance == 1.5
-    for name in ("key_guidance", "groove_guidance", "track_guidance", "density_guidance"):
+    for name in GUIDANCE:
         for bad in (-0.1, 4.5, "strong", True):
             with pytest.raises(MusegenError, match=name):
                 GenerationSettings(**{name: bad})

@@ -78,7 +78,7 @@ def reweight_within(logits: torch.Tensor, bias: torch.Tensor, members: torch.Ten
 
 
 class _PromptGuidance:
-    """What both processors share: which ids hold what, bar-by-bar counting of a row's tokens,
+    """What the processors share: which ids hold what, bar-by-bar counting of a row's tokens,
     and skipping the steps where no row may write one of their tokens.
 
     Stateful: one instance per request. The first call reads the prompts (the rows' tokens at
@@ -123,7 +123,10 @@ class _PromptGuidance:
         allowed = logits.index_select(-1, self._member_ids.to(logits.device)).isfinite().any()
         if self.read_prompts() and not allowed:
             return logits  # no row may write one of these tokens now: count them later
-        weights = self.weights(ctx.tokens).to(logits.device)
+        return self.apply(logits, self.weights(ctx.tokens).to(logits.device), members)
+
+    def apply(self, logits: torch.Tensor, weights: torch.Tensor, members: torch.Tensor):
+        """The logits with each row's ``weights`` (per class) on the guided ids."""
         return reweight_within(logits, weights[:, self._class.to(logits.device)], members)
 
 
@@ -132,9 +135,11 @@ class _FeedbackGuidance(_PromptGuidance):
     what the row has written since: the first call reads the prompts, later calls count only
     the tokens sampled since."""
 
-    def __init__(self, grammar: Grammar, strength: float, bars: int):
+    bars = 0  # the prompt bars that set the target, and the new bars compared with it
+
+    def __init__(self, grammar: Grammar, strength: float, bars: int | None = None):
         super().__init__(grammar, strength)
-        self.keep = int(bars)
+        self.keep = int(bars or self.bars)
         self._targets: list = []  # per row: what its prompt sets
         self._written: list = []  # per row: the counts of its latest new bars
         self._counted: list[int] = []  # per row: the tokens read so far
@@ -168,9 +173,9 @@ class KeyGuidance(_FeedbackGuidance):
     track: a bass line keeps its roots and fifths, a melody its scale (an instrument the prompt
     barely plays is held to the prompt's shares over all its pitched tracks)."""
 
-    kind, width = "Pitch", 12
+    kind, width, bars = "Pitch", 12, KEY_BARS
 
-    def __init__(self, grammar: Grammar, strength: float, bars: int = KEY_BARS):
+    def __init__(self, grammar: Grammar, strength: float, bars: int | None = None):
         super().__init__(grammar, strength, bars)
         self._program: list[int | None] = []  # per model id: the last program it names
         for bases in grammar.expand:
@@ -278,10 +283,7 @@ class TrackGuidance(_FeedbackGuidance):
     that has fallen silent in the new bars while the prompt's last bars gave it a share of the
     notes becomes the likelier one to play the next note."""
 
-    kind, width = "Program", 129  # class = program + 1: drums (-1) are class 0
-
-    def __init__(self, grammar: Grammar, strength: float, bars: int = TRACK_BARS):
-        super().__init__(grammar, strength, bars)
+    kind, width, bars = "Program", 129, TRACK_BARS  # class = program + 1: drums (-1) are 0
 
     def class_of(self, value) -> int:
         return int(value) + 1
@@ -323,18 +325,20 @@ class DensityGuidance(_FeedbackGuidance):
     beyond the first grows with the odds of one more: those odds are scaled by ``r**-strength``,
     where ``r`` is the written notes per bar over the prompt's (the latest new bars, counted as
     if :data:`PRIOR_BARS` bars had matched). Where the onsets fall stays the model's own. (A
-    first design biased every "go on" token against the bar line and changed nothing: a bar
-    ends when its onsets have run to its end, not by an early choice.)
+    first design biased every "go on" token against the bar line and changed nothing on a
+    full-band prompt: a bar ends when its onsets have run to its end, not by an early choice.
+    Its code is gone, so no command reproduces that.)
     """
 
-    width = 1  # every note counts the same
+    width, bars = 1, DENSITY_BARS  # every note counts the same
 
-    def __init__(self, grammar: Grammar, strength: float, bars: int = DENSITY_BARS):
+    def __init__(self, grammar: Grammar, strength: float, bars: int | None = None):
         self.kind = grammar.first_note  # one per note: its Program (or its Pitch)
         super().__init__(grammar, strength, bars)
-        self._one_more = torch.tensor(
+        self._members = torch.tensor(  # a note's first token, merged (BPE) ids included
             [bool(b) and grammar.types[b[0]] == grammar.first_note for b in grammar.expand]
         )
+        self._member_ids = self._members.nonzero().squeeze(1)
 
     def class_of(self, value) -> int:
         return 0
@@ -368,9 +372,8 @@ class DensityGuidance(_FeedbackGuidance):
             rows.append(-self.strength * math.log(max(ratio, 1e-3)))
         return torch.tensor(rows).unsqueeze(1)
 
-    def __call__(self, logits: torch.Tensor, ctx) -> torch.Tensor:
-        bias = self.weights(ctx.tokens).to(logits.device)
-        return logits + bias * self._one_more.to(logits.device)
+    def apply(self, logits: torch.Tensor, weights: torch.Tensor, members: torch.Tensor):
+        return logits + weights * members  # not renormalised: how many notes come is the point
 
 
 @dataclass

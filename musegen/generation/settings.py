@@ -64,6 +64,12 @@ def setting(default: Any, help: str, label: str, **spec: Any) -> Any:
     return field(default=default, metadata={"spec": Spec(help=help, label=label, **spec)})
 
 
+def guidance_setting(default: float, help: str, label: str) -> Any:
+    """A prompt-guidance strength (:mod:`~musegen.generation.guidance`): 0 (off) to 4, under
+    "More settings"."""
+    return setting(default, help, label, low=0, high=4, page=(0.0, 3.0, 0.1), advanced=True)
+
+
 @dataclass
 class GenerationSettings:
     """Everything a user may choose about one generation request (validated on construction).
@@ -131,29 +137,25 @@ class GenerationSettings:
         "", "continue from these tracks of the prompt only: indices from 0 and/or drums, "
         "comma-separated (empty: every track)", "Prompt tracks", metavar="I,I,…|drums",
     )  # fmt: skip
-    key_guidance: float = setting(
+    key_guidance: float = guidance_setting(
         1.0, "keep each track's balance of pitch classes what it was in the prompt's last 8 "
         "bars: a pitch class the track played more than there gets less likely, one it played "
         "less more likely; the chance of writing a note is unchanged (0: off)", "Stay in key",
-        low=0, high=4, page=(0.0, 3.0, 0.1), advanced=True,
     )  # fmt: skip
-    groove_guidance: float = setting(
+    groove_guidance: float = guidance_setting(
         0.0, "lean each new onset toward the positions in the bar where the prompt's last 4 "
         "bars have onsets; the chance of ending the bar is unchanged (0: off; on, it thinned "
         "the default model's drum parts)", "Keep the groove",
-        low=0, high=4, page=(0.0, 3.0, 0.1), advanced=True,
     )  # fmt: skip
-    track_guidance: float = setting(
+    track_guidance: float = guidance_setting(
         1.0, "keep each track's share of the notes what it was in the prompt's last 4 bars: "
         "an instrument that has gone quiet in the new bars gets likelier to play the next note; "
         "the chance of writing a note is unchanged (0: off)", "Keep every instrument",
-        low=0, high=4, page=(0.0, 3.0, 0.1), advanced=True,
     )  # fmt: skip
-    density_guidance: float = setting(
+    density_guidance: float = guidance_setting(
         1.0, "keep the notes per bar near the prompt's last 4 bars: once the new bars run "
         "denser (sparser) than those, one more note at an onset gets less (more) likely; "
         "where the onsets fall is unchanged (0: off)", "Keep the density",
-        low=0, high=4, page=(0.0, 3.0, 0.1), advanced=True,
     )  # fmt: skip
 
     def __post_init__(self) -> None:
