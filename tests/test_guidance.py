@@ -149,42 +149,90 @@ def test_masked_rows_and_drums_stay_as_they_are(grammar):
     assert torch.equal(guide(logits, ctx), logits)
 
 
-def _onsets(grammar: Grammar, positions: tuple[int, ...], bars: int) -> list[int]:
-    """``bars`` bars of drum hits at ``positions`` (units of the bar)."""
+def _onsets(
+    grammar: Grammar, positions: tuple[int, ...], bars: int, program: int = -1
+) -> list[int]:
+    """``bars`` bars of one track's notes at ``positions`` (32nds of the bar)."""
+    pitch = "PitchDrum_36" if program == -1 else "Pitch_40"
     out = []
     for _ in range(bars):
         out += _ids(grammar, "Bar_None")
         for p in positions:
-            out += _ids(grammar, f"Position_{p}", "Program_-1", "PitchDrum_36")
+            out += _ids(grammar, f"Position_{p}", f"Program_{program}", pitch)
             out += _ids(grammar, "Velocity_63", "Duration_0.1.8")
     return out
 
 
-def test_onsets_lean_to_the_prompts_positions_and_the_bar_goes_on_as_before(grammar):
+def _groove(grammar: Grammar, prompt: list[int], now: list[int]) -> tuple[torch.Tensor, ...]:
+    """Probabilities before and after groove guidance for a row at ``prompt + now``."""
     torch.manual_seed(2)
-    logits = torch.randn(2, grammar.vocab_size)
+    logits = torch.randn(1, grammar.vocab_size)
+    guide = GrooveGuidance(grammar, 1.0)
+    ctx = StepContext(tokens=[list(prompt)], seen=torch.zeros(logits.shape, dtype=torch.bool))
+    guide(logits, ctx)  # reads the prompt
+    ctx.tokens[0] += now
+    return logits, guide(logits, ctx)
+
+
+def _vocab(grammar: Grammar, *names: str) -> list[int]:
+    return [grammar.tokenizer.vocab[n] for n in names]
+
+
+def test_onsets_land_where_the_prompt_plays_and_skip_only_what_it_skips(grammar):
     quarters = (0, 8, 16, 24)
-    prompts = [_onsets(grammar, quarters, 3), _ids(grammar, "BOS_None")]
-    ctx = StepContext(tokens=prompts, seen=torch.zeros(logits.shape, dtype=torch.bool))
-    out = GrooveGuidance(grammar, 1.0)(logits, ctx)
-    positions = torch.tensor(grammar.by_type["Position"])
+    logits, out = _groove(grammar, _onsets(grammar, quarters, 3), _ids(grammar, "Bar_None"))
+    timing = torch.tensor(grammar.by_type["Position"] + grammar.by_type["Bar"])
+    programs = torch.tensor(grammar.by_type["Program"])
     other = torch.ones(grammar.vocab_size, dtype=torch.bool)
-    other[positions] = False
-    assert torch.equal(out[:, other], logits[:, other])  # the bar line, notes: untouched
-    before, after = logits.softmax(-1), out.softmax(-1)
-    assert after[0, positions].sum() == pytest.approx(before[0, positions].sum().item(), rel=1e-5)
-    gain = after[0] / before[0]
-    on_grid = [grammar.tokenizer.vocab[f"Position_{p}"] for p in quarters]
-    off_grid = [grammar.tokenizer.vocab[f"Position_{p}"] for p in (2, 4, 12, 31)]
-    assert gain[on_grid].min() > 1 > gain[off_grid].max()
-    assert torch.allclose(after[1], before[1], atol=1e-6)  # no onsets in the prompt: no prior
+    other[timing] = other[programs] = False
+    assert torch.equal(out[:, other], logits[:, other])  # pitches, velocities: untouched
+    before, after = logits.softmax(-1)[0], out.softmax(-1)[0]
+    for kind in (timing, programs):  # each kind keeps the model's total probability
+        assert after[kind].sum() == pytest.approx(before[kind].sum().item(), rel=1e-5)
+    gain = after / before
+    downbeat, beat_two, beat_three = _vocab(grammar, "Position_0", "Position_8", "Position_16")
+    off_grid = _vocab(grammar, "Position_2", "Position_4", "Position_12", "Position_28")
+    assert gain[downbeat] > 1 and gain[downbeat] > gain[beat_two] > gain[beat_three]  # a skip costs
+    assert gain[off_grid].max() < gain[beat_two]
+    assert gain[grammar.tokenizer.vocab["Bar_None"]] < gain[beat_three]  # an empty bar most
+    # after the second beat's onset, the third beat is the next one it plays
+    _, out = _groove(grammar, _onsets(grammar, quarters, 3), _ids(grammar, "Position_8"))
+    gain = out.softmax(-1)[0] / before
+    near, far = _vocab(grammar, "Position_16", "Position_24")
+    assert gain[near] / gain[far] > 10
 
 
-def test_only_the_latest_bars_set_the_groove(grammar):
+def test_a_played_onset_a_32nd_early_counts_on_the_16th_grid(grammar):
+    """Played drums drift between neighbouring 32nds; both count as the same 16th."""
+    loose = _onsets(grammar, (0, 7, 16, 24), 2) + _onsets(grammar, (0, 8, 15, 24), 2)
+    _, out = _groove(grammar, loose, _ids(grammar, "Bar_None", "Position_0"))
+    tight = _onsets(grammar, (0, 8, 16, 24), 4)
+    _, ref = _groove(grammar, tight, _ids(grammar, "Bar_None", "Position_0"))
+    assert torch.allclose(out, ref)
+
+
+def test_each_track_plays_where_it_played_in_the_prompt(grammar):
+    # drums on every beat, the bass on beats one and three (the order within a bar is not read)
+    bar = _onsets(grammar, (0, 8, 16, 24), 1) + _onsets(grammar, (0, 16), 1, program=33)[1:]
+    prompt = bar * 4
+    drum, bass = _vocab(grammar, "Program_-1", "Program_33")
+    logits, on_two = _groove(grammar, prompt, _ids(grammar, "Bar_None", "Position_8"))
+    _, on_three = _groove(grammar, prompt, _ids(grammar, "Bar_None", "Position_16"))
+    before = logits.softmax(-1)[0]
+    odds = [(o.softmax(-1)[0] / before)[[drum, bass]] for o in (on_two, on_three)]
+    assert odds[0][0] / odds[0][1] > 10  # beat two: the drums, not the bass
+    assert odds[1][0] / odds[1][1] == pytest.approx(1.0, rel=1e-4)  # beat three: both
+
+
+def test_only_the_latest_bars_set_the_groove_and_no_onsets_no_groove(grammar):
     prompt = _onsets(grammar, (4, 12), 5) + _onsets(grammar, (0, 16), GROOVE_BARS)
-    weights = GrooveGuidance(grammar, 1.0).weights([prompt])[0]
-    assert weights[0] == weights[16] == 0
-    assert weights[4] == weights[12] == weights[2] < 0
+    prompt += _ids(grammar, "Bar_None")  # at the start of a new bar
+    guide = GrooveGuidance(grammar, 1.0)
+    weights = guide.weights([prompt, _ids(grammar, "BOS_None")])
+    names = "Position_0", "Position_16", "Position_4", "Position_12", "Position_6"
+    played, skips_one, *older = weights[0, _vocab(grammar, *names)].tolist()
+    assert played == 0 > skips_one > older[0] == older[1] == older[2]  # bars 1-5 are forgotten
+    assert not weights[1].any()
 
 
 def test_the_pipeline_keeps_the_prompts_grid_with_groove_guidance(tiny_checkpoint):

@@ -26,23 +26,21 @@ stays the model's own:
   same way: its target is each track's share of the notes in the prompt's last
   :data:`TRACK_BARS` bars, compared with the shares in the latest new bars. A track that has
   gone quiet becomes the likelier one to play the next note.
-- :class:`GrooveGuidance` chooses among **positions in the bar** (where the next onset falls).
-  Its prior is the share ``f`` of the prompt's last :data:`GROOVE_BARS` bars that have an onset
-  at each position, and it adds ``strength * log((f + a) / (1 + a))``: positions the prompt
-  plays in every bar keep their odds, ones it never plays lose them. A fixed prior here, since
-  a groove is a pattern repeated bar after bar. Off by default: it snaps onsets to a quantised
-  prompt's grid, but on the default model's held-out drum performances (played, not quantised)
-  it moved onsets to later positions the prompt had used and so thinned the drum parts.
+- :class:`GrooveGuidance` chooses **where the next onset falls** (a position, or the bar line)
+  and **which tracks play at it**, on the 16th-note grid: the prompt's last
+  :data:`GROOVE_BARS` bars give how often each track plays each 16th, and an onset gets likelier
+  where the prompt plays and less likely after skipping a 16th it always plays. A fixed prior,
+  since a groove is a pattern repeated bar after bar.
 - :class:`DensityGuidance` scales the odds of **one more note at an onset** by how the new
   bars' notes per bar compare with the prompt's last :data:`DENSITY_BARS` bars.
 
-The first three add their bias and then shift their tokens together so that their total
-probability is what the model gave them: key guidance changes which pitch a note gets, track
-guidance which instrument plays it, never whether a note is written; groove guidance changes
-where the next onset falls, never whether the bar goes on. Density guidance is the one that
-changes whether a note is written. Drum notes (``PitchDrum``) are never touched by key
-guidance; a prompt without pitched notes (or without onsets, or notes) gets no guidance of
-that kind. The measurements are in ``benchmarks/results/guidance/``.
+Each adds its bias and then shifts its tokens together so that their total probability is what
+the model gave them: key guidance changes which pitch a note gets and track guidance which
+instrument plays it, never whether a note is written. Groove guidance changes where the next
+onset falls, whether one comes before the bar line, and which tracks play at it. Density
+guidance, not shifted, changes how many notes sound at an onset. Drum notes (``PitchDrum``) are
+never touched by key guidance; a prompt without pitched notes (or without onsets, or notes)
+gets no guidance of that kind. The measurements are in ``benchmarks/results/guidance/``.
 """
 
 from __future__ import annotations
@@ -234,48 +232,137 @@ class _Notes:
 
 
 class GrooveGuidance(_PromptGuidance):
-    """Leans each row's next onset toward the bar positions its prompt's last bars play."""
+    """Keeps each row's onset pattern that of its prompt's last bars, on the 16th-note grid:
+    where the next onset falls (or that the bar ends), and which tracks play at it.
+
+    The prompt's last :data:`GROOVE_BARS` bars with onsets give, per 16th-note cell ``c``
+    (positions rounded to the nearest 16th), the share ``f(c)`` of those bars with an onset
+    there, and per track the share ``f_t(c)``. Read as a pattern that plays each cell with
+    probability ``f(c)``, the next onset lands on ``c`` after passing the cells between
+    without a hit, and the bar ends after passing all the rest. So the next onset's position
+    gets ``strength * (log f(c) + sum of log(1 - f) over the cells passed)`` (each term
+    smoothed and relative to a certain cell) and the bar line the sum over all the cells left:
+    landing where the prompt never plays costs, and so does *skipping* a cell it always plays.
+    (The first design weighed only the landing cell, on the 32nd-note grid. Skipping cost
+    nothing, so on the held-out drum performances, played rather than quantised, it thinned
+    the drum parts; its code is gone.) At an onset, each track gets ``strength * log f_t(c)``:
+    a bass that plays on the beats keeps to them while the hi-hat fills the 8ths. The timing
+    tokens (positions and the bar line) are shifted together, and so are the tracks, so each
+    kind keeps the total probability the model gave it.
+    """
 
     kind = "Position"
 
     def __init__(self, grammar: Grammar, strength: float, bars: int = GROOVE_BARS):
         positions = grammar.by_type.get("Position", [])
-        self.width = 1 + max((int(grammar.values[i]) for i in positions), default=0)
+        self.cells = 2 + max((int(grammar.values[i]) for i in positions), default=0) // 2
         super().__init__(grammar, strength)
         self.keep = int(bars)
-        self._weights: torch.Tensor | None = None
+        # per model id, in order: ("bar", 0), ("cell", c) or ("track", program + 1)
+        self._events: list[list[tuple[str, int]]] = []
+        for bases in grammar.expand:
+            events = []
+            for b in bases:
+                if grammar.types[b] == "Bar":
+                    events.append(("bar", 0))
+                elif grammar.types[b] == "Position":
+                    events.append(("cell", self.class_of(grammar.values[b])))
+                elif grammar.types[b] == "Program":
+                    events.append(("track", int(grammar.values[b]) + 1))
+            self._events.append(events)
+        alone = [grammar.types[b[0]] if len(b) == 1 else "" for b in grammar.expand]
+        self._bar_ids = torch.tensor([t == "Bar" for t in alone])  # merged ids: as scored
+        self._track_ids = torch.tensor([t == "Program" for t in alone])
+        self._track = torch.tensor(
+            [
+                int(grammar.values[b[0]]) + 1 if t == "Program" else 0
+                for b, t in zip(grammar.expand, alone, strict=True)
+            ]
+        )
+        self._members = self._members | self._bar_ids | self._track_ids
+        self._member_ids = self._members.nonzero().squeeze(1)
+        self._prompt: list[tuple[torch.Tensor, torch.Tensor]] = []  # per row: f, f_t
+        self._cell: list[int] = []  # per row: the cell of the latest onset (-1: a new bar)
+        self._counted: list[int] = []
 
     def class_of(self, value) -> int:
-        return int(value)
+        return (int(value) + 1) // 2  # the nearest 16th, as the groove measure rounds
 
     def read_prompts(self) -> bool:
-        return self._weights is not None
+        return bool(self._counted)
 
-    def _played(self, tokens: Sequence[int]) -> list[list[bool]]:
-        """For each of the latest bars of ``tokens`` with onsets: which positions have one."""
-        bars: deque[list[bool]] = deque([[False] * self.width], maxlen=self.keep)
+    def _read(self, seq: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The shares of the latest bars with onsets, ``f[cells]`` and ``f_t[129, cells]``,
+        and the cell of the last onset in ``seq`` (-1 after a bar line)."""
+        bars: deque[dict[int, set[int]]] = deque([{}], maxlen=self.keep)
+        cell, track = -1, 0
+        for token in seq:
+            for kind, value in self._events[token] if 0 <= token < len(self._events) else ():
+                if kind == "bar":
+                    bars.append({})
+                    cell = -1
+                elif kind == "cell":
+                    cell = value
+                else:
+                    track = value
+                    bars[-1].setdefault(track, set()).add(max(cell, 0))
+        played = [bar for bar in bars if bar]
+        by_track = torch.zeros(129, self.cells)
+        for bar in played:
+            for t, cells in bar.items():
+                by_track[t, list(cells)] += 1
+        any_track = torch.zeros(self.cells)
+        for bar in played:
+            any_track[list(set().union(*bar.values()))] += 1
+        n = max(len(played), 1)
+        return any_track / n, by_track / n, cell
+
+    def _advance(self, tokens: Sequence[int], cell: int) -> int:
+        """The latest onset's cell after ``tokens``, from ``cell``."""
         for token in tokens:
-            if 0 <= token < len(self._classes):
-                for _ in range(self._bar_lines[token]):
-                    bars.append([False] * self.width)
-                for position in self._classes[token]:
-                    bars[-1][position] = True
-        return [bar for bar in bars if any(bar)]
+            for kind, value in self._events[token] if 0 <= token < len(self._events) else ():
+                if kind == "bar":
+                    cell = -1
+                elif kind == "cell":
+                    cell = value
+        return cell
 
     def weights(self, tokens: list[list[int]]) -> torch.Tensor:
-        if self._weights is None:  # fixed by the prompts
-            rows = []
+        """Each row's bias per model id, ``Float[B, V]`` (0 off the guided ids)."""
+        if not self._counted:
             for seq in tokens:
-                played = self._played(seq)
-                if not played:  # no onsets: no groove to keep
-                    rows.append(torch.zeros(self.width))
-                    continue
-                share = torch.tensor(played, dtype=torch.float).mean(0)  # of the bars, per position
-                rows.append(
-                    self.strength * torch.log((share + GROOVE_SMOOTHING) / (1 + GROOVE_SMOOTHING))
-                )
-            self._weights = torch.stack(rows)
-        return self._weights
+                share, by_track, cell = self._read(seq)
+                self._prompt.append((share, by_track))
+                self._cell.append(cell)
+                self._counted.append(len(seq))
+        rows = []
+        a = GROOVE_SMOOTHING
+        cell_of = self._class
+        for row, seq in enumerate(tokens):
+            self._cell[row] = self._advance(seq[self._counted[row] :], self._cell[row])
+            self._counted[row] = len(seq)
+            share, by_track = self._prompt[row]
+            bias = torch.zeros(len(self._members))
+            if share.any():  # a prompt without onsets has no groove to keep
+                now = self._cell[row]
+                land = torch.log((share + a) / (1 + a))
+                skip = torch.log((1 - share + a) / (1 + a))
+                skip[: now + 1] = 0  # the cells behind (or at) the latest onset
+                passed = torch.cumsum(skip, 0) - skip  # the cells before each one
+                ahead = torch.where(torch.arange(self.cells) > now, land + passed, 0)
+                positions = self._members & ~self._bar_ids & ~self._track_ids
+                bias[positions] = ahead[cell_of[positions]]
+                bias[self._bar_ids] = skip.sum()
+                at = by_track[:, max(now, 0)]
+                bias[self._track_ids] = torch.log((at + a) / (1 + a))[self._track[self._track_ids]]
+            rows.append(self.strength * bias)
+        return torch.stack(rows)
+
+    def apply(self, logits: torch.Tensor, weights: torch.Tensor, members: torch.Tensor):
+        tracks = self._track_ids.to(logits.device)
+        timing = members & ~tracks
+        logits = reweight_within(logits, weights, timing)
+        return reweight_within(logits, weights, tracks)
 
 
 class TrackGuidance(_FeedbackGuidance):

@@ -143,9 +143,10 @@ class GenerationSettings:
         "less more likely; the chance of writing a note is unchanged (0: off)", "Stay in key",
     )  # fmt: skip
     groove_guidance: float = guidance_setting(
-        0.0, "lean each new onset toward the positions in the bar where the prompt's last 4 "
-        "bars have onsets; the chance of ending the bar is unchanged (0: off; on, it thinned "
-        "the default model's drum parts)", "Keep the groove",
+        0.0, "keep each track's rhythm that of the prompt's last 4 bars, on the 16th-note "
+        "grid: the next onset gets likelier where the prompt plays and less likely after "
+        "skipping a 16th it always plays, and at an onset the tracks that played there get "
+        "likelier; the chance of writing a note is unchanged (0: off)", "Keep the groove",
     )  # fmt: skip
     track_guidance: float = guidance_setting(
         1.0, "keep each track's share of the notes what it was in the prompt's last 4 bars: "
