@@ -164,12 +164,12 @@ def _onsets(
 
 
 def _groove(grammar: Grammar, prompt: list[int], now: list[int]) -> tuple[torch.Tensor, ...]:
-    """Probabilities before and after groove guidance for a row at ``prompt + now``."""
+    """Logits before and after groove guidance for a row at ``prompt + now``."""
     torch.manual_seed(2)
     logits = torch.randn(1, grammar.vocab_size)
     guide = GrooveGuidance(grammar, 1.0)
     ctx = StepContext(tokens=[list(prompt)], seen=torch.zeros(logits.shape, dtype=torch.bool))
-    guide(logits, ctx)  # reads the prompt
+    assert torch.allclose(guide(logits, ctx), logits)  # nothing written yet: nothing to steer
     ctx.tokens[0] += now
     return logits, guide(logits, ctx)
 
@@ -178,9 +178,13 @@ def _vocab(grammar: Grammar, *names: str) -> list[int]:
     return [grammar.tokenizer.vocab[n] for n in names]
 
 
-def test_onsets_land_where_the_prompt_plays_and_skip_only_what_it_skips(grammar):
-    quarters = (0, 8, 16, 24)
-    logits, out = _groove(grammar, _onsets(grammar, quarters, 3), _ids(grammar, "Bar_None"))
+QUARTERS = (0, 8, 16, 24)  # in 32nds of the bar
+
+
+def test_a_beat_the_new_bars_dropped_gains_and_skipping_it_costs(grammar):
+    prompt = _onsets(grammar, QUARTERS, 3)
+    dropped = _onsets(grammar, (0,), 2) + _ids(grammar, "Bar_None")  # only the downbeats
+    logits, out = _groove(grammar, prompt, dropped)
     timing = torch.tensor(grammar.by_type["Position"] + grammar.by_type["Bar"])
     programs = torch.tensor(grammar.by_type["Program"])
     other = torch.ones(grammar.vocab_size, dtype=torch.bool)
@@ -190,34 +194,37 @@ def test_onsets_land_where_the_prompt_plays_and_skip_only_what_it_skips(grammar)
     for kind in (timing, programs):  # each kind keeps the model's total probability
         assert after[kind].sum() == pytest.approx(before[kind].sum().item(), rel=1e-5)
     gain = after / before
-    downbeat, beat_two, beat_three = _vocab(grammar, "Position_0", "Position_8", "Position_16")
-    off_grid = _vocab(grammar, "Position_2", "Position_4", "Position_12", "Position_28")
-    assert gain[downbeat] > 1 and gain[downbeat] > gain[beat_two] > gain[beat_three]  # a skip costs
-    assert gain[off_grid].max() < gain[beat_two]
-    assert gain[grammar.tokenizer.vocab["Bar_None"]] < gain[beat_three]  # an empty bar most
-    # after the second beat's onset, the third beat is the next one it plays
-    _, out = _groove(grammar, _onsets(grammar, quarters, 3), _ids(grammar, "Position_8"))
-    gain = out.softmax(-1)[0] / before
-    near, far = _vocab(grammar, "Position_16", "Position_24")
-    assert gain[near] / gain[far] > 10
+    downbeat, beat_two, beat_three, between = _vocab(
+        grammar, "Position_0", "Position_8", "Position_16", "Position_4"
+    )
+    assert gain[beat_two] > gain[downbeat] == pytest.approx(gain[between].item())
+    assert gain[downbeat] > gain[beat_three]  # it skips beat two
+    assert gain[grammar.tokenizer.vocab["Bar_None"]] < gain[beat_three]  # it skips them all
+    # new bars that play the prompt's pattern get no push at all
+    logits, out = _groove(
+        grammar, prompt, _onsets(grammar, QUARTERS, 2) + _ids(grammar, "Bar_None")
+    )
+    assert torch.allclose(out, logits, atol=1e-5)
 
 
 def test_a_played_onset_a_32nd_early_counts_on_the_16th_grid(grammar):
     """Played drums drift between neighbouring 32nds; both count as the same 16th."""
+    dropped = _onsets(grammar, (0,), 1) + _ids(grammar, "Bar_None")
     loose = _onsets(grammar, (0, 7, 16, 24), 2) + _onsets(grammar, (0, 8, 15, 24), 2)
-    _, out = _groove(grammar, loose, _ids(grammar, "Bar_None", "Position_0"))
-    tight = _onsets(grammar, (0, 8, 16, 24), 4)
-    _, ref = _groove(grammar, tight, _ids(grammar, "Bar_None", "Position_0"))
+    _, out = _groove(grammar, loose, dropped)
+    _, ref = _groove(grammar, _onsets(grammar, QUARTERS, 4), dropped)
     assert torch.allclose(out, ref)
 
 
 def test_each_track_plays_where_it_played_in_the_prompt(grammar):
-    # drums on every beat, the bass on beats one and three (the order within a bar is not read)
-    bar = _onsets(grammar, (0, 8, 16, 24), 1) + _onsets(grammar, (0, 16), 1, program=33)[1:]
-    prompt = bar * 4
+    def bar(bass: tuple[int, ...]) -> list[int]:  # the order within a bar is not read
+        return _onsets(grammar, QUARTERS, 1) + _onsets(grammar, bass, 1, program=33)[1:]
+
+    prompt = bar((0, 16)) * 4  # drums on every beat, the bass on beats one and three
+    busy = bar(QUARTERS) * 2  # the new bars' bass plays every beat
     drum, bass = _vocab(grammar, "Program_-1", "Program_33")
-    logits, on_two = _groove(grammar, prompt, _ids(grammar, "Bar_None", "Position_8"))
-    _, on_three = _groove(grammar, prompt, _ids(grammar, "Bar_None", "Position_16"))
+    logits, on_two = _groove(grammar, prompt, busy + _ids(grammar, "Bar_None", "Position_8"))
+    _, on_three = _groove(grammar, prompt, busy + _ids(grammar, "Bar_None", "Position_16"))
     before = logits.softmax(-1)[0]
     odds = [(o.softmax(-1)[0] / before)[[drum, bass]] for o in (on_two, on_three)]
     assert odds[0][0] / odds[0][1] > 10  # beat two: the drums, not the bass
@@ -226,12 +233,13 @@ def test_each_track_plays_where_it_played_in_the_prompt(grammar):
 
 def test_only_the_latest_bars_set_the_groove_and_no_onsets_no_groove(grammar):
     prompt = _onsets(grammar, (4, 12), 5) + _onsets(grammar, (0, 16), GROOVE_BARS)
-    prompt += _ids(grammar, "Bar_None")  # at the start of a new bar
+    old = _onsets(grammar, (4, 12), 1) + _ids(grammar, "Bar_None")  # a new bar in the old way
     guide = GrooveGuidance(grammar, 1.0)
-    weights = guide.weights([prompt, _ids(grammar, "BOS_None")])
-    names = "Position_0", "Position_16", "Position_4", "Position_12", "Position_6"
-    played, skips_one, *older = weights[0, _vocab(grammar, *names)].tolist()
-    assert played == 0 > skips_one > older[0] == older[1] == older[2]  # bars 1-5 are forgotten
+    silent = _ids(grammar, "BOS_None")
+    guide.weights([prompt, silent])
+    weights = guide.weights([prompt + old, silent + old])
+    downbeat, old_beat = weights[0, _vocab(grammar, "Position_0", "Position_4")].tolist()
+    assert downbeat > 0 > old_beat
     assert not weights[1].any()
 
 

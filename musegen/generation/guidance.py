@@ -26,19 +26,19 @@ stays the model's own:
   same way: its target is each track's share of the notes in the prompt's last
   :data:`TRACK_BARS` bars, compared with the shares in the latest new bars. A track that has
   gone quiet becomes the likelier one to play the next note.
-- :class:`GrooveGuidance` chooses **where the next onset falls** (a position, or the bar line)
-  and **which tracks play at it**, on the 16th-note grid: the prompt's last
-  :data:`GROOVE_BARS` bars give how often each track plays each 16th, and an onset gets likelier
-  where the prompt plays and less likely after skipping a 16th it always plays. A fixed prior,
-  since a groove is a pattern repeated bar after bar.
+- :class:`GrooveGuidance` chooses **where the next onset falls** and **which tracks play at
+  it**, on the 16th-note grid, the same way: its target is how often the prompt's last
+  :data:`GROOVE_BARS` bars play each 16th (in all and per track), compared with the latest new
+  bars. A 16th the new bars play less often than the prompt did becomes a likelier place for
+  the next onset, and a track likelier there.
 - :class:`DensityGuidance` scales the odds of **one more note at an onset** by how the new
   bars' notes per bar compare with the prompt's last :data:`DENSITY_BARS` bars.
 
 Each adds its bias and then shifts its tokens together so that their total probability is what
-the model gave them: key guidance changes which pitch a note gets and track guidance which
-instrument plays it, never whether a note is written. Groove guidance changes where the next
-onset falls, whether one comes before the bar line, and which tracks play at it. Density
-guidance, not shifted, changes how many notes sound at an onset. Drum notes (``PitchDrum``) are
+the model gave them: key guidance changes which pitch a note gets, track guidance which
+instrument plays it, groove guidance where the next onset falls and which tracks play at it,
+never whether a note is written or the bar goes on. Density guidance, not shifted, changes how
+many notes sound at an onset. Drum notes (``PitchDrum``) are
 never touched by key guidance; a prompt without pitched notes (or without onsets, or notes)
 gets no guidance of that kind. The measurements are in ``benchmarks/results/guidance/``.
 """
@@ -231,33 +231,31 @@ class _Notes:
         return torch.tensor([sum(c) for c in zip(*rows, strict=True)], dtype=torch.float)
 
 
-class GrooveGuidance(_PromptGuidance):
+class GrooveGuidance(_FeedbackGuidance):
     """Keeps each row's onset pattern that of its prompt's last bars, on the 16th-note grid:
-    where the next onset falls (or that the bar ends), and which tracks play at it.
+    where the next onset falls, and which tracks play at it.
 
     The prompt's last :data:`GROOVE_BARS` bars with onsets give, per 16th-note cell ``c``
-    (positions rounded to the nearest 16th), the share ``f(c)`` of those bars with an onset
-    there, and per track the share ``f_t(c)``. Read as a pattern that plays each cell with
-    probability ``f(c)``, the next onset lands on ``c`` after passing the cells between
-    without a hit, and the bar ends after passing all the rest. So the next onset's position
-    gets ``strength * (log f(c) + sum of log(1 - f) over the cells passed)`` (each term
-    smoothed and relative to a certain cell) and the bar line the sum over all the cells left:
-    landing where the prompt never plays costs, and so does *skipping* a cell it always plays.
-    (The first design weighed only the landing cell, on the 32nd-note grid. Skipping cost
-    nothing, so on the held-out drum performances, played rather than quantised, it thinned
-    the drum parts; its code is gone.) At an onset, each track gets ``strength * log f_t(c)``:
-    a bass that plays on the beats keeps to them while the hi-hat fills the 8ths. The timing
-    tokens (positions and the bar line) are shifted together, and so are the tracks, so each
-    kind keeps the total probability the model gave it.
+    (positions rounded to the nearest 16th, as the groove measure rounds), the share ``f(c)``
+    of those bars with an onset there, and per track the share ``f_t(c)``. The latest new bars
+    give the same shares ``g`` and ``g_t`` (counted as if :data:`PRIOR_BARS` bars had matched
+    the prompt). The next onset's position gets ``strength * log (f/g)(c)`` (smoothed), and at
+    an onset each track gets ``strength * log (f_t/g_t)(c)``: a cell the new bars play less
+    often than the prompt did gains, one they overplay loses, and a bass that plays on the
+    beats keeps to them while the hi-hat fills the 8ths. The positions are shifted together,
+    and so are the tracks, so each kind keeps the total probability the model gave it.
+
+    This version also weighs the cells skipped: the next onset's position gets ``log (f/g)``
+    of its cell plus ``log ((1 - f)/(1 - g))`` of every cell passed, and the bar line the sum
+    over the cells left (the third design in ``benchmarks/results/guidance``).
     """
 
-    kind = "Position"
+    kind, bars = "Position", GROOVE_BARS
 
-    def __init__(self, grammar: Grammar, strength: float, bars: int = GROOVE_BARS):
+    def __init__(self, grammar: Grammar, strength: float, bars: int | None = None):
         positions = grammar.by_type.get("Position", [])
         self.cells = 2 + max((int(grammar.values[i]) for i in positions), default=0) // 2
-        super().__init__(grammar, strength)
-        self.keep = int(bars)
+        super().__init__(grammar, strength, bars)
         # per model id, in order: ("bar", 0), ("cell", c) or ("track", program + 1)
         self._events: list[list[tuple[str, int]]] = []
         for bases in grammar.expand:
@@ -281,88 +279,86 @@ class GrooveGuidance(_PromptGuidance):
         )
         self._members = self._members | self._bar_ids | self._track_ids
         self._member_ids = self._members.nonzero().squeeze(1)
-        self._prompt: list[tuple[torch.Tensor, torch.Tensor]] = []  # per row: f, f_t
-        self._cell: list[int] = []  # per row: the cell of the latest onset (-1: a new bar)
-        self._counted: list[int] = []
 
     def class_of(self, value) -> int:
-        return (int(value) + 1) // 2  # the nearest 16th, as the groove measure rounds
+        return (int(value) + 1) // 2  # the nearest 16th
 
-    def read_prompts(self) -> bool:
-        return bool(self._counted)
-
-    def _read(self, seq: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """The shares of the latest bars with onsets, ``f[cells]`` and ``f_t[129, cells]``,
-        and the cell of the last onset in ``seq`` (-1 after a bar line)."""
-        bars: deque[dict[int, set[int]]] = deque([{}], maxlen=self.keep)
-        cell, track = -1, 0
-        for token in seq:
-            for kind, value in self._events[token] if 0 <= token < len(self._events) else ():
-                if kind == "bar":
-                    bars.append({})
-                    cell = -1
-                elif kind == "cell":
-                    cell = value
-                else:
-                    track = value
-                    bars[-1].setdefault(track, set()).add(max(cell, 0))
-        played = [bar for bar in bars if bar]
-        by_track = torch.zeros(129, self.cells)
-        for bar in played:
-            for t, cells in bar.items():
-                by_track[t, list(cells)] += 1
-        any_track = torch.zeros(self.cells)
-        for bar in played:
-            any_track[list(set().union(*bar.values()))] += 1
-        n = max(len(played), 1)
-        return any_track / n, by_track / n, cell
-
-    def _advance(self, tokens: Sequence[int], cell: int) -> int:
-        """The latest onset's cell after ``tokens``, from ``cell``."""
+    def _count(self, tokens: Sequence[int], onsets: _Onsets) -> None:
         for token in tokens:
             for kind, value in self._events[token] if 0 <= token < len(self._events) else ():
                 if kind == "bar":
-                    cell = -1
+                    onsets.close()
                 elif kind == "cell":
-                    cell = value
-        return cell
+                    onsets.cell = value
+                else:
+                    onsets.current[value, max(onsets.cell, 0)] = True
+
+    def _empty(self, cell: int = -1, started: bool = True) -> _Onsets:
+        return _Onsets(
+            deque(maxlen=self.keep), torch.zeros(129, self.cells, dtype=torch.bool), cell, started
+        )
+
+    def read_prompt(self, seq: Sequence[int]) -> tuple[tuple[torch.Tensor, ...], _Onsets]:
+        """Of the prompt's latest bars with onsets, the share that have one in each cell
+        (``Float[cells]``) and per track (``Float[129, cells]``, row 0: drums); the new bars'
+        onsets, to come."""
+        prompt = self._empty()
+        self._count(seq, prompt)
+        cell = prompt.cell
+        prompt.close()  # the prompt's last bar, as far as it goes
+        played = _stacked([bar for bar in prompt.bars if bar.any()], prompt.current)
+        n = max(len(played), 1)
+        return (played.amax(1).sum(0) / n, played.sum(0) / n), self._empty(cell, started=False)
 
     def weights(self, tokens: list[list[int]]) -> torch.Tensor:
         """Each row's bias per model id, ``Float[B, V]`` (0 off the guided ids)."""
-        if not self._counted:
-            for seq in tokens:
-                share, by_track, cell = self._read(seq)
-                self._prompt.append((share, by_track))
-                self._cell.append(cell)
-                self._counted.append(len(seq))
         rows = []
-        a = GROOVE_SMOOTHING
-        cell_of = self._class
-        for row, seq in enumerate(tokens):
-            self._cell[row] = self._advance(seq[self._counted[row] :], self._cell[row])
-            self._counted[row] = len(seq)
-            share, by_track = self._prompt[row]
+        a, positions = GROOVE_SMOOTHING, self._members & ~self._bar_ids & ~self._track_ids
+        for (f, f_t), written in self.rows(tokens):
             bias = torch.zeros(len(self._members))
-            if share.any():  # a prompt without onsets has no groove to keep
-                now = self._cell[row]
-                land = torch.log((share + a) / (1 + a))
-                skip = torch.log((1 - share + a) / (1 + a))
+            if f.any():  # a prompt without onsets has no groove to keep
+                bars = len(written.bars)
+                done = _stacked(written.bars, written.current)
+                g_t = (done.sum(0) + PRIOR_BARS * f_t) / (bars + PRIOR_BARS)
+                g = (done.amax(1).sum(0) + PRIOR_BARS * f) / (bars + PRIOR_BARS)
+                now = written.cell
+                land = torch.log((f + a) / (g + a))
+                skip = torch.log((1 - f + a) / (1 - g + a))
                 skip[: now + 1] = 0  # the cells behind (or at) the latest onset
                 passed = torch.cumsum(skip, 0) - skip  # the cells before each one
                 ahead = torch.where(torch.arange(self.cells) > now, land + passed, 0)
-                positions = self._members & ~self._bar_ids & ~self._track_ids
-                bias[positions] = ahead[cell_of[positions]]
+                bias[positions] = ahead[self._class[positions]]
                 bias[self._bar_ids] = skip.sum()
-                at = by_track[:, max(now, 0)]
-                bias[self._track_ids] = torch.log((at + a) / (1 + a))[self._track[self._track_ids]]
+                at = torch.log((f_t[:, max(now, 0)] + a) / (g_t[:, max(now, 0)] + a))
+                bias[self._track_ids] = at[self._track[self._track_ids]]
             rows.append(self.strength * bias)
         return torch.stack(rows)
 
     def apply(self, logits: torch.Tensor, weights: torch.Tensor, members: torch.Tensor):
         tracks = self._track_ids.to(logits.device)
-        timing = members & ~tracks
-        logits = reweight_within(logits, weights, timing)
+        logits = reweight_within(logits, weights, members & ~tracks)  # positions, bar line
         return reweight_within(logits, weights, tracks)
+
+
+def _stacked(bars: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The bars as ``Float[n, *like.shape]``; ``n`` may be 0."""
+    return torch.stack(list(bars)).float() if bars else like.new_zeros(0, *like.shape).float()
+
+
+@dataclass
+class _Onsets:
+    """One row's onset cells per track, bar by bar (the latest few), and the bar under way."""
+
+    bars: deque[torch.Tensor]  # Bool[129, cells] each
+    current: torch.Tensor
+    cell: int = -1  # the cell of the latest onset (-1: none yet in this bar)
+    started: bool = True  # False: the bar under way is the prompt's, not counted
+
+    def close(self) -> None:
+        if self.started:
+            self.bars.append(self.current)
+        self.current = torch.zeros_like(self.current)
+        self.cell, self.started = -1, True
 
 
 class TrackGuidance(_FeedbackGuidance):
