@@ -164,7 +164,7 @@ def _onsets(
 
 
 def _groove(grammar: Grammar, prompt: list[int], now: list[int]) -> tuple[torch.Tensor, ...]:
-    """Probabilities before and after groove guidance for a row at ``prompt + now``."""
+    """Logits before and after groove guidance for a row at ``prompt + now``."""
     torch.manual_seed(2)
     logits = torch.randn(1, grammar.vocab_size)
     guide = GrooveGuidance(grammar, 1.0)
@@ -208,14 +208,14 @@ def test_a_played_onset_a_32nd_early_counts_on_the_16th_grid(grammar):
     """Played drums drift between neighbouring 32nds; both count as the same 16th."""
     loose = _onsets(grammar, (0, 7, 16, 24), 2) + _onsets(grammar, (0, 8, 15, 24), 2)
     _, out = _groove(grammar, loose, _ids(grammar, "Bar_None", "Position_0"))
-    tight = _onsets(grammar, (0, 8, 16, 24), 4)
+    tight = _onsets(grammar, QUARTERS, 4)
     _, ref = _groove(grammar, tight, _ids(grammar, "Bar_None", "Position_0"))
     assert torch.allclose(out, ref)
 
 
 def test_each_track_plays_where_it_played_in_the_prompt(grammar):
     # drums on every beat, the bass on beats one and three (the order within a bar is not read)
-    bar = _onsets(grammar, (0, 8, 16, 24), 1) + _onsets(grammar, (0, 16), 1, program=33)[1:]
+    bar = _onsets(grammar, QUARTERS, 1) + _onsets(grammar, (0, 16), 1, program=33)[1:]
     prompt = bar * 4
     drum, bass = _vocab(grammar, "Program_-1", "Program_33")
     logits, on_two = _groove(grammar, prompt, _ids(grammar, "Bar_None", "Position_8"))

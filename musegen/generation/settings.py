@@ -144,9 +144,10 @@ class GenerationSettings:
     )  # fmt: skip
     groove_guidance: float = guidance_setting(
         0.0, "keep each track's rhythm that of the prompt's last 4 bars, on the 16th-note "
-        "grid: a 16th the new bars play less often than the prompt did becomes a likelier "
-        "place for the next onset (one they overplay less likely), and at an onset so does "
-        "each track; whether a note comes is unchanged (0: off)", "Keep the groove",
+        "grid: the next onset gets likelier where the prompt plays and less likely after "
+        "skipping a 16th it always plays, and at an onset the tracks that played there get "
+        "likelier (0: off; at 1 or more a rarely playing track can fall silent)",
+        "Keep the groove",
     )  # fmt: skip
     track_guidance: float = guidance_setting(
         1.0, "keep each track's share of the notes what it was in the prompt's last 4 bars: "
