@@ -367,7 +367,9 @@ def test_denser_new_bars_make_one_more_note_at_an_onset_less_likely(grammar):
     tokens[0] += _bars(grammar, (0,), 3)  # one note a bar: one more note gets likelier
     expected = -2 * math.log((2 + PRIOR_BARS * 4) / ((2 + PRIOR_BARS) * 4))
     assert sparse.weights(tokens)[0, 0] == pytest.approx(expected)
-    short = DensityGuidance(grammar, 1.0)  # a 2-bar prompt: its own 2 bars set the target
+    # a 2-bar prompt: its first bar sets the target (its last holds one chord on the downbeat,
+    # which reads as a hit played early for the next bar)
+    short = DensityGuidance(grammar, 1.0)
     tokens = [_ids(grammar, "BOS_None") + _bars(grammar, (0, 4), 2)]
     short.weights(tokens)
     tokens[0] += _bars(grammar, (0, 4), 2)  # the same density: nothing to correct

@@ -66,8 +66,23 @@ DENSITY_BARS = 4  # the prompt bars that set the notes per bar, and the new bars
 PRIOR_BARS = 1.0  # the new bars start as this many bars at the prompt's density
 # A prompt whose last bar has onsets only before this position (its first 16th, in 32nds) ends
 # with a note played a little early for the next bar, not with a bar: density and groove
-# guidance leave that bar out (5 of 12 validation drum prompts end so).
+# guidance leave that bar out (5 of the 12 validation drum prompts end so, by a one-off count).
 FRAGMENT_END = 2
+
+
+def ends_a_bar(position: int) -> bool:
+    """Whether a prompt's last bar, whose latest onset is at ``position`` (-1: none), counts as
+    a bar of the prompt (see :data:`FRAGMENT_END`)."""
+    return position >= FRAGMENT_END
+
+
+def last_named(grammar: Grammar, type_: str) -> list[int | None]:
+    """Per model id, the value of the last ``type_`` token it holds (None: it holds none)."""
+    named = [
+        [int(grammar.values[b]) for b in bases if grammar.types[b] == type_]
+        for bases in grammar.expand
+    ]
+    return [values[-1] if values else None for values in named]
 
 
 def reweight_within(logits: torch.Tensor, bias: torch.Tensor, members: torch.Tensor):
@@ -96,7 +111,6 @@ class _PromptGuidance:
         cls = torch.full((grammar.vocab_size,), -1, dtype=torch.long)
         self._classes: list[list[int]] = []  # per model id: the classes of the tokens it holds
         self._bar_lines: list[int] = []  # per model id: bar lines it holds
-        self._position: list[int | None] = []  # per model id: the last position it names
         for i, bases in enumerate(grammar.expand):
             types = [grammar.types[b] for b in bases]
             found = [
@@ -104,8 +118,6 @@ class _PromptGuidance:
             ]
             self._classes.append(found)
             self._bar_lines.append(types.count("Bar"))
-            named = [int(grammar.values[b]) for b in bases if grammar.types[b] == "Position"]
-            self._position.append(named[-1] if named else None)
             if types == [self.kind]:  # a merged (BPE) id is left as the model scored it
                 cls[i] = found[0]
         self._members = cls >= 0
@@ -182,10 +194,7 @@ class KeyGuidance(_FeedbackGuidance):
 
     def __init__(self, grammar: Grammar, strength: float, bars: int | None = None):
         super().__init__(grammar, strength, bars)
-        self._program: list[int | None] = []  # per model id: the last program it names
-        for bases in grammar.expand:
-            named = [int(grammar.values[b]) for b in bases if grammar.types[b] == "Program"]
-            self._program.append(named[-1] if named else None)
+        self._program = last_named(grammar, "Program")
 
     def class_of(self, value) -> int:
         return int(value) % 12
@@ -253,8 +262,7 @@ class GrooveGuidance(_FeedbackGuidance):
     *skipping* a cell it always plays. At an onset, each track gets ``strength * log
     f_t(c)``: a bass that plays on the beats keeps to them while the hi-hat fills the 8ths.
     The timing tokens (positions and the bar line) are shifted together, and so are the
-    tracks, so each kind keeps the total probability the model gave it. What the row has
-    written counts only for where its latest onset is.
+    tracks, so each kind keeps the total probability the model gave it.
 
     Off by default. On the validation pieces (``benchmarks/results/guidance``) it raises every
     group's groove, but it also sharpens what the model already does: a track that plays in
@@ -294,6 +302,10 @@ class GrooveGuidance(_FeedbackGuidance):
                 for b, t in zip(grammar.expand, alone, strict=True)
             ]
         )
+        self._position_ids = self._members.clone()  # single Position ids
+        self._cell_of = self._class[self._position_ids]  # their cells, in id order
+        self._track_of = self._track[self._track_ids]  # the Program ids' tracks, likewise
+        self._cell_index = torch.arange(self.cells)
         self._members = self._members | self._bar_ids | self._track_ids
         self._member_ids = self._members.nonzero().squeeze(1)
 
@@ -307,32 +319,26 @@ class GrooveGuidance(_FeedbackGuidance):
                     onsets.close()
                 elif kind == "position":
                     onsets.position, onsets.cell = value, self.class_of(value)
-                else:
+                elif onsets.current is not None:
                     onsets.current[value, max(onsets.cell, 0)] = True
-
-    def _empty(self, cell: int = -1, started: bool = True) -> _Onsets:
-        return _Onsets(
-            deque(maxlen=self.keep), torch.zeros(129, self.cells, dtype=torch.bool), cell, started
-        )
 
     def read_prompt(self, seq: Sequence[int]) -> tuple[tuple[torch.Tensor, ...], _Onsets]:
         """Of the prompt's latest bars with onsets, the share that have one in each cell
         (``Float[cells]``) and per track (``Float[129, cells]``, row 0: drums); the new bars'
         onsets, to come."""
-        prompt = self._empty()
+        prompt = _Onsets(deque(maxlen=self.keep), torch.zeros(129, self.cells, dtype=torch.bool))
         self._count(seq, prompt)
         cell = prompt.cell
-        if prompt.position >= FRAGMENT_END:
+        if ends_a_bar(prompt.position):
             prompt.close()  # the prompt's last bar, as far as it goes
         played = _stacked([bar for bar in prompt.bars if bar.any()], prompt.current)
         n = max(len(played), 1)
-        return (played.amax(1).sum(0) / n, played.sum(0) / n), self._empty(cell, started=False)
+        return (played.amax(1).sum(0) / n, played.sum(0) / n), _Onsets(deque(), None, cell)
 
     def weights(self, tokens: list[list[int]]) -> torch.Tensor:
         """Each row's bias per model id, ``Float[B, V]`` (0 off the guided ids)."""
         rows = []
         a = GROOVE_SMOOTHING
-        positions = self._members & ~self._bar_ids & ~self._track_ids
         for (f, f_t), written in self.rows(tokens):
             bias = torch.zeros(len(self._members))
             if f.any():  # a prompt without onsets has no groove to keep
@@ -341,11 +347,11 @@ class GrooveGuidance(_FeedbackGuidance):
                 skip = torch.log((1 - f + a) / (1 + a))
                 skip[: now + 1] = 0  # the cells behind (or at) the latest onset
                 passed = torch.cumsum(skip, 0) - skip  # the cells before each one
-                ahead = torch.where(torch.arange(self.cells) > now, land + passed, 0)
-                bias[positions] = ahead[self._class[positions]]
+                ahead = torch.where(self._cell_index > now, land + passed, 0)
+                bias[self._position_ids] = ahead[self._cell_of]
                 bias[self._bar_ids] = skip.sum()
                 at = torch.log((f_t[:, max(now, 0)] + a) / (1 + a))
-                bias[self._track_ids] = at[self._track[self._track_ids]]
+                bias[self._track_ids] = at[self._track_of]
             rows.append(self.strength * bias)
         return torch.stack(rows)
 
@@ -362,19 +368,20 @@ def _stacked(bars: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _Onsets:
-    """One row's onset cells per track, bar by bar (the latest few), and the bar under way."""
+    """One row's onset cells per track, bar by bar (the latest few), and the bar under way;
+    with ``current`` None only where the latest onset is (what a row writes: the prior is
+    fixed, so only its position in the bar counts)."""
 
     bars: deque[torch.Tensor]  # Bool[129, cells] each
-    current: torch.Tensor
+    current: torch.Tensor | None
     cell: int = -1  # the cell of the latest onset (-1: none yet in this bar)
-    started: bool = True  # False: the bar under way is the prompt's, not counted
     position: int = -1  # of the latest onset
 
     def close(self) -> None:
-        if self.started:
+        if self.current is not None:
             self.bars.append(self.current)
-        self.current = torch.zeros_like(self.current)
-        self.cell, self.started, self.position = -1, True, -1
+            self.current = torch.zeros_like(self.current)
+        self.cell = self.position = -1
 
 
 class TrackGuidance(_FeedbackGuidance):
@@ -438,6 +445,7 @@ class DensityGuidance(_FeedbackGuidance):
             [bool(b) and grammar.types[b[0]] == grammar.first_note for b in grammar.expand]
         )
         self._member_ids = self._members.nonzero().squeeze(1)
+        self._position = last_named(grammar, "Position")
 
     def class_of(self, value) -> int:
         return 0
@@ -455,7 +463,7 @@ class DensityGuidance(_FeedbackGuidance):
         """The prompt's notes per bar (its latest bars, from its first bar line)."""
         prompt = _Bars(deque(maxlen=self.keep), started=False)
         self._count(seq, prompt)
-        if prompt.position >= FRAGMENT_END:
+        if ends_a_bar(prompt.position):
             prompt.close()  # the prompt's last bar, as far as it goes
         done = list(prompt.done)
         return (sum(done) / len(done) if done else 0.0), _Bars(
