@@ -173,9 +173,13 @@ def encode(tokenizer: miditok.MusicTokenizer, score: symusic.Score) -> list[int]
 
 
 def decode(tokenizer: miditok.MusicTokenizer, ids: list[int]) -> symusic.Score:
-    """A score from token ids; special tokens (PAD/BOS/EOS) are dropped first."""
+    """A score from token ids; special tokens (PAD/BOS/EOS) are dropped first. No ids left (a
+    request stopped before its first token) gives an empty score: miditok reads ``[]`` as a
+    list of sequences and fails."""
     special = set(tokenizer.special_tokens_ids)
     clean = [int(i) for i in ids if int(i) not in special]
+    if not clean:
+        return symusic.Score(tokenizer.time_division)
     return tokenizer.decode(clean)
 
 

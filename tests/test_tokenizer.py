@@ -36,6 +36,15 @@ def test_round_trip_keeps_notes(kind: str) -> None:
     assert programs == [(0, False), (0, True), (40, False)]
 
 
+@pytest.mark.parametrize("kind", ["REMI", "TSD", "MIDILike"])
+def test_no_tokens_but_special_ones_decode_to_an_empty_score(kind: str) -> None:
+    """A request its deadline stops before the first token has only BOS to decode."""
+    tok = build_tokenizer(TokenizerSettings(kind=kind))
+    for ids in ([], [tok.vocab["BOS_None"]]):
+        empty = decode(tok, ids)
+        assert count_notes(empty) == 0 and empty.tpq == tok.time_division
+
+
 def test_unknown_kind_is_a_clear_error() -> None:
     with pytest.raises(Exception, match="unknown tokenizer"):
         build_tokenizer(TokenizerSettings(kind="Octuple?"))
