@@ -333,13 +333,16 @@ class GrooveGuidance(_FeedbackGuidance):
             prompt.close()  # the prompt's last bar, as far as it goes
         played = _stacked([bar for bar in prompt.bars if bar.any()], prompt.current)
         n = max(len(played), 1)
-        return (played.amax(1).sum(0) / n, played.sum(0) / n), _Onsets(deque(), None, cell)
+        union = played.amax(1)  # [n, cells]: any track
+        shares = (union.sum(0) / n, played.sum(0) / n)
+        steady = (steadiness(union), torch.stack([steadiness(b) for b in played.unbind(1)]))
+        return shares + steady, _Onsets(deque(), None, cell)
 
     def weights(self, tokens: list[list[int]]) -> torch.Tensor:
         """Each row's bias per model id, ``Float[B, V]`` (0 off the guided ids)."""
         rows = []
         a = GROOVE_SMOOTHING
-        for (f, f_t), written in self.rows(tokens):
+        for (f, f_t, s, s_t), written in self.rows(tokens):
             bias = torch.zeros(len(self._members))
             if f.any():  # a prompt without onsets has no groove to keep
                 now = written.cell
@@ -348,9 +351,9 @@ class GrooveGuidance(_FeedbackGuidance):
                 skip[: now + 1] = 0  # the cells behind (or at) the latest onset
                 passed = torch.cumsum(skip, 0) - skip  # the cells before each one
                 ahead = torch.where(self._cell_index > now, land + passed, 0)
-                bias[self._position_ids] = ahead[self._cell_of]
-                bias[self._bar_ids] = skip.sum()
-                at = torch.log((f_t[:, max(now, 0)] + a) / (1 + a))
+                bias[self._position_ids] = s * ahead[self._cell_of]
+                bias[self._bar_ids] = s * skip.sum()
+                at = s_t * torch.log((f_t[:, max(now, 0)] + a) / (1 + a))
                 bias[self._track_ids] = at[self._track_of]
             rows.append(self.strength * bias)
         return torch.stack(rows)
@@ -359,6 +362,20 @@ class GrooveGuidance(_FeedbackGuidance):
         tracks = self._track_ids.to(logits.device)
         logits = reweight_within(logits, weights, members & ~tracks)  # positions, bar line
         return reweight_within(logits, weights, tracks)
+
+
+def steadiness(bars: torch.Tensor) -> torch.Tensor:
+    """How steadily ``bars`` (``Float[n, cells]``, one onset pattern per bar) repeat one
+    pattern, from 0 to 1: the mean over the bars with onsets of the Jaccard similarity to the
+    best-matching other such bar (the groove measure, within the prompt). 0 when fewer than two
+    bars have onsets: a pattern played once is not a groove."""
+    bars = bars[bars.any(1)]
+    if len(bars) < 2:
+        return torch.tensor(0.0)
+    both = bars @ bars.T
+    either = bars.sum(1, keepdim=True) + bars.sum(1) - both
+    similar = (both / either).fill_diagonal_(-1.0)
+    return similar.amax(1).mean()
 
 
 def _stacked(bars: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
