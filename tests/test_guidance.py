@@ -21,6 +21,7 @@ from musegen.generation.guidance import (
     GrooveGuidance,
     KeyGuidance,
     TrackGuidance,
+    steadiness,
 )
 from musegen.generation.sampling import StepContext
 from musegen.generation.settings import GUIDANCE, GenerationSettings
@@ -237,6 +238,42 @@ def test_only_the_latest_bars_set_the_groove_and_no_onsets_no_groove(grammar):
     assert not weights[1].any()
 
 
+def test_steadiness_is_how_alike_the_bars_with_onsets_are():
+    def bars(*cells: tuple[int, ...]) -> torch.Tensor:
+        out = torch.zeros(len(cells), 16)
+        for i, c in enumerate(cells):
+            out[i, list(c)] = 1
+        return out
+
+    assert steadiness(bars((0, 4), (0, 4), (), (0, 4))) == 1  # a bar without onsets is no bar
+    assert steadiness(bars((0, 4), (8, 12), (0, 4), (8, 12))) == 1  # each has a twin
+    assert steadiness(bars((0,), (4,), (8,), (12,))) == 0
+    assert steadiness(bars((0, 4), (0, 8))) == pytest.approx(1 / 3)
+    assert steadiness(bars((0, 4), (), ())) == 0  # played once: no pattern repeated
+
+
+def test_a_track_or_prompt_without_a_repeated_pattern_is_left_to_the_model(grammar):
+    drums = _onsets(grammar, QUARTERS, 1)
+    bass_on_two = _onsets(grammar, (8,), 1, program=33)[1:]  # without its bar line
+    drum, bass = _vocab(grammar, "Program_-1", "Program_33")
+    at_downbeat = _ids(grammar, "Bar_None", "Position_0")
+    odds = {}
+    for name, prompt in {
+        "bass every bar": (drums + bass_on_two) * 4,
+        "bass in one bar": drums * 3 + drums + bass_on_two,
+    }.items():
+        logits, out = _groove(grammar, prompt, at_downbeat)
+        gain = out.softmax(-1)[0] / logits.softmax(-1)[0]
+        odds[name] = (gain[drum] / gain[bass]).item()
+    assert odds["bass every bar"] > 10  # the bass plays on two, not on the downbeat
+    assert odds["bass in one bar"] == pytest.approx(1.0, rel=1e-4)  # no pattern to keep
+    # each bar a different rhythm: where the next onset falls stays the model's
+    moving = sum((_onsets(grammar, p, 1) for p in ((0, 8), (16, 24), (4, 12), (20, 28))), [])
+    logits, out = _groove(grammar, moving, _ids(grammar, "Bar_None"))
+    timing = grammar.by_type["Position"] + grammar.by_type["Bar"]
+    assert torch.allclose(out[0, timing], logits[0, timing])
+
+
 def test_the_pipeline_keeps_the_prompts_grid_with_groove_guidance(tiny_checkpoint):
     """An untrained model puts onsets anywhere; guidance pulls them onto the prompt's 8ths."""
     from musegen.pipeline import Pipeline
@@ -386,9 +423,9 @@ def test_a_note_played_just_before_the_bar_line_is_not_a_bar_of_the_prompt(gramm
     assert density.read_prompt(whole)[0] == density.read_prompt(early)[0] == 4
     assert density.read_prompt(late)[0] == (4 * 3 + 2) / 4
     groove = GrooveGuidance(grammar, 1.0)
-    (every, _), _ = groove.read_prompt(early)
+    (every, *_), _ = groove.read_prompt(early)
     assert every[4] == 1  # beat two in every bar, the early hit's "bar" left out
-    (every, _), written = groove.read_prompt(late)
+    (every, *_), written = groove.read_prompt(late)
     assert every[4] == 0.75 and written.cell == 1
 
 

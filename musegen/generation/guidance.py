@@ -29,8 +29,9 @@ stays the model's own:
 - :class:`GrooveGuidance` chooses **where the next onset falls** (a position, or the bar line)
   and **which tracks play at it**, on the 16th-note grid: the prompt's last
   :data:`GROOVE_BARS` bars give how often each track plays each 16th, and an onset gets likelier
-  where the prompt plays and less likely after skipping a 16th it always plays. A fixed prior,
-  since a groove is a pattern repeated bar after bar; off by default.
+  where the prompt plays and less likely after skipping a 16th it always plays, as far as the
+  prompt repeats its pattern bar after bar. A fixed prior, since a groove is a pattern
+  repeated; off by default.
 - :class:`DensityGuidance` scales the odds of **one more note at an onset** by how the new
   bars' notes per bar compare with the prompt's last :data:`DENSITY_BARS` bars.
 
@@ -261,13 +262,17 @@ class GrooveGuidance(_FeedbackGuidance):
     over all the cells left: landing where the prompt never plays costs, and so does
     *skipping* a cell it always plays. At an onset, each track gets ``strength * log
     f_t(c)``: a bass that plays on the beats keeps to them while the hi-hat fills the 8ths.
-    The timing tokens (positions and the bar line) are shifted together, and so are the
-    tracks, so each kind keeps the total probability the model gave it.
+    Each term is weighed by how steadily the prompt repeats that pattern (:func:`steadiness`:
+    the timing terms by all tracks' onsets together, a track's by its own), so a track that
+    plays in one bar of four, or never repeats itself, is left as the model scores it. The
+    timing tokens (positions and the bar line) are shifted together, and so are the tracks, so
+    each kind keeps the total probability the model gave it.
 
     Off by default. On the validation pieces (``benchmarks/results/guidance``) it raises every
-    group's groove, but it also sharpens what the model already does: a track that plays in
-    few cells loses out at every cell, and some fell silent. Three other designs did no
-    better there. Weighing only the landing cell, on the 32nd-note grid, thinned the played
+    group's groove and keeps every track playing, but a pop-piano continuation can run denser
+    than the real bars. Without the steadiness weights (commit 3bea37e) it sharpened what the
+    model already does: a track that plays in few cells lost out at every cell, and some fell
+    silent. Three other designs did no better there. Weighing only the landing cell, on the 32nd-note grid, thinned the played
     drum parts, since skipping a cell cost nothing. Feedback, the new bars' shares ``g``
     against the prompt's, with the skip terms (commit c2a643c), swung from bar to bar: the
     terms of 16 cells add up, so after one bar a little busier than the prompt's the bar
@@ -324,8 +329,9 @@ class GrooveGuidance(_FeedbackGuidance):
 
     def read_prompt(self, seq: Sequence[int]) -> tuple[tuple[torch.Tensor, ...], _Onsets]:
         """Of the prompt's latest bars with onsets, the share that have one in each cell
-        (``Float[cells]``) and per track (``Float[129, cells]``, row 0: drums); the new bars'
-        onsets, to come."""
+        (``Float[cells]``) and per track (``Float[129, cells]``, row 0: drums), and how steadily
+        they repeat their pattern (:func:`steadiness`, all tracks together and per track); the
+        new bars' onsets, to come."""
         prompt = _Onsets(deque(maxlen=self.keep), torch.zeros(129, self.cells, dtype=torch.bool))
         self._count(seq, prompt)
         cell = prompt.cell
@@ -333,10 +339,14 @@ class GrooveGuidance(_FeedbackGuidance):
             prompt.close()  # the prompt's last bar, as far as it goes
         played = _stacked([bar for bar in prompt.bars if bar.any()], prompt.current)
         n = max(len(played), 1)
-        union = played.amax(1)  # [n, cells]: any track
-        shares = (union.sum(0) / n, played.sum(0) / n)
-        steady = (steadiness(union), torch.stack([steadiness(b) for b in played.unbind(1)]))
-        return shares + steady, _Onsets(deque(), None, cell)
+        union = played.amax(1)  # Float[n, cells]: any track
+        f, f_t = union.sum(0) / n, played.sum(0) / n
+        if len(played) < 2:  # a prompt of one bar: its pattern is all there is to go by
+            s, s_t = torch.tensor(1.0), torch.ones(len(f_t))
+        else:
+            s = steadiness(union)
+            s_t = torch.stack([steadiness(track) for track in played.unbind(1)])
+        return (f, f_t, s, s_t), _Onsets(deque(), None, cell)
 
     def weights(self, tokens: list[list[int]]) -> torch.Tensor:
         """Each row's bias per model id, ``Float[B, V]`` (0 off the guided ids)."""

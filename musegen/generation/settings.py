@@ -146,7 +146,8 @@ class GenerationSettings:
         0.0, "keep each track's rhythm that of the prompt's last 4 bars, on the 16th-note "
         "grid: the next onset gets likelier where the prompt plays and less likely after "
         "skipping a 16th it always plays, and at an onset the tracks that played there get "
-        "likelier (0: off; at 1 or more a rarely playing track can fall silent)",
+        "likelier, each as far as the prompt repeats its pattern (0: off; at 1 a continuation "
+        "can run denser than the prompt)",
         "Keep the groove",
     )  # fmt: skip
     track_guidance: float = guidance_setting(
