@@ -272,12 +272,12 @@ class GrooveGuidance(_FeedbackGuidance):
     group's groove and keeps every track playing, but a pop-piano continuation can run denser
     than the real bars. Without the steadiness weights (commit 3bea37e) it sharpened what the
     model already does: a track that plays in few cells lost out at every cell, and some fell
-    silent. Three other designs did no better there. Weighing only the landing cell, on the 32nd-note grid, thinned the played
-    drum parts, since skipping a cell cost nothing. Feedback, the new bars' shares ``g``
-    against the prompt's, with the skip terms (commit c2a643c), swung from bar to bar: the
-    terms of 16 cells add up, so after one bar a little busier than the prompt's the bar
-    line outweighed every onset and the next bar came out empty. Feedback without them changed
-    nothing measurable.
+    silent. Three other designs did no better there. Weighing only the landing cell, on the
+    32nd-note grid, thinned the played drum parts, since skipping a cell cost nothing.
+    Feedback, the new bars' shares ``g`` against the prompt's, with the skip terms (commit
+    c2a643c), swung from bar to bar: the terms of 16 cells add up, so after one bar a little
+    busier than the prompt's the bar line outweighed every onset and the next bar came out
+    empty. Feedback without them changed nothing measurable.
     """
 
     kind, bars = "Position", GROOVE_BARS
