@@ -274,6 +274,28 @@ def test_a_track_or_prompt_without_a_repeated_pattern_is_left_to_the_model(gramm
     assert torch.allclose(out[0, timing], logits[0, timing])
 
 
+def test_a_drum_loop_keeps_its_groove_by_default_and_a_band_only_when_asked(grammar):
+    """Prompts of drums alone gain groove on validation without a target lost; prompts with
+    pitched tracks lost some (``benchmarks/results/guidance``), so only drum loops get it."""
+    loop = _onsets(grammar, QUARTERS, 4)
+    band = [
+        t
+        for _ in range(4)
+        for t in _onsets(grammar, QUARTERS, 1) + _onsets(grammar, (0, 16), 1, program=33)[1:]
+    ]
+    assert band.count(_ids(grammar, "Bar_None")[0]) == 4
+
+    def weights(groove: float, drum_loops: float) -> torch.Tensor:
+        return GrooveGuidance(grammar, groove, drum_loops=drum_loops).weights([loop, band])
+
+    default = weights(0.0, 1.0)
+    assert default[0].any() and not default[1].any()
+    assert torch.allclose(weights(1.0, 0.0), weights(1.0, 1.0))  # the band's 1 is the loop's
+    assert torch.allclose(weights(2.0, 1.0)[0], 2 * default[0])  # the higher strength counts
+    settings = GenerationSettings()
+    assert settings.groove_guidance == 0 and settings.drum_loop_groove == 1
+
+
 def test_the_pipeline_keeps_the_prompts_grid_with_groove_guidance(tiny_checkpoint):
     """An untrained model puts onsets anywhere; guidance pulls them onto the prompt's 8ths."""
     from musegen.pipeline import Pipeline

@@ -282,7 +282,10 @@ class GrooveGuidance(_FeedbackGuidance):
 
     kind, bars = "Position", GROOVE_BARS
 
-    def __init__(self, grammar: Grammar, strength: float, bars: int | None = None):
+    def __init__(
+        self, grammar: Grammar, strength: float, bars: int | None = None, drum_loops: float = 0.0
+    ):
+        self.drum_loops = float(drum_loops)  # the strength for a prompt of drums alone, if more
         positions = grammar.by_type.get("Position", [])
         self.cells = 2 + max((int(grammar.values[i]) for i in positions), default=0) // 2
         super().__init__(grammar, strength, bars)
@@ -329,9 +332,10 @@ class GrooveGuidance(_FeedbackGuidance):
 
     def read_prompt(self, seq: Sequence[int]) -> tuple[tuple[torch.Tensor, ...], _Onsets]:
         """Of the prompt's latest bars with onsets, the share that have one in each cell
-        (``Float[cells]``) and per track (``Float[129, cells]``, row 0: drums), and how steadily
-        they repeat their pattern (:func:`steadiness`, all tracks together and per track); the
-        new bars' onsets, to come."""
+        (``Float[cells]``) and per track (``Float[129, cells]``, row 0: drums), and the weights
+        of their terms: the row's strength times how steadily they repeat their pattern
+        (:func:`steadiness`, all tracks together and per track); the new bars' onsets, to
+        come. A drum loop (drums alone in those bars) gets ``drum_loops`` if that is more."""
         prompt = _Onsets(deque(maxlen=self.keep), torch.zeros(129, self.cells, dtype=torch.bool))
         self._count(seq, prompt)
         cell = prompt.cell
@@ -346,13 +350,16 @@ class GrooveGuidance(_FeedbackGuidance):
         else:
             s = steadiness(union)
             s_t = torch.stack([steadiness(track) for track in played.unbind(1)])
-        return (f, f_t, s, s_t), _Onsets(deque(), None, cell)
+        strength = self.strength
+        if f_t[0].any() and not f_t[1:].any():  # a drum loop: drums alone in its latest bars
+            strength = max(strength, self.drum_loops)
+        return (f, f_t, strength * s, strength * s_t), _Onsets(deque(), None, cell)
 
     def weights(self, tokens: list[list[int]]) -> torch.Tensor:
         """Each row's bias per model id, ``Float[B, V]`` (0 off the guided ids)."""
         rows = []
         a = GROOVE_SMOOTHING
-        for (f, f_t, s, s_t), written in self.rows(tokens):
+        for (f, f_t, w, w_t), written in self.rows(tokens):
             bias = torch.zeros(len(self._members))
             if f.any():  # a prompt without onsets has no groove to keep
                 now = written.cell
@@ -361,11 +368,11 @@ class GrooveGuidance(_FeedbackGuidance):
                 skip[: now + 1] = 0  # the cells behind (or at) the latest onset
                 passed = torch.cumsum(skip, 0) - skip  # the cells before each one
                 ahead = torch.where(self._cell_index > now, land + passed, 0)
-                bias[self._position_ids] = s * ahead[self._cell_of]
-                bias[self._bar_ids] = s * skip.sum()
-                at = s_t * torch.log((f_t[:, max(now, 0)] + a) / (1 + a))
+                bias[self._position_ids] = w * ahead[self._cell_of]
+                bias[self._bar_ids] = w * skip.sum()
+                at = w_t * torch.log((f_t[:, max(now, 0)] + a) / (1 + a))
                 bias[self._track_ids] = at[self._track_of]
-            rows.append(self.strength * bias)
+            rows.append(bias)
         return torch.stack(rows)
 
     def apply(self, logits: torch.Tensor, weights: torch.Tensor, members: torch.Tensor):
@@ -532,8 +539,13 @@ def guidance_for(settings, grammar: Grammar) -> list[_PromptGuidance]:
     """The processors a request's settings turn on (fresh ones: they hold its rows' state)."""
     chosen = [
         (KeyGuidance, settings.key_guidance),
-        (GrooveGuidance, settings.groove_guidance),
         (TrackGuidance, settings.track_guidance),
         (DensityGuidance, settings.density_guidance),
     ]
-    return [kind(grammar, strength) for kind, strength in chosen if strength]
+    out = [kind(grammar, strength) for kind, strength in chosen if strength]
+    if settings.groove_guidance or settings.drum_loop_groove:
+        groove = GrooveGuidance(
+            grammar, settings.groove_guidance, drum_loops=settings.drum_loop_groove
+        )
+        out.insert(1, groove)  # the order of the settings
+    return out

@@ -150,6 +150,11 @@ class GenerationSettings:
         "can run denser than the prompt)",
         "Keep the groove",
     )  # fmt: skip
+    drum_loop_groove: float = guidance_setting(
+        1.0, "keep the groove of a drum loop: for a prompt whose last 4 bars hold drums alone, "
+        "groove guidance at this strength unless \"keep the groove\" is set higher (0: off)",
+        "Keep a drum loop's groove",
+    )  # fmt: skip
     track_guidance: float = guidance_setting(
         1.0, "keep each track's share of the notes what it was in the prompt's last 4 bars: "
         "an instrument that has gone quiet in the new bars gets likelier to play the next note; "
@@ -329,7 +334,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(s.flag, type=number, default=s.default, help=help_text)
 
 
-GUIDANCE = ("key_guidance", "groove_guidance", "track_guidance", "density_guidance")
+GUIDANCE = (
+    "key_guidance",
+    "groove_guidance",
+    "drum_loop_groove",
+    "track_guidance",
+    "density_guidance",
+)
 
 
 def add_guidance_overrides(parser: argparse.ArgumentParser) -> None:
