@@ -31,7 +31,7 @@ stays the model's own:
   :data:`GROOVE_BARS` bars give how often each track plays each 16th, and an onset gets likelier
   where the prompt plays and less likely after skipping a 16th it always plays, as far as the
   prompt repeats its pattern bar after bar. A fixed prior, since a groove is a pattern
-  repeated; off by default.
+  repeated; on by default only for a drum loop (a prompt of drums alone).
 - :class:`DensityGuidance` scales the odds of **one more note at an onset** by how the new
   bars' notes per bar compare with the prompt's last :data:`DENSITY_BARS` bars.
 
@@ -268,16 +268,18 @@ class GrooveGuidance(_FeedbackGuidance):
     timing tokens (positions and the bar line) are shifted together, and so are the tracks, so
     each kind keeps the total probability the model gave it.
 
-    Off by default. On the validation pieces (``benchmarks/results/guidance``) it raises every
-    group's groove and keeps every track playing, but a pop-piano continuation can run denser
-    than the real bars. Without the steadiness weights (commit 3bea37e) it sharpened what the
-    model already does: a track that plays in few cells lost out at every cell, and some fell
-    silent. Three other designs did no better there. Weighing only the landing cell, on the
-    32nd-note grid, thinned the played drum parts, since skipping a cell cost nothing.
-    Feedback, the new bars' shares ``g`` against the prompt's, with the skip terms (commit
-    c2a643c), swung from bar to bar: the terms of 16 cells add up, so after one bar a little
-    busier than the prompt's the bar line outweighed every onset and the next bar came out
-    empty. Feedback without them changed nothing measurable.
+    Off by default, except for a drum loop (``drum_loops``, the setting ``drum_loop_groove``).
+    On the validation pieces (``benchmarks/results/guidance``) it raises every group's groove
+    and keeps every track playing, but a pop-piano continuation can run denser than the real
+    bars and a band's pitch classes drift a little; a drum loop has no pitched track to move,
+    and there it met every target. Without the steadiness weights (commit 3bea37e) it
+    sharpened what the model already does: a track that plays in few cells lost out at every
+    cell, and some fell silent. Three other designs did no better there. Weighing only the
+    landing cell, on the 32nd-note grid, thinned the played drum parts, since skipping a cell
+    cost nothing. Feedback, the new bars' shares ``g`` against the prompt's, with the skip
+    terms (commit c2a643c), swung from bar to bar: the terms of 16 cells add up, so after one
+    bar a little busier than the prompt's the bar line outweighed every onset and the next bar
+    came out empty. Feedback without them changed nothing measurable.
     """
 
     kind, bars = "Position", GROOVE_BARS
