@@ -363,7 +363,7 @@ class GrooveGuidance(_FeedbackGuidance):
         a = GROOVE_SMOOTHING
         for (f, f_t, w, w_t), written in self.rows(tokens):
             bias = torch.zeros(len(self._members))
-            if f.any():  # a prompt without onsets has no groove to keep
+            if f.any() and (w > 0 or w_t.any()):  # else no groove to keep, or none asked for
                 now = written.cell
                 land = torch.log((f + a) / (1 + a))
                 skip = torch.log((1 - f + a) / (1 + a))
@@ -378,6 +378,8 @@ class GrooveGuidance(_FeedbackGuidance):
         return torch.stack(rows)
 
     def apply(self, logits: torch.Tensor, weights: torch.Tensor, members: torch.Tensor):
+        if not weights.any():  # e.g. a band prompt with only drum loops guided: nothing to do
+            return logits
         tracks = self._track_ids.to(logits.device)
         logits = reweight_within(logits, weights, members & ~tracks)  # positions, bar line
         return reweight_within(logits, weights, tracks)
