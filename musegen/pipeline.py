@@ -232,7 +232,7 @@ class Pipeline:
         for i, ids in enumerate(prepared):
             if not isinstance(ids, MusegenError):
                 own = self._for_prompt(settings, ids)
-                key = (tuple(own.instruments or ()), own.drums)
+                key = (None if own.instruments is None else tuple(own.instruments), own.drums)
                 groups.setdefault(key, (own, []))[1].append(i)
         out: list[list[GenerationResult] | MusegenError] = list(prepared)  # type: ignore[arg-type]
         for own, members in groups.values():
@@ -439,13 +439,14 @@ class Pipeline:
         return ids
 
     def _for_prompt(self, settings: GenerationSettings, ids: list[int]) -> GenerationSettings:
-        """Settings with the prompt's instruments filled in when ``keep_instruments`` asks."""
+        """Settings with the prompt's instruments filled in when ``keep_instruments`` asks (a
+        drum loop: drums alone)."""
         if not (settings.keep_instruments and settings.instruments is None and ids):
             return settings
         names = [self.tokenizer[int(i)] for i in ids if int(i) < len(self.tokenizer.vocab)]
         programs = {int(n.split("_", 1)[1]) for n in names if n.startswith("Program_")}
         pitched = sorted(p for p in programs if p >= 0)
-        if not pitched:  # no program tokens (or drums only): nothing to keep
+        if not programs or (not pitched and not settings.drums):  # nothing to keep
             return settings
         return replace(settings, instruments=pitched, drums=settings.drums and -1 in programs)
 

@@ -166,6 +166,20 @@ def test_continuation_keeps_the_prompts_instruments_unless_told(pipe):
     assert _programs(mixed[1][0].continuation) <= {(0, False)}
 
 
+def test_a_drum_loop_is_continued_by_drums_alone(pipe):
+    """Keeping the prompt's instruments keeps a drum loop drums (it used to leave every
+    instrument open: a loop under groove guidance could gain a pitched note)."""
+    loop = make_score(bars=2, tracks=((0, True),))
+    for seed in range(3):
+        [result] = pipe.continue_midi(loop, bars=1, seed=seed, max_new_tokens=48)
+        assert _programs(result.continuation) <= {(0, True)}
+    free = [
+        pipe.continue_midi(loop, bars=1, seed=s, max_new_tokens=48, keep_instruments=False)[0]
+        for s in range(3)
+    ]
+    assert set().union(*(_programs(r.continuation) for r in free)) - {(0, True)}
+
+
 def test_continue_batch_reports_bad_prompts(pipe, midi_file, tmp_path):
     bad = tmp_path / "bad.mid"
     bad.write_bytes(b"MThd garbage")

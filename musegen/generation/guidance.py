@@ -359,10 +359,13 @@ class GrooveGuidance(_FeedbackGuidance):
 
     def weights(self, tokens: list[list[int]]) -> torch.Tensor:
         """Each row's bias per model id, ``Float[B, V]`` (0 off the guided ids)."""
-        rows = []
+        rows, guided = [], []
         a = GROOVE_SMOOTHING
         for (f, f_t, w, w_t), written in self.rows(tokens):
             bias = torch.zeros(len(self._members))
+            tracks = torch.zeros(len(self._members), dtype=torch.bool)
+            tracks[self._track_ids] = w_t[self._track_of] > 0
+            guided.append(tracks)
             if f.any() and (w > 0 or w_t.any()):  # else no groove to keep, or none asked for
                 now = written.cell
                 land = torch.log((f + a) / (1 + a))
@@ -375,14 +378,19 @@ class GrooveGuidance(_FeedbackGuidance):
                 at = w_t * torch.log((f_t[:, max(now, 0)] + a) / (1 + a))
                 bias[self._track_ids] = at[self._track_of]
             rows.append(bias)
+        self._guided_tracks = torch.stack(guided)
         return torch.stack(rows)
 
     def apply(self, logits: torch.Tensor, weights: torch.Tensor, members: torch.Tensor):
+        """Positions and the bar line shifted together; the tracks with a pattern to keep
+        (each row's own) likewise, among themselves: a track without one, or one the prompt's
+        bars never play, keeps the probability the model gave it, so it neither gains what a
+        steady track loses at a cell it skips nor is pushed out."""
         if not weights.any():  # e.g. a band prompt with only drum loops guided: nothing to do
             return logits
         tracks = self._track_ids.to(logits.device)
         logits = reweight_within(logits, weights, members & ~tracks)  # positions, bar line
-        return reweight_within(logits, weights, tracks)
+        return reweight_within(logits, weights, self._guided_tracks.to(logits.device))
 
 
 def steadiness(bars: torch.Tensor) -> torch.Tensor:
