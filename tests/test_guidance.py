@@ -267,10 +267,12 @@ def test_a_track_or_prompt_without_a_repeated_pattern_is_left_to_the_model(gramm
         odds[name] = (gain[drum] / gain[bass]).item()
     assert odds["bass every bar"] > 10  # the bass plays on two, not on the downbeat
     assert odds["bass in one bar"] == pytest.approx(1.0, rel=1e-4)  # no pattern to keep
-    # off the drums' beats, a track the prompt never plays gains nothing the drums lose
-    logits, out = _groove(grammar, drums * 4, _ids(grammar, "Bar_None", "Position_4"))
+    # a track the prompt never plays neither gains what the drums lose nor is pushed out
     both = _vocab(grammar, "Program_0", "Program_-1")  # piano, drums
-    assert torch.allclose(out[0, both], logits[0, both])
+    for bars in (4, 1):  # a one-bar prompt is kept as far as it goes, and no further
+        for cell in ("Position_4", "Position_8"):  # off and on the drums' beats
+            logits, out = _groove(grammar, drums * bars, _ids(grammar, "Bar_None", cell))
+            assert torch.allclose(out[0, both], logits[0, both])
     # each bar a different rhythm: where the next onset falls stays the model's
     moving = [t for p in ((0, 8), (16, 24), (4, 12), (20, 28)) for t in _onsets(grammar, p, 1)]
     logits, out = _groove(grammar, moving, _ids(grammar, "Bar_None"))

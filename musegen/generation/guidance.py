@@ -348,7 +348,7 @@ class GrooveGuidance(_FeedbackGuidance):
         union = played.amax(1)  # Float[n, cells]: any track
         f, f_t = union.sum(0) / n, played.sum(0) / n
         if len(played) < 2:  # a prompt of one bar: its pattern is all there is to go by
-            s, s_t = torch.tensor(1.0), torch.ones(len(f_t))
+            s, s_t = torch.tensor(1.0), f_t.any(1).float()
         else:
             s = steadiness(union)
             s_t = torch.stack([steadiness(track) for track in played.unbind(1)])
