@@ -50,6 +50,7 @@ import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -337,7 +338,9 @@ class GrooveGuidance(_FeedbackGuidance):
         (``Float[cells]``) and per track (``Float[129, cells]``, row 0: drums), and the weights
         of their terms: the row's strength times how steadily they repeat their pattern
         (:func:`steadiness`, all tracks together and per track); the new bars' onsets, to
-        come. A drum loop (drums alone in those bars) gets ``drum_loops`` if that is more."""
+        come. A drum loop (drums alone in those bars) gets ``drum_loops`` if that is more.
+        Also the Program ids of the tracks with a pattern to keep (``Bool[V]``), which
+        :meth:`apply` shifts among themselves."""
         prompt = _Onsets(deque(maxlen=self.keep), torch.zeros(129, self.cells, dtype=torch.bool))
         self._count(seq, prompt)
         cell = prompt.cell
@@ -355,16 +358,17 @@ class GrooveGuidance(_FeedbackGuidance):
         strength = self.strength
         if f_t[0].any() and not f_t[1:].any():  # a drum loop: drums alone in its latest bars
             strength = max(strength, self.drum_loops)
-        return (f, f_t, strength * s, strength * s_t), _Onsets(deque(), None, cell)
+        w, w_t = strength * s, strength * s_t
+        guided = torch.zeros(len(self._members), dtype=torch.bool)
+        guided[self._track_ids] = w_t[self._track_of] > 0
+        return (f, f_t, w, w_t, guided), _Onsets(deque(), None, cell)
 
     def weights(self, tokens: list[list[int]]) -> torch.Tensor:
         """Each row's bias per model id, ``Float[B, V]`` (0 off the guided ids)."""
         rows, guided = [], []
         a = GROOVE_SMOOTHING
-        for (f, f_t, w, w_t), written in self.rows(tokens):
+        for (f, f_t, w, w_t, tracks), written in self.rows(tokens):
             bias = torch.zeros(len(self._members))
-            tracks = torch.zeros(len(self._members), dtype=torch.bool)
-            tracks[self._track_ids] = w_t[self._track_of] > 0
             guided.append(tracks)
             if f.any() and (w > 0 or w_t.any()):  # else no groove to keep, or none asked for
                 now = written.cell
@@ -549,15 +553,11 @@ class _Bars:
 
 def guidance_for(settings, grammar: Grammar) -> list[_PromptGuidance]:
     """The processors a request's settings turn on (fresh ones: they hold its rows' state)."""
-    chosen = [
-        (KeyGuidance, settings.key_guidance),
-        (TrackGuidance, settings.track_guidance),
-        (DensityGuidance, settings.density_guidance),
+    groove = partial(GrooveGuidance, drum_loops=settings.drum_loop_groove)
+    chosen = [  # (processor, strength, whether it runs)
+        (KeyGuidance, settings.key_guidance, settings.key_guidance),
+        (groove, settings.groove_guidance, settings.groove_guidance or settings.drum_loop_groove),
+        (TrackGuidance, settings.track_guidance, settings.track_guidance),
+        (DensityGuidance, settings.density_guidance, settings.density_guidance),
     ]
-    out = [kind(grammar, strength) for kind, strength in chosen if strength]
-    if settings.groove_guidance or settings.drum_loop_groove:
-        groove = GrooveGuidance(
-            grammar, settings.groove_guidance, drum_loops=settings.drum_loop_groove
-        )
-        out.insert(1, groove)  # the order of the settings
-    return out
+    return [kind(grammar, strength) for kind, strength, on in chosen if on]
