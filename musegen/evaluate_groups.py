@@ -65,6 +65,7 @@ class GroupEvalSettings:
     long_bars: int = 32
     temperature: float = 1.0
     top_p: float = 0.95
+    top_p_timing: bool | None = None  # None: the setting's default
     seed: int = 0
     candidates: int | None = None  # continuations drawn per piece (None: the pipeline's default)
     guidance: dict[str, float] = field(default_factory=dict)  # key/groove; absent: defaults
@@ -87,6 +88,8 @@ def _continue(pipeline, piece: Piece, prompt_bars: int, bars: int, seed: int, s)
     ``prompt_bars`` bars end), as they should since the prompt's last bar has notes."""
     chosen = {} if s.candidates is None else {"candidates": s.candidates}
     chosen.update(s.guidance)
+    if s.top_p_timing is not None:
+        chosen["top_p_timing"] = s.top_p_timing
     result = pipeline.continue_midi(
         piece.prompt, 1, bars=bars, seed=seed, temperature=s.temperature, top_p=s.top_p, **chosen
     )[0]

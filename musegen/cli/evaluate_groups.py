@@ -96,6 +96,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument(
+        "--top-p-timing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="whether top-p cuts onsets, durations and velocities too (default: the setting's)",
+    )
     p.add_argument("--seed", type=int, default=0, help="piece i of a group uses seed + i")
     p.add_argument(
         "--candidates",
@@ -156,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         long_bars=args.long_bars,
         temperature=args.temperature,
         top_p=args.top_p,
+        top_p_timing=args.top_p_timing,
         seed=args.seed,
         candidates=args.candidates,
         guidance=guidance_overrides(args),

@@ -46,11 +46,10 @@ gets no guidance of that kind. The measurements are in ``benchmarks/results/guid
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -480,12 +479,11 @@ class DensityGuidance(_FeedbackGuidance):
     Unlike the others this one changes *whether* a note comes, by design. The notes at an onset
     come as a run of "one more" choices ended by the next onset or bar line, so their number
     beyond the first grows with the odds of one more: those odds are scaled by ``r**-strength``,
-    where ``r`` is the notes written so far over the notes the prompt's bars would have by the
-    same point (the latest new bars, counted as if :data:`PRIOR_BARS` bars had matched). The bar
-    under way counts against the prompt's bars up to the same position, so a chord that runs
-    fuller than the prompt's is felt at once, not a bar later (the first design compared
-    finished bars only, and moved no group's median density on validation: see
-    ``benchmarks/results/guidance/README.md``). Where the onsets fall stays the model's own.
+    where ``r`` is the written notes per bar over the prompt's (the latest new bars, counted as
+    if :data:`PRIOR_BARS` bars had matched). Where the onsets fall stays the model's own. (A
+    first design biased every "go on" token against the bar line and changed nothing on a
+    full-band prompt: a bar ends when its onsets have run to its end, not by an early choice.
+    Its code is gone, so no command reproduces that.)
     """
 
     width, bars = 1, DENSITY_BARS  # every note counts the same
@@ -498,7 +496,6 @@ class DensityGuidance(_FeedbackGuidance):
         )
         self._member_ids = self._members.nonzero().squeeze(1)
         self._position = last_named(grammar, "Position")
-        self._last_position = max(p for p in self._position if p is not None)
 
     def class_of(self, value) -> int:
         return 0
@@ -510,39 +507,28 @@ class DensityGuidance(_FeedbackGuidance):
                     bars.close()
                 if self._position[token] is not None:
                     bars.position = self._position[token]
-                notes = len(self._classes[token])
-                bars.current += notes
-                if notes:
-                    bars.shape[bars.position] = bars.shape.get(bars.position, 0) + notes
+                bars.current += len(self._classes[token])
 
-    def read_prompt(self, seq: Sequence[int]) -> tuple[tuple[float, list[float]], _Bars]:
-        """The prompt's notes per bar (its latest bars, from its first bar line), and how many
-        of them its bars hold, on average, up to each position."""
+    def read_prompt(self, seq: Sequence[int]) -> tuple[float, _Bars]:
+        """The prompt's notes per bar (its latest bars, from its first bar line)."""
         prompt = _Bars(deque(maxlen=self.keep), started=False)
         self._count(seq, prompt)
         if ends_a_bar(prompt.position):
             prompt.close()  # the prompt's last bar, as far as it goes
-        done, shapes = list(prompt.done), list(prompt.shapes)
-        by_position = [0.0] * (self._last_position + 1)
-        for shape in shapes:
-            for position, notes in shape.items():
-                by_position[max(position, 0)] += notes / len(shapes)
-        return (
-            (sum(done) / len(done) if done else 0.0),
-            list(itertools.accumulate(by_position)),
-        ), _Bars(deque(maxlen=self.keep), started=False)
+        done = list(prompt.done)
+        return (sum(done) / len(done) if done else 0.0), _Bars(
+            deque(maxlen=self.keep), started=False
+        )
 
     def weights(self, tokens: list[list[int]]) -> torch.Tensor:
         rows = []
-        for (target, up_to), written in self.rows(tokens):
+        for target, written in self.rows(tokens):
             if target <= 0:  # a silent prompt: no density to keep
                 rows.append(0.0)
                 continue
-            notes, expected = sum(written.done), len(written.done) * target
-            if written.started and written.position >= 0:  # the bar under way, so far
-                notes += written.current
-                expected += up_to[min(written.position, len(up_to) - 1)]
-            ratio = (notes + PRIOR_BARS * target) / (expected + PRIOR_BARS * target)
+            ratio = (sum(written.done) + PRIOR_BARS * target) / (
+                (len(written.done) + PRIOR_BARS) * target
+            )
             rows.append(-self.strength * math.log(max(ratio, 1e-3)))
         return torch.tensor(rows).unsqueeze(1)
 
@@ -558,16 +544,11 @@ class _Bars:
     current: int = 0
     started: bool = True  # False: what comes before the next bar line is not counted
     position: int = -1  # of the latest onset in the bar under way (-1: none yet)
-    shape: dict[int, int] = field(default_factory=dict)  # the bar under way: notes by position
-    shapes: deque[dict[int, int]] = field(default_factory=deque)  # the completed bars' shapes
 
     def close(self) -> None:
         if self.started:
             self.done.append(self.current)
-            self.shapes.append(self.shape)
-            while len(self.shapes) > len(self.done):
-                self.shapes.popleft()
-        self.current, self.started, self.position, self.shape = 0, True, -1, {}
+        self.current, self.started, self.position = 0, True, -1
 
 
 def guidance_for(settings, grammar: Grammar) -> list[_PromptGuidance]:

@@ -89,6 +89,11 @@ class GenerationSettings:
         0.95, "nucleus sampling: keep the likeliest tokens up to this probability mass",
         "Top-p (nucleus)", low=0, high=1, low_open=True, page=(0.05, 1.0, 0.01),
     )  # fmt: skip
+    top_p_timing: bool = setting(
+        True, "top-p cuts the unlikely onsets, durations and velocities too (off: only the "
+        "unlikely pitches and instruments; with grammar constraints)",
+        "Top-p on timing too", advanced=True,
+    )  # fmt: skip
     top_k: int = setting(
         0, "sample from the k likeliest tokens (0: off)", "Top-k", low=0, page=(0, 200, 1)
     )
