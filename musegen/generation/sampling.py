@@ -60,8 +60,11 @@ class TopK:
 class TopP:
     """Nucleus sampling: keep the smallest set of ids whose probability reaches ``p``.
 
-    With ``kinds`` (``Long[V]``, :meth:`Grammar.kinds`) the cut is made only among the ids
-    of each kind (≥ 0) apart, each kind keeping its total; ids of kind -1 are never cut.
+    With ``kinds`` (``Long[V]``, :meth:`Grammar.kinds`) each kind (≥ 0) is cut apart, to the
+    smallest set holding ``p`` of the kind's own probability, and keeps its total (its kept
+    ids are scaled up); ids of kind -1 are never cut. So the odds between kinds stay the
+    model's: one cut over all ids takes its mass from a kind spread over many ids (moving on to
+    one of many onsets) and gives it to a concentrated one (one more note at this onset).
     """
 
     def __init__(self, p: float, kinds: torch.Tensor | None = None):
@@ -83,8 +86,12 @@ class TopP:
         order = (kinds.double() + (1 - probs) / 2).argsort(-1)
         p_sorted, k_sorted = probs.gather(-1, order), kinds.gather(-1, order)
         before = p_sorted.cumsum(-1) - p_sorted - (mass.cumsum(-1) - mass).gather(-1, k_sorted)
-        drop = (before > self.p * mass.gather(-1, k_sorted)) & (k_sorted > 0)
-        return logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), -math.inf)
+        drop = torch.zeros_like(probs, dtype=torch.bool).scatter(
+            -1, order, (before > self.p * mass.gather(-1, k_sorted)) & (k_sorted > 0)
+        )
+        kept = torch.zeros_like(mass).scatter_add(-1, kinds, probs.masked_fill(drop, 0))
+        lift = (mass.log() - kept.log()).nan_to_num(0.0).gather(-1, kinds)  # kinds keep totals
+        return (logits + lift.to(logits.dtype)).masked_fill(drop, -math.inf)
 
 
 class RepetitionPenalty:

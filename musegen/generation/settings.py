@@ -89,11 +89,6 @@ class GenerationSettings:
         0.95, "nucleus sampling: keep the likeliest tokens up to this probability mass",
         "Top-p (nucleus)", low=0, high=1, low_open=True, page=(0.05, 1.0, 0.01),
     )  # fmt: skip
-    top_p_timing: bool = setting(
-        True, "top-p cuts the unlikely onsets, durations and velocities too (off: only the "
-        "unlikely pitches and instruments; with grammar constraints)",
-        "Top-p on timing too", advanced=True,
-    )  # fmt: skip
     top_k: int = setting(
         0, "sample from the k likeliest tokens (0: off)", "Top-k", low=0, page=(0, 200, 1)
     )
@@ -169,6 +164,11 @@ class GenerationSettings:
         1.0, "keep the notes per bar near the prompt's last 4 bars: once the new bars run "
         "denser (sparser) than those, one more note at an onset gets less (more) likely; "
         "where the onsets fall is unchanged (0: off)", "Keep the density",
+    )  # fmt: skip
+    top_p_timing: bool = setting(
+        True, "top-p cuts the unlikely onsets, durations and velocities too (off: only the "
+        "unlikely pitches and instruments; with grammar constraints)",
+        "Top-p on timing too", advanced=True,
     )  # fmt: skip
 
     def __post_init__(self) -> None:
