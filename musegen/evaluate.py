@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from musegen import metrics
 from musegen.data.dataset import MANIFEST, PreparedDataset, TokenSplit, iter_eval_windows
 from musegen.errors import MusegenError
+from musegen.generation.settings import DEFAULT_TOP_P
 from musegen.tokenizer import decode, encode, load_score, load_tokenizer, special_id
 
 
@@ -37,7 +38,7 @@ class EvalSettings:
     prompt_bars: int = 4
     continuation_bars: int = 4
     temperature: float = 1.0
-    top_p: float = 0.95
+    top_p: float = DEFAULT_TOP_P
     seed: int = 0
     device: str = "cpu"
     progress: bool = True

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from musegen import metrics
 from musegen.eval_pieces import GroupSource, Piece, make_piece, pieces
+from musegen.generation.settings import DEFAULT_TOP_P
 
 DENSITY_RANGE = (0.6, 1.6)
 # name: (comparison, threshold) — what a group must reach to pass (the issue's targets).
@@ -64,8 +65,7 @@ class GroupEvalSettings:
     long_prompt_bars: int = 4
     long_bars: int = 32
     temperature: float = 1.0
-    top_p: float = 0.95
-    top_p_timing: bool | None = None  # None: the setting's default
+    top_p: float = DEFAULT_TOP_P
     seed: int = 0
     candidates: int | None = None  # continuations drawn per piece (None: the pipeline's default)
     guidance: dict[str, float] = field(default_factory=dict)  # key/groove; absent: defaults
@@ -88,8 +88,6 @@ def _continue(pipeline, piece: Piece, prompt_bars: int, bars: int, seed: int, s)
     ``prompt_bars`` bars end), as they should since the prompt's last bar has notes."""
     chosen = {} if s.candidates is None else {"candidates": s.candidates}
     chosen.update(s.guidance)
-    if s.top_p_timing is not None:
-        chosen["top_p_timing"] = s.top_p_timing
     result = pipeline.continue_midi(
         piece.prompt, 1, bars=bars, seed=seed, temperature=s.temperature, top_p=s.top_p, **chosen
     )[0]

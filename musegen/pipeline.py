@@ -513,7 +513,6 @@ class Pipeline:
             s.repetition_penalty,
             grammar if s.constrained else None,
             guidance_for(s, grammar),
-            s.top_p_timing,
         )
         if not s.constrained:  # still honour the instrument choice, and never emit specials
             chain.insert(0, AllowedTokens(grammar.unconstrained_mask()))

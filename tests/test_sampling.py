@@ -51,20 +51,6 @@ def test_top_p_keeps_the_nucleus_and_always_the_best():
     assert torch.isfinite(TopP(0.01)(logits, ctx())).tolist() == [[True, False, False, False]]
 
 
-def test_top_p_by_kind_cuts_each_kind_apart_and_keeps_the_odds_between_kinds():
-    """After a note: one more note (one id, 0.5) or move on (ten onsets, 0.05 each). One cut over
-    all ids takes its mass from moving on; cut within kinds, the odds of one more note stay."""
-    probs = torch.tensor([[0.5] + [0.05] * 10, [0.4, 0.3, 0.3] + [0.0] * 8])
-    kinds = torch.tensor([-1] + [0] * 10)  # -1: never cut
-    one_cut = TopP(0.8)(probs.log(), ctx(2)).softmax(-1)
-    assert one_cut[0, 0] == pytest.approx(0.5 / 0.85)  # three onsets cut
-    by_kind = TopP(0.8, kinds)(probs.log(), ctx(2)).softmax(-1)
-    assert by_kind[0, 0] == pytest.approx(0.5)
-    assert (by_kind[0, 1:] > 0).sum() == 9  # the onsets' own nucleus: 0.8 of their 0.5
-    assert by_kind[0, 1:].sum() == pytest.approx(0.5)
-    assert torch.allclose(by_kind[1], probs[1])  # the likeliest of a kind is always kept
-
-
 def test_temperature_and_repetition_penalty():
     logits = torch.tensor([[2.0, -2.0, 1.0]])
     assert torch.allclose(Temperature(2.0)(logits, ctx()), logits / 2)
@@ -222,17 +208,3 @@ def test_rows_that_end_early_leave_the_batch_and_the_others_sample_as_if_alone(a
     assert len({len(row) for row in batched}) > 2  # the rows end at different steps
     for prompt, seed, got in zip(prompts, seeds, batched, strict=True):
         assert sample(model, [prompt], build_processors(1.0), stopping, [seed], pad_id=0) == [got]
-
-
-def test_without_top_p_timing_the_nucleus_cuts_only_what_is_played():
-    from musegen.generation.grammar import Grammar
-    from musegen.generation.sampling import NUCLEUS_TYPES
-    from musegen.tokenizer import build_tokenizer
-
-    grammar = Grammar(build_tokenizer())
-    played = build_processors(top_p=0.9, grammar=grammar, top_p_timing=False)[-1]
-    names = [grammar.types[b[0]] if b else "" for b in grammar.expand]
-    cut = [names[i] for i in (played.kinds >= 0).nonzero().squeeze(1).tolist()]
-    assert set(cut) == set(NUCLEUS_TYPES) and "Position" in names and "Duration" in names
-    assert build_processors(top_p=0.9, grammar=grammar)[-1].kinds is None  # one cut: the default
-    assert build_processors(top_p=0.9, top_p_timing=False)[-1].kinds is None  # no grammar

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from musegen.cli import HelpFormatter, add_model_arguments
+from musegen.generation.settings import DEFAULT_TOP_P
 
 EPILOG = """\
 examples:
@@ -64,7 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-bars", type=int, default=4, help="bars of each prompt (k)")
     p.add_argument("--continuation-bars", type=int, default=4, help="bars generated (m)")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument(
+        "--top-p", type=float, default=DEFAULT_TOP_P, help="(default: the app's, %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--json", type=Path, default=None, help="also write the report here (default: print only)"

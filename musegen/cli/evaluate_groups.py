@@ -16,7 +16,11 @@ import argparse
 from pathlib import Path
 
 from musegen.cli import HelpFormatter, add_model_arguments
-from musegen.generation.settings import add_guidance_overrides, guidance_overrides
+from musegen.generation.settings import (
+    DEFAULT_TOP_P,
+    add_guidance_overrides,
+    guidance_overrides,
+)
 
 EPILOG = """\
 where the pieces come from (give --data, --group, or both):
@@ -95,12 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--long-prompt-bars", type=int, default=4, help="prompt bars in the long-piece test"
     )
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument(
-        "--top-p-timing",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="whether top-p cuts onsets, durations and velocities too (default: the setting's)",
+        "--top-p", type=float, default=DEFAULT_TOP_P, help="(default: the app's, %(default)s)"
     )
     p.add_argument("--seed", type=int, default=0, help="piece i of a group uses seed + i")
     p.add_argument(
@@ -162,7 +162,6 @@ def run(args: argparse.Namespace) -> int:
         long_bars=args.long_bars,
         temperature=args.temperature,
         top_p=args.top_p,
-        top_p_timing=args.top_p_timing,
         seed=args.seed,
         candidates=args.candidates,
         guidance=guidance_overrides(args),

@@ -249,12 +249,6 @@ class Grammar:
                 starts.append(index if self.kind == "REMI" else index + 1)
         return starts
 
-    def kinds(self, types: Sequence[str]) -> torch.Tensor:
-        """``Long[V]``: per model id, the index in ``types`` of its first token's type, or -1
-        (not one of them)."""
-        first = [self.types[bases[0]] if bases else "" for bases in self.expand]
-        return torch.tensor([types.index(t) if t in types else -1 for t in first])
-
     def unconstrained_mask(self) -> torch.Tensor:
         """Without the grammar: still no PAD/BOS/MASK, and only the allowed instruments."""
         mask = torch.ones(self.vocab_size, dtype=torch.bool)

@@ -10,7 +10,6 @@ each step (the pipeline streams from it); :func:`sample` runs it to the end. Eac
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,6 @@ class StepContext:
 
 
 Processor = Callable[[torch.Tensor, StepContext], torch.Tensor]
-NUCLEUS_TYPES = ("Pitch", "PitchDrum", "Program")  # what top-p cuts without ``top_p_timing``
 
 
 class Temperature:
@@ -58,40 +56,17 @@ class TopK:
 
 
 class TopP:
-    """Nucleus sampling: keep the smallest set of ids whose probability reaches ``p``.
+    """Nucleus sampling: keep the smallest set of ids whose probability reaches ``p``."""
 
-    With ``kinds`` (``Long[V]``, :meth:`Grammar.kinds`) each kind (≥ 0) is cut apart, to the
-    smallest set holding ``p`` of the kind's own probability, and keeps its total (its kept
-    ids are scaled up); ids of kind -1 are never cut. So the odds between kinds stay the
-    model's: one cut over all ids takes its mass from a kind spread over many ids (moving on to
-    one of many onsets) and gives it to a concentrated one (one more note at this onset).
-    """
-
-    def __init__(self, p: float, kinds: torch.Tensor | None = None):
+    def __init__(self, p: float):
         self.p = float(p)
-        self.kinds = kinds
 
     def __call__(self, logits: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        if self.kinds is None:
-            sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-            probs = sorted_logits.softmax(-1)
-            drop = probs.cumsum(-1) - probs > self.p  # the most likely id is always kept
-            return logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), -math.inf)
-        kinds = (self.kinds.to(logits.device) + 1).expand_as(logits)  # 0: never cut
-        probs = logits.double().softmax(-1)
-        mass = torch.zeros(
-            logits.shape[0], int(kinds.max()) + 1, dtype=probs.dtype, device=logits.device
-        ).scatter_add(-1, kinds, probs)  # each kind's total, [B, K]
-        # kind by kind, likeliest first within each: a kind's ids stay together
-        order = (kinds.double() + (1 - probs) / 2).argsort(-1)
-        p_sorted, k_sorted = probs.gather(-1, order), kinds.gather(-1, order)
-        before = p_sorted.cumsum(-1) - p_sorted - (mass.cumsum(-1) - mass).gather(-1, k_sorted)
-        drop = torch.zeros_like(probs, dtype=torch.bool).scatter(
-            -1, order, (before > self.p * mass.gather(-1, k_sorted)) & (k_sorted > 0)
-        )
-        kept = torch.zeros_like(mass).scatter_add(-1, kinds, probs.masked_fill(drop, 0))
-        lift = (mass.log() - kept.log()).nan_to_num(0.0).gather(-1, kinds)  # kinds keep totals
-        return (logits + lift.to(logits.dtype)).masked_fill(drop, -math.inf)
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > self.p  # the most likely id is always kept
+        drop_mask = torch.zeros_like(drop).scatter(-1, order, drop)
+        return logits.masked_fill(drop_mask, float("-inf"))
 
 
 class RepetitionPenalty:
@@ -134,16 +109,11 @@ def build_processors(
     repetition_penalty: float = 1.0,
     grammar: Grammar | None = None,
     guidance: Sequence[Processor] = (),
-    top_p_timing: bool = True,
 ) -> list[Processor]:
     """The standard chain; identity settings (top_k=0, top_p=1, penalty=1) add nothing.
 
     ``guidance`` (:mod:`~musegen.generation.guidance`) comes after the grammar mask, so it
-    reweights only the tokens the grammar allows, and before temperature and the nucleus.
-
-    With the grammar and ``top_p_timing`` off, the nucleus cuts only the tails of *what is
-    played* (:data:`NUCLEUS_TYPES`: which pitch, which drum, which instrument), each apart; the
-    onsets, bar lines, durations and velocities are drawn as the model gives them."""
+    reweights only the tokens the grammar allows, and before temperature and the nucleus."""
     chain: list[Processor] = []
     if repetition_penalty != 1.0:
         chain.append(RepetitionPenalty(repetition_penalty))
@@ -155,8 +125,7 @@ def build_processors(
     if top_k > 0:
         chain.append(TopK(top_k))
     if top_p < 1.0:
-        played = grammar is not None and not top_p_timing
-        chain.append(TopP(top_p, grammar.kinds(NUCLEUS_TYPES) if played else None))
+        chain.append(TopP(top_p))
     return chain
 
 

@@ -85,8 +85,9 @@ class GenerationSettings:
         1.0, "below 1: safer; above 1: wilder", "Temperature",
         low=0, low_open=True, page=(0.1, 2.0, 0.05),
     )  # fmt: skip
-    top_p: float = setting(
-        0.95, "nucleus sampling: keep the likeliest tokens up to this probability mass",
+    top_p: float = setting(  # 1 since 2026-12-06: a cut makes continuations denser (see docs)
+        1.0, "nucleus sampling: keep the likeliest tokens up to this probability mass (1: off; "
+        "below 1 the new bars run denser than the prompt)",
         "Top-p (nucleus)", low=0, high=1, low_open=True, page=(0.05, 1.0, 0.01),
     )  # fmt: skip
     top_k: int = setting(
@@ -164,11 +165,6 @@ class GenerationSettings:
         1.0, "keep the notes per bar near the prompt's last 4 bars: once the new bars run "
         "denser (sparser) than those, one more note at an onset gets less (more) likely; "
         "where the onsets fall is unchanged (0: off)", "Keep the density",
-    )  # fmt: skip
-    top_p_timing: bool = setting(
-        True, "top-p cuts the unlikely onsets, durations and velocities too (off: only the "
-        "unlikely pitches and instruments; with grammar constraints)",
-        "Top-p on timing too", advanced=True,
     )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -281,6 +277,7 @@ def _table() -> tuple[Setting, ...]:
 SETTINGS: tuple[Setting, ...] = _table()
 NAMES: tuple[str, ...] = tuple(s.name for s in SETTINGS)
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+DEFAULT_TOP_P: float = BY_NAME["top_p"].default  # the measuring commands sample as the app does
 
 
 # --- derived: the grammar's controls ------------------------------------------------------------
@@ -371,6 +368,7 @@ def from_args(args: argparse.Namespace) -> GenerationSettings:
 
 __all__ = [
     "BY_NAME",
+    "DEFAULT_TOP_P",
     "GUIDANCE",
     "NAMES",
     "SETTINGS",
