@@ -58,6 +58,7 @@ from musegen.data.infill import (
 from musegen.generation.seam import SeamJudge, best_of
 from musegen.generation.settings import (
     BY_NAME,
+    DEFAULT_TOP_P,
     GUIDANCE,
     add_guidance_overrides,
     guidance_overrides,
@@ -300,6 +301,10 @@ def main() -> None:
     )
     add_guidance_overrides(ap)  # of the sampled infills and continuations
     ap.add_argument(
+        "--top-p", type=float, default=DEFAULT_TOP_P, help="of the sampled infills and "
+        "continuations (default: the app's, %(default)s)",
+    )  # fmt: skip
+    ap.add_argument(
         "--training-layout",
         type=int,
         default=0,
@@ -380,7 +385,7 @@ def main() -> None:
                 real = real_bars(score, *SPAN)
                 seed, n = taken * args.samples, args.samples
                 k = args.candidates
-                guide = guidance_overrides(args)
+                guide = {**guidance_overrides(args), "top_p": args.top_p}
                 # The draws Pipeline.infill(candidates=k) makes (seeds seed + j*k + i), each
                 # kept as a plain sample too, and the best of each k as it chooses them.
                 drawn = pipe.infill(
@@ -417,6 +422,7 @@ def main() -> None:
             print(line, flush=True)
     summary = summarize(rows, args.split, right, budgets)
     summary.update({name: BY_NAME[name].default for name in GUIDANCE}, **guidance_overrides(args))
+    summary["top_p"] = args.top_p
     if args.training_layout:
         summary["training_layout"] = training_layout(pipe, dataset, args.training_layout)
         summary["training_layout_no_left"] = training_layout(
