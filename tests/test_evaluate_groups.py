@@ -12,7 +12,7 @@ from conftest import make_score, write_midi
 from musegen import metrics
 from musegen.cli import main
 from musegen.eval_pieces import from_folder, make_piece
-from musegen.evaluate_groups import check_targets, summarize
+from musegen.evaluate_groups import GroupEvalSettings, check_targets, summarize
 
 TPQ = 480
 BAR = 4 * TPQ
@@ -161,3 +161,17 @@ def test_cli_end_to_end(tmp_path: Path, tiny_checkpoint: Path, capsys):
     assert "key guidance 0.0" in out_md.read_text()
     assert main([*common, "--groove-guidance", "9"]) == 2
     assert "groove_guidance must be" in capsys.readouterr().err
+
+
+def test_the_measuring_commands_sample_as_the_app_does():
+    """A figure in the model card must describe what a user gets: same top-p by default."""
+    from musegen.cli import build_parser
+    from musegen.evaluate import EvalSettings
+    from musegen.generation.settings import GenerationSettings
+
+    app = GenerationSettings().top_p
+    assert GroupEvalSettings().top_p == EvalSettings().top_p == app
+    parser = build_parser()
+    for command in ("evaluate", "evaluate-groups"):
+        args = parser.parse_args([command, "--data", "somewhere"])
+        assert args.top_p == app
