@@ -319,6 +319,7 @@ class GrooveGuidance(_FeedbackGuidance):
         self._cell_index = torch.arange(self.cells)
         self._members = self._members | self._bar_ids | self._track_ids
         self._member_ids = self._members.nonzero().squeeze(1)
+        self._guided_tracks: torch.Tensor | None = None  # Bool[B, V], from the prompts
 
     def class_of(self, value) -> int:
         return (int(value) + 1) // 2  # the nearest 16th
@@ -365,11 +366,10 @@ class GrooveGuidance(_FeedbackGuidance):
 
     def weights(self, tokens: list[list[int]]) -> torch.Tensor:
         """Each row's bias per model id, ``Float[B, V]`` (0 off the guided ids)."""
-        rows, guided = [], []
+        rows = []
         a = GROOVE_SMOOTHING
-        for (f, f_t, w, w_t, tracks), written in self.rows(tokens):
+        for (f, f_t, w, w_t, _), written in self.rows(tokens):
             bias = torch.zeros(len(self._members))
-            guided.append(tracks)
             if f.any() and (w > 0 or w_t.any()):  # else no groove to keep, or none asked for
                 now = written.cell
                 land = torch.log((f + a) / (1 + a))
@@ -382,7 +382,8 @@ class GrooveGuidance(_FeedbackGuidance):
                 at = w_t * torch.log((f_t[:, max(now, 0)] + a) / (1 + a))
                 bias[self._track_ids] = at[self._track_of]
             rows.append(bias)
-        self._guided_tracks = torch.stack(guided)
+        if self._guided_tracks is None:  # fixed by the prompts: stacked once
+            self._guided_tracks = torch.stack([target[-1] for target in self._targets])
         return torch.stack(rows)
 
     def apply(self, logits: torch.Tensor, weights: torch.Tensor, members: torch.Tensor):
