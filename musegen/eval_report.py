@@ -32,7 +32,7 @@ def _short_row(name: str, model: dict) -> str:
     g = model["groups"][name]
     s = g["summary"]
     if not s.get("pieces"):
-        return f"| {name} | {_label(model)} | 0 |" + " – |" * 7
+        return f"| {name} | {_label(model)} | 0 |" + " – |" * 8
     passed = sum(t["pass"] for t in g["targets"].values() if not t.get("long"))
     cells = [
         name,
@@ -50,11 +50,19 @@ def _short_row(name: str, model: dict) -> str:
         f"{_f(s['range_model'], 1)} / {_f(s['range_copy'], 1)}",
         f"{_f(s['groove_model'])} / {_f(s['groove_real'])} = "
         f"{_f(s['groove_ratio'])}{_mark(g, 'groove_ratio')}",
+        _kit(s),
         f"{_f(s['seconds_median'], 1)}{_mark(g, 'seconds_median')} "
         f"({_f(s['tokens_per_second'], 0)} tok/s)",
         f"{passed}/{len(g['targets'])}",
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _kit(s: dict) -> str:
+    """The drum kit distance cell ("–" for a group without drums in its real bars)."""
+    if s.get("kit_model") is None:
+        return "–"
+    return f"{_f(s['kit_model'])} / {_f(s['kit_copy'])} = {_f(s['kit_ratio'])}"
 
 
 def _long_row(name: str, model: dict) -> str:
@@ -97,8 +105,8 @@ def to_markdown(report: dict) -> str:
         "| group | model | pieces | tracks keep playing: model / real / copy | density ratio "
         f"in [{low}, {high}] · min | pitch-class distance: model / copy = ratio | in key: "
         "model / real | range Δ (semitones): model / copy | groove: model / real = ratio | "
-        "s for 4 bars | targets |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "drum kit distance: model / copy = ratio | s for 4 bars | targets |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in report["groups"]:
         lines += [_short_row(name, m) for m in models]
@@ -119,7 +127,9 @@ def to_markdown(report: dict) -> str:
         "Held-out pieces: " + "; ".join(f"{k}: {v}" for k, v in report["groups"].items()) + ".",
         f"Targets (✓/✗): {targets}. Copy = the prompt's last 4 bars repeated. Groove = "
         "Jaccard similarity of each new bar's 16th-note onset pattern to the best-matching "
-        "prompt bar of the same track; ratio = model / real next bars. Speed is held to the "
+        "prompt bar of the same track; ratio = model / real next bars. Drum kit distance = "
+        "half the L1 distance between the drum-pitch histograms of the new and the real next "
+        "bars (pieces whose real bars have drums; no target). Speed is held to the "
         "target for full-band groups only; measured at load average "
         f"{_f(report.get('load_average'), 1)} on {report.get('threads')} torch threads.",
     ]

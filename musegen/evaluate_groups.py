@@ -12,6 +12,9 @@ compared with the real next bars and with the baseline of copying the prompt's l
 - **in key**: share of pitched notes in the key estimated from the prompt (Krumhansl);
   **range**: mean distance, in semitones, of each track's lowest/highest pitch from the real
   bars' (model and copy);
+- **drum kit distance** to the real continuation, for pieces whose real next bars have drums:
+  how differently the new bars spread their drum notes over the kit (half the L1 distance of
+  the drum-pitch histograms; 1 for new bars without drums), model vs copy;
 - **groove**: similarity of the new bars' onset patterns (16th grid, per track) to the prompt's
   last bars, over the same figure for the real next bars (ratio of the means);
 - optionally **long pieces**: ``long_bars`` bars from a ``long_prompt_bars``-bar prompt: every
@@ -111,6 +114,7 @@ def score_piece(piece: Piece, new, bars: int) -> dict:
     real, copy = piece.real, piece.tail
     key = metrics.key_pitch_classes(*metrics.estimate_key(piece.prompt))
     hist_real = metrics.pitch_class_histogram(real)
+    kit_real = metrics.drum_histogram(real)
     row: dict = {"notes_model": new.note_num(), "notes_real": real.note_num()}
     for name, score in (("model", new), ("real", real), ("copy", copy)):
         row["tracks"], row[f"keep_{name}"] = metrics.tracks_playing(piece.tail, score)
@@ -122,6 +126,9 @@ def score_piece(piece: Piece, new, bars: int) -> dict:
                 metrics.pitch_class_histogram(score), hist_real
             )
             row[f"range_{name}"] = metrics.range_difference(score, real)
+            if kit_real.any():
+                kit = metrics.drum_histogram(score)
+                row[f"kit_{name}"] = metrics.histogram_distance(kit, kit_real) if kit.any() else 1.0
     return row
 
 
@@ -170,11 +177,13 @@ def summarize(rows: list[dict]) -> dict:
         out[f"density_median_{name}"] = statistics.median(density) if density else None
         out[f"pitch_class_{name}"] = _mean(_values(rows, f"pitch_class_{name}"))
         out[f"range_{name}"] = _mean(_values(rows, f"range_{name}"))
+        out[f"kit_{name}"] = _mean(_values(rows, f"kit_{name}"))
     out["keeps_playing"] = out["keeps_playing_model"]
     out["density_in_range"] = out["density_in_range_model"]
     out["density_min"] = out["density_min_model"]
     out["pitch_class_ratio"] = _ratio(out["pitch_class_model"], out["pitch_class_copy"])
     out["groove_ratio"] = _ratio(out["groove_model"], out["groove_real"])
+    out["kit_ratio"] = _ratio(out["kit_model"], out["kit_copy"])
     if out["in_key_model"] is not None and out["in_key_real"] is not None:
         out["in_key_gap"] = abs(out["in_key_model"] - out["in_key_real"])
     out["empty_continuations"] = sum(1 for r in rows if not r["notes_model"])

@@ -71,6 +71,18 @@ def pitch_class_histogram(score: symusic.Score) -> np.ndarray:
     return hist / total if total else hist
 
 
+def drum_histogram(score: symusic.Score) -> np.ndarray:
+    """Normalised 128-bin histogram of the drum notes' pitches, i.e. which drums of the kit are
+    hit (all zeros for a score without drum notes)."""
+    hist = np.zeros(128)
+    for track in score.tracks:
+        if track.is_drum:
+            for note in track.notes:
+                hist[note.pitch] += 1
+    total = hist.sum()
+    return hist / total if total else hist
+
+
 def pitch_class_entropy(score: symusic.Score) -> float:
     """Shannon entropy (bits) of the pitch-class histogram: ~3.58 is uniform, lower is tonal."""
     hist = pitch_class_histogram(score)

@@ -303,3 +303,21 @@ def test_prepare_records_sources_groups_and_honours_corpus_splits(built, tmp_pat
         assert pop["split"] == band["split"] == pop909.song_split(song)
         assert (pop["group"], band["group"]) == ("pop_piano", "full_band")
     assert files["nottingham/jigs1.mid"]["group"] == "folk"
+
+
+def test_groove_drums_are_written_as_general_midi_drums(tmp_path) -> None:
+    """The TD-11 articulations General MIDI lacks (hi-hat edge 22/26, below a tokenizer's drum
+    range) or gives to another instrument (crash edge 55 is a splash, tom rim 58 a vibraslap)
+    become the drum that was hit; one hit per time and drum, the loudest kept."""
+    score = symusic.Score(TPQ)
+    track = symusic.Track(name="", program=0, is_drum=True)
+    for time, pitch, velocity in (
+        (0, 36, 100), (0, 22, 50), (0, 42, 70), (120, 26, 60), (240, 55, 90), (360, 58, 80),
+    ):  # fmt: skip
+        track.notes.append(symusic.Note(time, 30, pitch, velocity))
+    score.tracks.append(track)
+    score.dump_midi(str(tmp_path / "td11.mid"))
+    out = groove.drum_score(tmp_path / "td11.mid")
+    hits = [(n.time, n.pitch, n.velocity) for n in out.tracks[0].notes]
+    assert hits == [(0, 36, 100), (0, 42, 70), (120, 46, 60), (240, 49, 90), (360, 43, 80)]
+    assert out.tracks[0].is_drum and out.tracks[0].name == "DRUMS"

@@ -1,10 +1,10 @@
-"""Prompt guidance: keep a continuation's key, groove, instruments and density those of the
-bars before it.
+"""Prompt guidance: keep a continuation's key, groove, instruments, drum kit and density those
+of the bars before it.
 
 A model that has seen many keys and rhythms drifts from the prompt's within a few bars (issue
 13: the 4-bar continuations were 1.2-1.5 times farther in pitch class from the real next bars
 than simply copying the prompt's last bars, drum parts repeated their pattern less than real
-drummers do, and in 32-bar pieces a band's instrument could fall silent for good). Four logits
+drummers do, and in 32-bar pieces a band's instrument could fall silent for good). Five logits
 processors pull the new notes back toward the prompt, each on one kind of token, so the rest
 stays the model's own:
 
@@ -26,6 +26,8 @@ stays the model's own:
   same way: its target is each track's share of the notes in the prompt's last
   :data:`TRACK_BARS` bars, compared with the shares in the latest new bars. A track that has
   gone quiet becomes the likelier one to play the next note.
+- :class:`KitGuidance` chooses among **drums** (which drum each drum note hits), the same way,
+  against the drums' shares of the prompt's last :data:`KEY_BARS` bars.
 - :class:`GrooveGuidance` chooses **where the next onset falls** (a position, or the bar line)
   and **which tracks play at it**, on the 16th-note grid: the prompt's last
   :data:`GROOVE_BARS` bars give how often each track plays each 16th, and an onset gets likelier
@@ -37,11 +39,12 @@ stays the model's own:
 
 Each adds its bias and then shifts its tokens together so that their total probability is what
 the model gave them: key guidance changes which pitch a note gets, track guidance which
-instrument plays it, never whether a note is written. Groove guidance changes where the next
-onset falls, whether one comes before the bar line, and which tracks play at it. Density
-guidance, not shifted, changes how many notes sound at an onset. Drum notes (``PitchDrum``) are
-never touched by key guidance; a prompt without pitched notes (or without onsets, or notes)
-gets no guidance of that kind. The measurements are in ``benchmarks/results/guidance/``.
+instrument plays it, kit guidance which drum, never whether a note is written. Groove guidance
+changes where the next onset falls, whether one comes before the bar line, and which tracks
+play at it. Density guidance, not shifted, changes how many notes sound at an onset. Drum notes
+(``PitchDrum``) are never touched by key guidance; a prompt without pitched notes (or without
+onsets, or notes) gets no guidance of that kind. The measurements are in
+``benchmarks/results/guidance/``.
 """
 
 from __future__ import annotations
@@ -441,6 +444,7 @@ class TrackGuidance(_FeedbackGuidance):
     notes becomes the likelier one to play the next note."""
 
     kind, width, bars = "Program", 129, TRACK_BARS  # class = program + 1: drums (-1) are 0
+    min_notes = 1  # fewer notes in the prompt's bars: no balance to keep
 
     def class_of(self, value) -> int:
         return int(value) + 1
@@ -458,6 +462,8 @@ class TrackGuidance(_FeedbackGuidance):
         prompt: deque[list[int]] = deque([[0] * self.width], maxlen=self.keep)
         self._count(seq, prompt)
         notes = torch.tensor(list(prompt), dtype=torch.float).sum(0)
+        if notes.sum() < self.min_notes:
+            notes.zero_()
         return notes / notes.sum().clamp(min=1), deque([[0] * self.width], maxlen=self.keep)
 
     def weights(self, tokens: list[list[int]]) -> torch.Tensor:
@@ -470,6 +476,26 @@ class TrackGuidance(_FeedbackGuidance):
             )
             rows.append(bias if target.sum() > 0 else torch.zeros(self.width))  # nothing to keep
         return torch.stack(rows)
+
+
+class KitGuidance(TrackGuidance):
+    """Keeps a drum part on the prompt's kit: which drum (kick, snare, closed or open hi-hat,
+    crash, ride, toms …) each new drum note hits is steered toward the drums' shares of the
+    prompt's last :data:`KEY_BARS` bars, as key guidance does for a track's pitch classes.
+
+    The model learnt its drums from the Groove performances, whose kit speaks a dialect of
+    General MIDI (a crash is mostly 55, a splash in General MIDI, and an open hi-hat seldom 46),
+    so a band's drummer could turn an open-hi-hat groove into snare and kick, or answer a crash
+    with a splash. Only the drum notes are reweighted, with their total probability kept:
+    whether a drum note comes, and when, stays the model's own. A prompt with fewer than
+    :data:`MIN_NOTES` drum notes in those bars gets none.
+    """
+
+    kind, width, bars = "PitchDrum", 128, KEY_BARS
+    min_notes = MIN_NOTES
+
+    def class_of(self, value) -> int:
+        return int(value)
 
 
 class DensityGuidance(_FeedbackGuidance):
@@ -559,6 +585,7 @@ def guidance_for(settings, grammar: Grammar) -> list[_PromptGuidance]:
         (KeyGuidance, settings.key_guidance, settings.key_guidance),
         (groove, settings.groove_guidance, settings.groove_guidance or settings.drum_loop_groove),
         (TrackGuidance, settings.track_guidance, settings.track_guidance),
+        (KitGuidance, settings.kit_guidance, settings.kit_guidance),
         (DensityGuidance, settings.density_guidance, settings.density_guidance),
     ]
     return [kind(grammar, strength) for kind, strength, on in chosen if on]

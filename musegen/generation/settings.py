@@ -161,6 +161,12 @@ class GenerationSettings:
         "an instrument that has gone quiet in the new bars gets likelier to play the next note; "
         "the chance of writing a note is unchanged (0: off)", "Keep every instrument",
     )  # fmt: skip
+    kit_guidance: float = guidance_setting(
+        0.0, "keep the drums on the prompt's kit: which drum each new drum note hits (kick, "
+        "snare, hi-hat open or closed, cymbals, toms) is steered toward the drums' shares in "
+        "the prompt's last 8 bars; whether and when a drum note comes is unchanged (0: off)",
+        "Keep the drum kit",
+    )  # fmt: skip
     density_guidance: float = guidance_setting(
         1.0, "keep the notes per bar near the prompt's last 4 bars: once the new bars run "
         "denser (sparser) than those, one more note at an onset gets less (more) likely; "
@@ -341,6 +347,7 @@ GUIDANCE = (
     "groove_guidance",
     "drum_loop_groove",
     "track_guidance",
+    "kit_guidance",
     "density_guidance",
 )
 
