@@ -11,8 +11,8 @@ from conftest import make_score, write_midi
 
 from musegen import metrics
 from musegen.cli import main
-from musegen.eval_pieces import from_folder, make_piece
-from musegen.evaluate_groups import GroupEvalSettings, check_targets, summarize
+from musegen.eval_pieces import Piece, from_folder, make_piece
+from musegen.evaluate_groups import GroupEvalSettings, check_targets, score_piece, summarize
 
 TPQ = 480
 BAR = 4 * TPQ
@@ -82,6 +82,22 @@ def test_longest_bar_repetition():
     assert metrics.longest_bar_repetition(loop, BAR, 5) == 5
     assert metrics.longest_bar_repetition(_score((0, False, bar_a + bar_b)), BAR, 2) == 1
     assert metrics.longest_bar_repetition(_score(), BAR, 4) == 0
+
+
+def test_drum_kit_distance_compares_the_drums_hit():
+    """Half the L1 distance of the drum-pitch histograms: the kit played, not when; new bars
+    without drums are as far as can be, and a piece whose real bars have none gets no figure."""
+    open_hat = _score((0, True, _bars([0, 4, 8, 12], 46, 4) + _bars([0, 8], 36, 4)))
+    closed_hat = _score((0, True, _bars([2, 6, 10, 14], 42, 4) + _bars([0, 8], 36, 4)))
+    assert metrics.drum_histogram(open_hat)[[36, 46]].tolist() == pytest.approx([1 / 3, 2 / 3])
+    assert not metrics.drum_histogram(_score((0, False, _bars([0], 60, 4)))).any()
+    piano = (0, False, _bars([0, 8], 60, 4))
+    piece = Piece("band", BAR, open_hat, open_hat, open_hat)
+    row = score_piece(piece, closed_hat, 4)
+    assert row["kit_copy"] == 0.0 and row["kit_model"] == pytest.approx(2 / 3)
+    assert score_piece(piece, _score(piano), 4)["kit_model"] == 1.0
+    no_drums = Piece("piano", BAR, _score(piano), _score(piano), _score(piano))
+    assert "kit_model" not in score_piece(no_drums, closed_hat, 4)
 
 
 def test_copy_baseline_groove_ratio_and_targets():

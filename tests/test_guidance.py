@@ -15,11 +15,13 @@ from musegen.generation.grammar import Grammar
 from musegen.generation.guidance import (
     GROOVE_BARS,
     KEY_BARS,
+    MIN_NOTES,
     PRIOR_BARS,
     TRACK_BARS,
     DensityGuidance,
     GrooveGuidance,
     KeyGuidance,
+    KitGuidance,
     TrackGuidance,
     steadiness,
 )
@@ -414,6 +416,65 @@ def test_the_pipeline_keeps_the_prompts_balance_of_tracks(tiny_checkpoint):
             gaps.append((counts / counts.sum() - target).abs().sum().item())
         gap[strength] = sum(gaps) / len(gaps)
     assert gap[2.0] < gap[0.0] - 0.1
+
+
+def _drum_bar(grammar: Grammar, pitches: list[int]) -> list[int]:
+    """A bar of drum hits, one per 8th, on the drums in ``pitches`` in turn."""
+    out = _ids(grammar, "Bar_None")
+    for i, p in enumerate(pitches):
+        out += _ids(grammar, f"Position_{4 * i}", "Program_-1", f"PitchDrum_{p}")
+        out += _ids(grammar, "Velocity_63", "Duration_0.1.8")
+    return out
+
+
+def test_a_drum_left_out_gets_the_next_hit_and_whether_a_hit_comes_stays(grammar):
+    """An open-hi-hat groove (46 on the off-beats) played on as kick and snare alone: the open
+    hi-hat gains, the overplayed drums lose, a drum the prompt never hit and the new bars
+    never hit neither; only drum notes move, and they keep their total probability."""
+    torch.manual_seed(5)
+    logits = torch.randn(1, grammar.vocab_size)
+    groove = [36, 46, 38, 46, 36, 46, 38, 46]
+    guide = KitGuidance(grammar, 1.0)
+    ctx = StepContext(
+        tokens=[[t for _ in range(KEY_BARS) for t in _drum_bar(grammar, groove)]],
+        seen=torch.zeros(logits.shape, dtype=torch.bool),
+    )
+    assert torch.allclose(guide(logits, ctx), logits)  # nothing written yet: nothing to steer
+    for _ in range(2):
+        ctx.tokens[0] += _drum_bar(grammar, [36, 38] * 4)
+    out = guide(logits, ctx)
+    drums = _pitch_ids(grammar, "PitchDrum")
+    other = torch.ones(grammar.vocab_size, dtype=torch.bool)
+    other[drums] = False
+    assert torch.equal(out[0, other], logits[0, other])
+    before, after = logits.softmax(-1)[0], out.softmax(-1)[0]
+    assert after[drums].sum() == pytest.approx(before[drums].sum().item(), rel=1e-5)
+    gain = after / before
+    vocab = grammar.tokenizer.vocab
+    assert gain[vocab["PitchDrum_46"]] > 2
+    assert gain[vocab["PitchDrum_36"]] < 1 and gain[vocab["PitchDrum_38"]] < 1
+    assert gain[vocab["PitchDrum_49"]] == pytest.approx(gain[vocab["PitchDrum_51"]].item())
+    sparse = KitGuidance(grammar, 1.0)  # too few drum notes to call a kit
+    tokens = [_drum_bar(grammar, [36] * (MIN_NOTES - 1))]
+    sparse.weights(tokens)
+    tokens[0] += _drum_bar(grammar, [38] * 8)
+    assert not sparse.weights(tokens).any()
+
+
+def test_the_pipeline_keeps_the_prompts_drum_kit(tiny_checkpoint):
+    """An untrained model hits any of 62 drums, a handful of times in 4 bars; kit guidance
+    makes the prompt's drums (kick, snare and closed hi-hat) the likelier ones."""
+    from musegen.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(tiny_checkpoint)
+    prompt = make_score(bars=8, tracks=((0, True),))
+    share = {}
+    for strength in (0.0, 2.0):
+        results = pipe.continue_midi(prompt, 8, bars=4, seed=0, **{**OFF, "kit_guidance": strength})
+        hits = [n.pitch for r in results for t in r.continuation.tracks for n in t.notes]
+        assert len(hits) > 40
+        share[strength] = sum(p in (36, 38, 42) for p in hits) / len(hits)
+    assert share[2.0] > share[0.0] + 0.04
 
 
 def test_denser_new_bars_make_one_more_note_at_an_onset_less_likely(grammar):

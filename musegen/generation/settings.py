@@ -162,7 +162,7 @@ class GenerationSettings:
         "the chance of writing a note is unchanged (0: off)", "Keep every instrument",
     )  # fmt: skip
     kit_guidance: float = guidance_setting(
-        0.0, "keep the drums on the prompt's kit: which drum each new drum note hits (kick, "
+        1.0, "keep the drums on the prompt's kit: which drum each new drum note hits (kick, "
         "snare, hi-hat open or closed, cymbals, toms) is steered toward the drums' shares in "
         "the prompt's last 8 bars; whether and when a drum note comes is unchanged (0: off)",
         "Keep the drum kit",
