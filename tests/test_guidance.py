@@ -429,8 +429,8 @@ def _drum_bar(grammar: Grammar, pitches: list[int]) -> list[int]:
 
 def test_a_drum_left_out_gets_the_next_hit_and_whether_a_hit_comes_stays(grammar):
     """An open-hi-hat groove (46 on the off-beats) played on as kick and snare alone: the open
-    hi-hat gains, the overplayed drums lose, a drum the prompt never hit and the new bars
-    never hit neither; only drum notes move, and they keep their total probability."""
+    hi-hat gains, the overplayed drums lose, and drums hit by neither the prompt nor the new
+    bars move alike; only drum notes move, and they keep their total probability."""
     torch.manual_seed(5)
     logits = torch.randn(1, grammar.vocab_size)
     groove = [36, 46, 38, 46, 36, 46, 38, 46]
