@@ -62,25 +62,22 @@ def pitched_notes(score: symusic.Score) -> list[tuple[int, int]]:
     return sorted(notes)
 
 
-def pitch_class_histogram(score: symusic.Score) -> np.ndarray:
-    """Normalised 12-bin histogram of pitch classes (all zeros for a score without notes)."""
-    hist = np.zeros(12)
-    for _, pitch in pitched_notes(score):
-        hist[pitch % 12] += 1
+def _shares(values: list[int], bins: int) -> np.ndarray:
+    """Normalised ``bins``-bin histogram of ``values`` (all zeros when there are none)."""
+    hist = np.bincount(np.asarray(values, dtype=np.int64), minlength=bins).astype(float)
     total = hist.sum()
     return hist / total if total else hist
+
+
+def pitch_class_histogram(score: symusic.Score) -> np.ndarray:
+    """Normalised 12-bin histogram of pitch classes (all zeros for a score without notes)."""
+    return _shares([pitch % 12 for _, pitch in pitched_notes(score)], 12)
 
 
 def drum_histogram(score: symusic.Score) -> np.ndarray:
     """Normalised 128-bin histogram of the drum notes' pitches, i.e. which drums of the kit are
     hit (all zeros for a score without drum notes)."""
-    hist = np.zeros(128)
-    for track in score.tracks:
-        if track.is_drum:
-            for note in track.notes:
-                hist[note.pitch] += 1
-    total = hist.sum()
-    return hist / total if total else hist
+    return _shares([n.pitch for t in score.tracks if t.is_drum for n in t.notes], 128)
 
 
 def pitch_class_entropy(score: symusic.Score) -> float:
