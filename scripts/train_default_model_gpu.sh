@@ -2,8 +2,9 @@
 # The default model's recipe on one CUDA GPU in a fixed wall-clock budget. The data come first
 # from steps 1-2 of scripts/train_default_model.sh (SKIP_TRAIN=1 stops it there).
 #
-# Stages 1 and 2 of the shipped checkpoints/musegen-mix were these two calls on one H200 (stage
-# 3, the pinned-layout fine-tune on a CPU, is in its model card):
+# Stages 1 and 2 of the shipped checkpoints/musegen-mix were these two calls on one H200 (stages
+# 3 and 4, the CPU fine-tunes for the pinned infilling layout and General MIDI drums, are in its
+# model card):
 #   MINUTES=6 DROPOUT=0.05 RUN=runs/gpu1 OUT=runs/gpu1-ship bash scripts/train_default_model_gpu.sh
 #   INIT=runs/gpu1-ship/musegen-mix LR=3e-4 MINUTES=3.2 DROPOUT=0.05 RUN=runs/gpu2 \
 #     OUT=runs/gpu2-ship bash scripts/train_default_model_gpu.sh

@@ -77,7 +77,8 @@ def every_track_plays(notes: dict[tuple[int, bool], int]) -> bool:
 def test_continues_a_full_band_with_every_track() -> None:
     pipe = Pipeline.from_pretrained()  # the default: no path, no download
     prompt = band_prompt()
-    results = pipe.continue_midi(prompt, num_samples=8, bars=4, seed=0)
+    # Variation i of seed s draws with seed s + i: these are 16 distinct draws.
+    results = [r for seed in (0, 8) for r in pipe.continue_midi(prompt, 8, bars=4, seed=seed)]
     for result in results:  # every variation: the whole band keeps playing
         assert result.bars == 4 and result.finished and not result.empty
         notes = track_notes(result)
@@ -86,7 +87,8 @@ def test_continues_a_full_band_with_every_track() -> None:
         assert notes[(33, False)] >= 4, notes  # the bass keeps playing
         assert not result.warnings
     # Without track guidance (the default since 2026-12-05) piano or guitar rested for the 4
-    # bars in about half the variations: MODEL_CARD.md gives the rates over two seed sets.
+    # bars in about half the variations: MODEL_CARD.md gives the rates over two seed sets. At
+    # strength 1 (the default until 2026-12-06) the guitar fell silent in one of these draws.
 
 
 def test_continues_a_bundled_example(tmp_path: Path) -> None:

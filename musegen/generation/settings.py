@@ -157,7 +157,7 @@ class GenerationSettings:
         "Keep a drum loop's groove",
     )  # fmt: skip
     track_guidance: float = guidance_setting(
-        1.0, "keep each track's share of the notes what it was in the prompt's last 4 bars: "
+        2.0, "keep each track's share of the notes what it was in the prompt's last 4 bars: "
         "an instrument that has gone quiet in the new bars gets likelier to play the next note; "
         "the chance of writing a note is unchanged (0: off)", "Keep every instrument",
     )  # fmt: skip
