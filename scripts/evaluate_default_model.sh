@@ -6,7 +6,7 @@
 #   PIECES=12 LONG=4 DEVICE=cuda bash scripts/evaluate_default_model.sh
 #
 # The model card's tables: the previous default from git history beside the shipped one,
-#   git worktree add /tmp/prev 115d818 && mkdir -p runs && cp -r /tmp/prev/checkpoints/musegen-mix runs/prev
+#   git worktree add /tmp/prev 11dbbc5 && mkdir -p runs && cp -r /tmp/prev/checkpoints/musegen-mix runs/prev
 #   OLD=runs/prev PIECES=16 LONG=2 EVAL_BAND=../shared/corpora/eval-only/beatles \
 #     bash scripts/evaluate_default_model.sh
 #
