@@ -17,20 +17,20 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from musegen.data.groove import drum_score, read_info
+from musegen.data.groove import general_midi_drums, read_info
 from musegen.data.sources import load_midi
 from musegen.tokenizer import build_tokenizer
 
 
 def count(src: Path) -> tuple[Counter, Counter]:
     """Drum notes per pitch over every performance ``info.csv`` lists: as recorded, and as the
-    builder writes them (:func:`drum_score`)."""
+    builder writes them (:func:`general_midi_drums`)."""
     recorded: Counter = Counter()
     written: Counter = Counter()
     for row in read_info(src):
-        path = src / row["midi_filename"]
-        recorded.update(n.pitch for t in load_midi(path).tracks for n in t.notes)
-        written.update(n.pitch for n in drum_score(path).tracks[0].notes)
+        score = load_midi(src / row["midi_filename"])
+        recorded.update(n.pitch for t in score.tracks for n in t.notes)
+        written.update(n.pitch for n in general_midi_drums(score).tracks[0].notes)
     return recorded, written
 
 

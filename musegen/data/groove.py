@@ -98,7 +98,12 @@ def metadata(row: dict[str, str]) -> dict:
 def drum_score(path: Path) -> symusic.Score:
     """A Groove file as one drum track of General MIDI drums; every note goes to the drum
     channel."""
-    score = load_midi(path)
+    return general_midi_drums(load_midi(path))
+
+
+def general_midi_drums(score: symusic.Score) -> symusic.Score:
+    """``score``'s notes as one drum track of General MIDI drums (:data:`GM_DRUMS`), one hit
+    per time and drum, the loudest."""
     hits: dict[tuple[int, int], tuple[int, int]] = {}  # (time, drum): the loudest hit's
     for note in (n for t in score.tracks for n in t.notes):  # (velocity, duration)
         key = (note.time, GM_DRUMS.get(note.pitch, note.pitch))
