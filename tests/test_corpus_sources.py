@@ -217,35 +217,6 @@ def test_fullband_drums_come_from_groove_train_beats_and_sit_on_the_16th_grid(bu
         assert min(n.time for n in drums[0].notes) == first_downbeat
 
 
-def test_sequenced_fullband_drums_repeat_their_pattern_bar_for_bar(built) -> None:
-    for score, meta in fullband_pieces(built):
-        pattern = meta["drums"]["pattern_bars"]
-        assert pattern in fullband.DRUM_PATTERNS and pattern  # the fixture songs are sequenced
-        (drums,) = [t for t in score.tracks if t.is_drum]
-        bar = 4 * TPQ  # the fixture's beats are a quarter note apart, its first downbeat on a bar
-        start = min(n.time for n in drums.notes)
-        hits: dict[int, set] = {}
-        for note in drums.notes:
-            k, tick = divmod(note.time - start, bar)
-            hits.setdefault(k, set()).add((tick, note.pitch, note.velocity))
-        bars = sorted(hits)[:-1]  # the song's last bar may stop short
-        assert len(bars) >= fullband.PHRASE_BARS
-        for k in bars:
-            ends_phrase = k % fullband.PHRASE_BARS == fullband.PHRASE_BARS - 1
-            if not ends_phrase:
-                assert hits[k] == hits[k % pattern], (meta["song_id"], k)
-
-
-def test_drum_bars_loop_the_whole_performance_or_a_pattern_after_its_pickup() -> None:
-    pickup = [(0, 36, 90)]  # one hit in the first bar, four in each of the other five
-    hits = pickup + [(b * 16 + q * 4, 42, 80) for b in range(1, 6) for q in range(4)]
-    loop = fullband.DrumLoop("x.mid", tuple(hits), bars=6)
-    assert fullband.pattern_start(loop) == 1
-    assert [fullband.drum_bar(k, loop, 0, 0) for k in range(8)] == [0, 1, 2, 3, 4, 5, 0, 1]
-    assert [fullband.drum_bar(k, loop, 2, 1) for k in range(9)] == [1, 2, 1, 2, 1, 2, 1, 1, 1]
-    assert [fullband.drum_bar(k, loop, 4, 1) for k in range(8)] == [1, 2, 3, 4, 1, 2, 3, 1]
-
-
 def test_fullband_bass_plays_chord_roots_in_the_bass_register(built) -> None:
     chords = [(0.25 + 1.0 * k, 0.25 + 1.0 * (k + 1), CHORDS[k % len(CHORDS)]) for k in range(20)]
     for score, meta in fullband_pieces(built):

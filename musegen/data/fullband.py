@@ -7,11 +7,7 @@ licensed ones, deterministically and coherent by construction:
   leak into training), chosen from the song id among the performances whose tempo is closest
   to the song's. Each hit is placed by its position in beats, snapped to the 16th-note grid,
   onto the song's own annotated beats (``beat_midi.txt``), bar by bar from the song's 4/4
-  downbeats. For a quarter of the songs the whole performance is looped over the song, as
-  played; the others are *sequenced*, as most band MIDI files are: 1, 2 or 4 bars of the
-  performance repeat exactly (from its first bar with at least 3/4 of its median bar's hits, so
-  not a pickup), and the last bar of every 8 is the performance's own bar there (a
-  variation where a phrase ends);
+  downbeats, looping the performance over the song;
 - **bass**: the root of each annotated chord (``chord_midi.txt``) in the bass register
   (MIDI 33–51), in one of three rhythms chosen from the song id (root on every beat; root in
   eighths; root on beats 1 and 3 and fifth on 2 and 4, root again whenever the chord changes);
@@ -57,8 +53,6 @@ SOURCE = SourceInfo(
 GROUP = "full_band"
 DESCRIPTION = " ".join(__doc__.split("\n\n", 1)[1].replace("**", "").replace("``", "").split())
 CANDIDATES = 8  # Groove performances nearest the song's tempo that the song id chooses from
-DRUM_PATTERNS = (0, 1, 2, 4)  # bars of the looped drum pattern; 0: the whole performance
-PHRASE_BARS = 8  # a sequenced pattern's phrase: its last bar is the performance's own
 STEPS = 4  # grid steps per beat: 16th notes
 BASS_ROOT_LOW = 33  # roots in 33..44 (A1..G#2), fifths up to 51: inside the 28..55 bass range
 BASS_RHYTHMS = ("quarters", "eighths", "root_fifth")
@@ -207,33 +201,11 @@ class Grid:
         return round(a + frac * (b - a))
 
 
-def pattern_start(loop: DrumLoop) -> int:
-    """The performance's first full bar, where a sequenced pattern starts: a pickup or a late
-    entry has fewer hits than 3/4 of the median bar's."""
-    counts = [0] * loop.bars
-    for step, _, _ in loop.hits:
-        counts[step // (4 * STEPS)] += 1
-    median = statistics.median(counts)
-    return next(b for b in range(loop.bars) if counts[b] >= 0.75 * median)
-
-
-def drum_bar(k: int, loop: DrumLoop, pattern: int, start: int) -> int:
-    """Which bar of the performance the song's bar ``k`` plays: with ``pattern`` bars from
-    ``start`` (0: the whole performance), the pattern repeats and each phrase's last bar is the
-    performance's."""
-    if not pattern or k % PHRASE_BARS == PHRASE_BARS - 1:
-        return k % loop.bars
-    return start + k % min(pattern, loop.bars - start)
-
-
-def drum_track(
-    grid: Grid, bars: list[tuple[int, int]], loop: DrumLoop, pattern: int = 0
-) -> symusic.Track:
+def drum_track(grid: Grid, bars: list[tuple[int, int]], loop: DrumLoop) -> symusic.Track:
     track = symusic.Track(name="DRUMS", program=0, is_drum=True)
     per_bar = 4 * STEPS
-    start = pattern_start(loop) if pattern else 0
     for k, (first, beats) in enumerate(bars):
-        offset = drum_bar(k, loop, pattern, start) * per_bar
+        offset = (k % loop.bars) * per_bar
         for step, pitch, velocity in loop.hits:
             local = step - offset
             if 0 <= local < beats * STEPS:
@@ -288,7 +260,6 @@ def arrange(song_dir: Path, rows: list[dict], groove_dir: Path) -> tuple[symusic
     rhythm = BASS_RHYTHMS[stable_index(f"fullband-bass:{song_id}", len(BASS_RHYTHMS))]
     bass_program = BASS_PROGRAMS[stable_index(f"fullband-bass-program:{song_id}", 9)]
     programs = choose_programs(song_id)
-    pattern = DRUM_PATTERNS[stable_index(f"fullband-drum-pattern:{song_id}", len(DRUM_PATTERNS))]
     score = symusic.Score(song.ticks_per_quarter)
     for tempo in sorted(song.tempos, key=lambda t: t.time) or [symusic.Tempo(0, 120.0)]:
         score.tempos.append(symusic.Tempo(tempo.time + shift if tempo.time else 0, tempo.qpm))
@@ -301,7 +272,7 @@ def arrange(song_dir: Path, rows: list[dict], groove_dir: Path) -> tuple[symusic
             )
             score.tracks.append(moved)
     score.tracks.append(bass_track(grid, bars, beat_times, chords, rhythm, bass_program))
-    score.tracks.append(drum_track(grid, bars, loop, pattern))
+    score.tracks.append(drum_track(grid, bars, loop))
     for track in score.tracks:
         clean_track(track)
     meta = {
@@ -311,12 +282,7 @@ def arrange(song_dir: Path, rows: list[dict], groove_dir: Path) -> tuple[symusic
         "bars": len(bars),
         "programs": programs | {"BASS": bass_program},
         "bass_rhythm": rhythm,
-        "drums": {
-            "file": row["midi_filename"],
-            "style": row["style"],
-            "bpm": int(row["bpm"]),
-            "pattern_bars": pattern,  # 0: the whole performance, as played
-        },
+        "drums": {"file": row["midi_filename"], "style": row["style"], "bpm": int(row["bpm"])},
         "drummer": row["drummer"],
         "notes": score.note_num(),
     }
@@ -346,12 +312,6 @@ def build(
         return rel, meta | {"split": pop909.song_split(song_dir.name), "group": GROUP}
 
     run_items(((d.name, d) for d in songs), convert, report, progress, total=len(songs))
-    settings = {
-        "limit": limit,
-        "candidates": CANDIDATES,
-        "grid_steps_per_beat": STEPS,
-        "drum_patterns": list(DRUM_PATTERNS),
-        "phrase_bars": PHRASE_BARS,
-    }
+    settings = {"limit": limit, "candidates": CANDIDATES, "grid_steps_per_beat": STEPS}
     write_corpus_json(report, DESCRIPTION, settings)
     return report
