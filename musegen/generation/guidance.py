@@ -36,9 +36,12 @@ stays the model's own:
   repeated; on by default only for a drum loop (a prompt of drums alone).
 - :class:`DensityGuidance` scales the odds of **one more note at an onset** by how the new
   bars' notes per bar compare with the prompt's last :data:`DENSITY_BARS` bars.
+- :class:`RangeGuidance` chooses among **pitches**, track by track, like key guidance, but by
+  register: a pitch below the track's lowest note in the prompt's last :data:`KEY_BARS` bars or
+  above its highest loses a logit per :data:`RANGE_SCALE` semitones outside (at strength 1).
 
 Each adds its bias and then shifts its tokens together so that their total probability is what
-the model gave them: key guidance changes which pitch a note gets, track guidance which
+the model gave them: key and range guidance change which pitch a note gets, track guidance which
 instrument plays it, kit guidance which drum, never whether a note is written. Groove guidance
 changes where the next onset falls, whether one comes before the bar line, and which tracks
 play at it. Density guidance, not shifted, changes how many notes sound at an onset. Drum notes
@@ -69,6 +72,7 @@ GROOVE_SMOOTHING = 0.05  # added to every 16th's share of bars, likewise
 TRACK_SMOOTHING = 0.02  # added to every track's share of the notes, likewise
 DENSITY_BARS = 4  # the prompt bars that set the notes per bar, and the new bars compared with it
 PRIOR_BARS = 1.0  # the new bars start as this many bars at the prompt's density
+RANGE_SCALE = 6.0  # semitones outside a track's prompt range that cost one logit at strength 1
 # A prompt whose last bar has onsets only before this position (its first 16th, in 32nds) ends
 # with a note played a little early for the next bar, not with a bar: density and groove
 # guidance leave that bar out (5 of the 12 validation drum prompts end so, by a one-off count).
@@ -580,6 +584,69 @@ class _Bars:
         self.current, self.started, self.position = 0, True, -1
 
 
+class RangeGuidance(_FeedbackGuidance):
+    """Keeps each track in the register it played in the prompt's last :data:`KEY_BARS` bars.
+
+    Key guidance holds a track's pitch classes, not its octave: at strength 2 it met its
+    pitch-class targets by moving notes into other octaves (``benchmarks/results/guidance``),
+    and unguided the new bars' pitch ranges sit 1.4-1.7 times as far from the real bars' as
+    the prompt's do. A pitch ``d`` semitones outside the track's lowest-to-highest there gets
+    ``-strength * d / RANGE_SCALE``; pitches inside are left alike, and all pitches are then
+    shifted together, so whether a note comes stays the model's. A track with fewer than
+    :data:`MIN_NOTES` notes there has no register to keep and is left alone.
+    """
+
+    kind, width, bars = "Pitch", 128, KEY_BARS
+
+    def __init__(self, grammar: Grammar, strength: float, bars: int | None = None):
+        super().__init__(grammar, strength, bars)
+        self._program = last_named(grammar, "Program")
+        self._pitch = torch.arange(self.width, dtype=torch.float)
+
+    def class_of(self, value) -> int:
+        return int(value)
+
+    def _count(self, tokens: Sequence[int], state: _Pitches) -> None:
+        for token in tokens:
+            if not 0 <= token < len(self._classes):
+                continue
+            for _ in range(self._bar_lines[token]):
+                state.bars.append({})
+            if self._program[token] is not None:
+                state.program = self._program[token]
+            state.bars[-1].setdefault(state.program, []).extend(self._classes[token])
+
+    def read_prompt(self, seq: Sequence[int]) -> tuple[dict, _Pitches]:
+        """Each track's (lowest, highest) pitch in the prompt's last bars; the program playing."""
+        prompt = _Pitches(deque([{}], maxlen=self.keep))
+        self._count(seq, prompt)
+        played: dict[int | None, list[int]] = {}
+        for bar in prompt.bars:
+            for program, pitches in bar.items():
+                played.setdefault(program, []).extend(pitches)
+        ranges = {p: (min(v), max(v)) for p, v in played.items() if len(v) >= MIN_NOTES}
+        return ranges, _Pitches(deque([{}], maxlen=1), prompt.program)
+
+    def weights(self, tokens: list[list[int]]) -> torch.Tensor:
+        rows = []
+        for ranges, written in self.rows(tokens):
+            if written.program not in ranges:
+                rows.append(torch.zeros(self.width))  # no register to keep
+                continue
+            low, high = ranges[written.program]
+            outside = (low - self._pitch).clamp(min=0) + (self._pitch - high).clamp(min=0)
+            rows.append(-self.strength * outside / RANGE_SCALE)
+        return torch.stack(rows)
+
+
+@dataclass
+class _Pitches:
+    """One row's pitches per program, bar by bar, and the program now playing."""
+
+    bars: deque[dict[int | None, list[int]]]
+    program: int | None = None
+
+
 def guidance_for(settings, grammar: Grammar) -> list[_PromptGuidance]:
     """The processors a request's settings turn on (fresh ones: they hold its rows' state)."""
     groove = partial(GrooveGuidance, drum_loops=settings.drum_loop_groove)
@@ -589,5 +656,6 @@ def guidance_for(settings, grammar: Grammar) -> list[_PromptGuidance]:
         (TrackGuidance, settings.track_guidance, settings.track_guidance),
         (KitGuidance, settings.kit_guidance, settings.kit_guidance),
         (DensityGuidance, settings.density_guidance, settings.density_guidance),
+        (RangeGuidance, settings.range_guidance, settings.range_guidance),
     ]
     return [kind(grammar, strength) for kind, strength, on in chosen if on]

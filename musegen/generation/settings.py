@@ -172,6 +172,11 @@ class GenerationSettings:
         "denser (sparser) than those, one more note at an onset gets less (more) likely; "
         "where the onsets fall is unchanged (0: off)", "Keep the density",
     )  # fmt: skip
+    range_guidance: float = guidance_setting(
+        0.0, "keep each track in the register it played in the prompt's last 8 bars: a pitch "
+        "below its lowest note there or above its highest gets less likely the farther out it "
+        "is; which notes come, and when, is unchanged (0: off)", "Keep each instrument's register",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         self.validate()
@@ -349,6 +354,7 @@ GUIDANCE = (
     "track_guidance",
     "kit_guidance",
     "density_guidance",
+    "range_guidance",
 )
 
 
