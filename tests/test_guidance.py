@@ -17,11 +17,13 @@ from musegen.generation.guidance import (
     KEY_BARS,
     MIN_NOTES,
     PRIOR_BARS,
+    RANGE_SCALE,
     TRACK_BARS,
     DensityGuidance,
     GrooveGuidance,
     KeyGuidance,
     KitGuidance,
+    RangeGuidance,
     TrackGuidance,
     steadiness,
 )
@@ -540,3 +542,64 @@ def test_the_pipeline_keeps_the_prompts_density(tiny_checkpoint):
         per_bar = [r.continuation.note_num() / 6 for r in results]
         gap[strength] = sum(abs(math.log(max(n, 0.5) / 8)) for n in per_bar) / len(per_bar)
     assert gap[2.0] < gap[0.0] - 0.1
+
+
+def test_a_pitch_outside_the_tracks_prompt_register_gets_less_likely(grammar):
+    """Piano between 60 and 71, bass (program 33) between 36 and 43: each track's pitches
+    outside its own range lose a logit per RANGE_SCALE semitones; other tokens keep theirs."""
+    torch.manual_seed(2)
+    logits = torch.randn(1, grammar.vocab_size)
+    piano = [60 + pc for pc in C_MAJOR] + [71]
+    bass = [36, 38, 40, 43] * 2
+    prompt = [
+        t
+        for _ in range(2)
+        for t in _ids(grammar, "Bar_None") + _notes(grammar, piano) + _notes(grammar, bass, 33)
+    ]
+    guide = RangeGuidance(grammar, 1.0)
+    pitches = _pitch_ids(grammar)
+    vocab = grammar.tokenizer.vocab
+
+    def shift(tokens: list[int]) -> dict[int, float]:
+        ctx = StepContext(tokens=[tokens], seen=torch.zeros(logits.shape, dtype=torch.bool))
+        out = guide(logits, ctx)
+        other = torch.ones(grammar.vocab_size, dtype=torch.bool)
+        other[pitches] = False
+        assert torch.equal(out[0, other], logits[0, other])
+        before, after = logits.softmax(-1)[0], out.softmax(-1)[0]
+        assert after[pitches].sum() == pytest.approx(before[pitches].sum().item(), rel=1e-5)
+        delta = out[0] - logits[0]
+        return {
+            p: float(delta[vocab[f"Pitch_{p}"]] - delta[vocab["Pitch_64"]]) for p in range(21, 109)
+        }
+
+    piano_next = shift(prompt + _ids(grammar, "Bar_None", "Position_0", "Program_0"))
+    assert piano_next[60] == piano_next[71] == pytest.approx(0.0, abs=1e-5)
+    assert piano_next[83] == pytest.approx(-12 / RANGE_SCALE, abs=1e-5)
+    assert piano_next[48] == pytest.approx(-12 / RANGE_SCALE, abs=1e-5)
+    guide = RangeGuidance(grammar, 1.0)
+    bass_next = shift(prompt + _ids(grammar, "Bar_None", "Position_0", "Program_33"))
+    assert bass_next[36] == pytest.approx(bass_next[43], abs=1e-5)
+    assert bass_next[43] == pytest.approx(21 / RANGE_SCALE, abs=1e-5)  # Pitch_64: 21 above
+    few = RangeGuidance(grammar, 1.0)  # a track with too few notes has no register to keep
+    tokens = [_ids(grammar, "Bar_None") + _notes(grammar, [60] * (MIN_NOTES - 1), 40)]
+    tokens[0] += _ids(grammar, "Position_0", "Program_40")
+    assert not few.weights(tokens).any()
+
+
+def test_the_pipeline_keeps_each_track_in_its_register(tiny_checkpoint):
+    """An untrained model plays any pitch; range guidance keeps most new notes near the
+    prompt's octave (48-59 here)."""
+    from musegen.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(tiny_checkpoint)
+    prompt = make_score(bars=8)
+    inside = {}
+    for strength in (0.0, 2.0):
+        results = pipe.continue_midi(
+            prompt, 8, bars=4, seed=0, **{**OFF, "range_guidance": strength}
+        )
+        notes = [n.pitch for r in results for t in r.continuation.tracks for n in t.notes]
+        assert len(notes) > 40
+        inside[strength] = sum(45 <= p <= 62 for p in notes) / len(notes)
+    assert inside[2.0] > inside[0.0] + 0.2
