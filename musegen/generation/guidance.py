@@ -194,29 +194,39 @@ class _FeedbackGuidance(_PromptGuidance):
             yield self._targets[row], self._written[row]
 
 
-class KeyGuidance(_FeedbackGuidance):
+class _ProgramTracking(_FeedbackGuidance):
+    """A processor that follows which track is playing, for guidance kept track by track."""
+
+    def __init__(self, grammar: Grammar, strength: float, bars: int | None = None):
+        super().__init__(grammar, strength, bars)
+        self._program = last_named(grammar, "Program")
+
+    def _walk(self, tokens: Sequence[int], state) -> Iterator[list[int]]:
+        """The classes each of ``tokens`` holds, with ``state``'s bars and program brought up
+        to that token."""
+        for token in tokens:
+            if not 0 <= token < len(self._classes):
+                continue
+            for _ in range(self._bar_lines[token]):
+                state.bars.append({})
+            if self._program[token] is not None:
+                state.program = self._program[token]
+            yield self._classes[token]
+
+
+class KeyGuidance(_ProgramTracking):
     """Steers each row's new pitch classes toward the shares of its prompt's last bars, track by
     track: a bass line keeps its roots and fifths, a melody its scale (an instrument the prompt
     barely plays is held to the prompt's shares over all its pitched tracks)."""
 
     kind, width, bars = "Pitch", 12, KEY_BARS
 
-    def __init__(self, grammar: Grammar, strength: float, bars: int | None = None):
-        super().__init__(grammar, strength, bars)
-        self._program = last_named(grammar, "Program")
-
     def class_of(self, value) -> int:
         return int(value) % 12
 
     def _count(self, tokens: Sequence[int], notes: _Notes) -> None:
-        for token in tokens:
-            if not 0 <= token < len(self._classes):
-                continue
-            for _ in range(self._bar_lines[token]):
-                notes.bars.append({})
-            if self._program[token] is not None:
-                notes.program = self._program[token]
-            for pc in self._classes[token]:
+        for classes in self._walk(tokens, notes):
+            for pc in classes:
                 notes.bars[-1].setdefault(notes.program, [0] * 12)[pc] += 1
 
     def read_prompt(self, seq: Sequence[int]) -> tuple[dict, _Notes]:
@@ -584,7 +594,7 @@ class _Bars:
         self.current, self.started, self.position = 0, True, -1
 
 
-class RangeGuidance(_FeedbackGuidance):
+class RangeGuidance(_ProgramTracking):
     """Keeps each track in the register it played in the prompt's last :data:`KEY_BARS` bars.
 
     Key guidance holds a track's pitch classes, not its octave: at strength 2 it met its
@@ -601,21 +611,14 @@ class RangeGuidance(_FeedbackGuidance):
 
     def __init__(self, grammar: Grammar, strength: float, bars: int | None = None):
         super().__init__(grammar, strength, bars)
-        self._program = last_named(grammar, "Program")
         self._pitch = torch.arange(self.width, dtype=torch.float)
 
     def class_of(self, value) -> int:
         return int(value)
 
     def _count(self, tokens: Sequence[int], state: _Pitches) -> None:
-        for token in tokens:
-            if not 0 <= token < len(self._classes):
-                continue
-            for _ in range(self._bar_lines[token]):
-                state.bars.append({})
-            if self._program[token] is not None:
-                state.program = self._program[token]
-            state.bars[-1].setdefault(state.program, []).extend(self._classes[token])
+        for classes in self._walk(tokens, state):
+            state.bars[-1].setdefault(state.program, []).extend(classes)
 
     def read_prompt(self, seq: Sequence[int]) -> tuple[dict, _Pitches]:
         """Each track's (lowest, highest) pitch in the prompt's last bars; the program playing."""
