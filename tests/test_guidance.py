@@ -310,17 +310,20 @@ def test_a_drum_loop_keeps_its_groove_by_default_and_a_band_only_when_asked(gram
     assert settings.groove_guidance == 0 and settings.drum_loop_groove == 1
 
 
-def test_the_pipeline_keeps_the_prompts_grid_with_groove_guidance(tiny_checkpoint):
-    """An untrained model puts onsets anywhere; guidance pulls them onto the prompt's 8ths."""
+def _continue(checkpoint, prompt, setting: str, strength: float, bars: int = 4) -> list:
+    """8 continuations of ``prompt`` (seed 0) with one processor at ``strength``, others off."""
     from musegen.pipeline import Pipeline
 
-    pipe = Pipeline.from_pretrained(tiny_checkpoint)
+    pipe = Pipeline.from_pretrained(checkpoint)
+    return pipe.continue_midi(prompt, 8, bars=bars, seed=0, **{**OFF, setting: strength})
+
+
+def test_the_pipeline_keeps_the_prompts_grid_with_groove_guidance(tiny_checkpoint):
+    """An untrained model puts onsets anywhere; guidance pulls them onto the prompt's 8ths."""
     prompt = make_score(bars=8)  # piano 8th notes
     on_grid = {}
     for strength in (0.0, 3.0):
-        results = pipe.continue_midi(
-            prompt, 8, bars=4, seed=0, **{**OFF, "groove_guidance": strength}
-        )
+        results = _continue(tiny_checkpoint, prompt, "groove_guidance", strength)
         new = [r.continuation for r in results]
         eighths = [n.time % (c.tpq // 2) == 0 for c in new for t in c.tracks for n in t.notes]
         assert len(eighths) > 40
@@ -466,13 +469,10 @@ def test_a_drum_left_out_gets_the_next_hit_and_whether_a_hit_comes_stays(grammar
 def test_the_pipeline_keeps_the_prompts_drum_kit(tiny_checkpoint):
     """An untrained model hits any of 62 drums, a handful of times in 4 bars; kit guidance
     makes the prompt's drums (kick, snare and closed hi-hat) the likelier ones."""
-    from musegen.pipeline import Pipeline
-
-    pipe = Pipeline.from_pretrained(tiny_checkpoint)
     prompt = make_score(bars=8, tracks=((0, True),))
     share = {}
     for strength in (0.0, 2.0):
-        results = pipe.continue_midi(prompt, 8, bars=4, seed=0, **{**OFF, "kit_guidance": strength})
+        results = _continue(tiny_checkpoint, prompt, "kit_guidance", strength)
         hits = [n.pitch for r in results for t in r.continuation.tracks for n in t.notes]
         assert len(hits) > 40
         share[strength] = sum(p in (36, 38, 42) for p in hits) / len(hits)
@@ -530,15 +530,10 @@ def test_a_note_played_just_before_the_bar_line_is_not_a_bar_of_the_prompt(gramm
 def test_the_pipeline_keeps_the_prompts_density(tiny_checkpoint):
     """An untrained model writes chords of any size; guidance holds the notes per bar nearer
     the prompt's (8 single notes a bar)."""
-    from musegen.pipeline import Pipeline
-
-    pipe = Pipeline.from_pretrained(tiny_checkpoint)
     prompt = make_score(bars=8)
     gap = {}
     for strength in (0.0, 2.0):
-        results = pipe.continue_midi(
-            prompt, 8, bars=6, seed=0, **{**OFF, "density_guidance": strength}
-        )
+        results = _continue(tiny_checkpoint, prompt, "density_guidance", strength, bars=6)
         per_bar = [r.continuation.note_num() / 6 for r in results]
         gap[strength] = sum(abs(math.log(max(n, 0.5) / 8)) for n in per_bar) / len(per_bar)
     assert gap[2.0] < gap[0.0] - 0.1
@@ -590,15 +585,10 @@ def test_a_pitch_outside_the_tracks_prompt_register_gets_less_likely(grammar):
 def test_the_pipeline_keeps_each_track_in_its_register(tiny_checkpoint):
     """An untrained model plays any pitch; range guidance keeps most new notes near the
     prompt's octave (48-59 here)."""
-    from musegen.pipeline import Pipeline
-
-    pipe = Pipeline.from_pretrained(tiny_checkpoint)
     prompt = make_score(bars=8)
     inside = {}
     for strength in (0.0, 2.0):
-        results = pipe.continue_midi(
-            prompt, 8, bars=4, seed=0, **{**OFF, "range_guidance": strength}
-        )
+        results = _continue(tiny_checkpoint, prompt, "range_guidance", strength)
         notes = [n.pitch for r in results for t in r.continuation.tracks for n in t.notes]
         assert len(notes) > 40
         inside[strength] = sum(45 <= p <= 62 for p in notes) / len(notes)
