@@ -84,7 +84,7 @@ def new_bars(piece: Piece, result, bars: int):
     return new.clip(0, bars * piece.bar, clip_end=False)
 
 
-def _continue(pipeline, piece: Piece, prompt_bars: int, bars: int, seed: int, s) -> dict:
+def continue_piece(pipeline, piece: Piece, prompt_bars: int, bars: int, seed: int, s) -> dict:
     """Generate ``bars`` new bars after ``piece.prompt``; the new bars in the piece's ticks.
 
     ``aligned`` says whether the new bars start where the real next bars do (the prompt's
@@ -263,12 +263,12 @@ def evaluate_group(pipeline, group: GroupPieces, s: GroupEvalSettings) -> dict:
     total = len(group.short) + len(group.long)
     bar = tqdm(total=total, desc=name, unit="piece", disable=not s.progress)
     for i, piece in enumerate(group.short):
-        out = _continue(pipeline, piece, s.prompt_bars, s.new_bars, s.seed + i, s)
+        out = continue_piece(pipeline, piece, s.prompt_bars, s.new_bars, s.seed + i, s)
         row = {"piece": piece.name} | score_piece(piece, out["new"], s.new_bars)
         rows.append(row | {k: out[k] for k in ("seconds", "tokens", "finished", "aligned")})
         bar.update(1)
     for i, piece in enumerate(group.long):
-        out = _continue(pipeline, piece, s.long_prompt_bars, s.long_bars, s.seed + i, s)
+        out = continue_piece(pipeline, piece, s.long_prompt_bars, s.long_bars, s.seed + i, s)
         row = {"piece": piece.name} | score_long(piece, out["new"], s.long_bars)
         long_rows.append(row | {k: out[k] for k in ("seconds", "tokens", "finished")})
         bar.update(1)

@@ -309,6 +309,23 @@ def _pattern_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if not union else float(np.logical_and(a, b).sum() / union)
 
 
+def onset_similarity_by_track(
+    reference: symusic.Score, new: symusic.Score, bar: int, bars: int, resolution: int = 16
+) -> dict[TrackKey, list[float]]:
+    """Per track of ``reference``, per new bar: the Jaccard similarity of ``new``'s onset
+    pattern to the best-matching ``reference`` bar of that track (see :func:`onset_similarity`)."""
+    ref = onset_grids(reference, bar, bars, resolution)
+    out = onset_grids(new, bar, bars, resolution)
+    values: dict[TrackKey, list[float]] = {}
+    for key, grid in ref.items():
+        played = grid[grid.any(axis=1)]
+        other = out.get(key, np.zeros_like(grid))
+        values[key] = [
+            max(_pattern_similarity(row, ref_row) for ref_row in played) for row in other
+        ]
+    return values
+
+
 def onset_similarity(
     reference: symusic.Score, new: symusic.Score, bar: int, bars: int, resolution: int = 16
 ) -> float | None:
@@ -316,17 +333,10 @@ def onset_similarity(
     long from tick 0): per track of ``reference`` and per new bar, the Jaccard similarity to the
     best-matching reference bar of that track, averaged. A silent new track scores 0 against a
     playing one. None when ``reference`` has no notes. 1.0 for an exact copy."""
-    ref = onset_grids(reference, bar, bars, resolution)
-    out = onset_grids(new, bar, bars, resolution)
-    if not ref:
+    by_track = onset_similarity_by_track(reference, new, bar, bars, resolution)
+    if not by_track:
         return None
-    values = []
-    for key, grid in ref.items():
-        played = grid[grid.any(axis=1)]
-        other = out.get(key, np.zeros_like(grid))
-        for row in other:
-            values.append(max(_pattern_similarity(row, ref_row) for ref_row in played))
-    return float(np.mean(values))
+    return float(np.mean([v for values in by_track.values() for v in values]))
 
 
 def bar_contents(score: symusic.Score, bar: int, bars: int) -> list[tuple]:

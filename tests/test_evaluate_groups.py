@@ -69,6 +69,8 @@ def test_onset_similarity_copy_is_one_and_a_silent_track_zero():
     assert metrics.onset_similarity(tail, tail, BAR, 4) == pytest.approx(1.0)
     only_piano = _score((0, False, _bars([0, 3, 8, 10], 60, 4)))
     assert metrics.onset_similarity(tail, only_piano, BAR, 4) == pytest.approx(0.5)
+    by_track = metrics.onset_similarity_by_track(tail, only_piano, BAR, 4)
+    assert by_track == {(0, False): [1.0] * 4, (0, True): [0.0] * 4}  # the drums fell silent
     held = _score((0, False, _bars([0], 60, 4)), (0, True, _bars([0, 8], 36, 4)))
     assert metrics.onset_similarity(tail, held, BAR, 4) == pytest.approx((0.25 + 1) / 2)
     # a slightly early onset counts on the grid step it was meant for

@@ -3,6 +3,7 @@ its onset positions (groove guidance), and nothing else moves."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -310,11 +311,16 @@ def test_a_drum_loop_keeps_its_groove_by_default_and_a_band_only_when_asked(gram
     assert settings.groove_guidance == 0 and settings.drum_loop_groove == 1
 
 
-def _continue(checkpoint, prompt, setting: str, strength: float, bars: int = 4) -> list:
-    """8 continuations of ``prompt`` (seed 0) with one processor at ``strength``, others off."""
+@functools.cache
+def _pipeline(checkpoint):
     from musegen.pipeline import Pipeline
 
-    pipe = Pipeline.from_pretrained(checkpoint)
+    return Pipeline.from_pretrained(checkpoint)
+
+
+def _continue(checkpoint, prompt, setting: str, strength: float, bars: int = 4) -> list:
+    """8 continuations of ``prompt`` (seed 0) with one processor at ``strength``, others off."""
+    pipe = _pipeline(checkpoint)
     return pipe.continue_midi(prompt, 8, bars=bars, seed=0, **{**OFF, setting: strength})
 
 
