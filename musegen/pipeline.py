@@ -37,6 +37,7 @@ from musegen.generation.sampling import (
 )
 from musegen.generation.seam import SeamJudge, best_of, continuation_distance
 from musegen.generation.settings import GenerationSettings, controls_for
+from musegen.generation.splice import splice
 from musegen.model.attention import reach_of
 from musegen.score_check import PROMPT_LIMITS, ScoreLimits, check_score, check_tokens, load_checked
 from musegen.tokenizer import count_notes, decode, encode, score_to_midi_bytes
@@ -110,6 +111,9 @@ class _Request:
     # finds closest to the music around it (partial results show the first).
     candidates: int = 1
     judge: Callable[[GenerationResult], float] | None = None
+    # Per row: the prompt score ``full`` was encoded from, which the new bars are spliced onto
+    # (None: none, e.g. starting from nothing; the decoded piece is the result).
+    sources: list[symusic.Score | None] = field(default_factory=list)
 
 
 class Pipeline:
@@ -221,22 +225,22 @@ class Pipeline:
         check_candidates(candidates)
         settings = self._settings(settings, overrides, num_samples)
         num_samples = settings.num_samples
-        prepared: list[list[int] | MusegenError] = []
+        prepared: list[tuple[list[int], symusic.Score | None] | MusegenError] = []
         for prompt in prompts:
             try:
-                prepared.append(self._prompt_ids(prompt, settings))
+                prepared.append(self._prompt(prompt, settings))
             except MusegenError as exc:
                 prepared.append(exc)
         # Prompts that share controls share a batch, run with the first member's settings.
         groups: dict[tuple, tuple[GenerationSettings, list[int]]] = {}
-        for i, ids in enumerate(prepared):
-            if not isinstance(ids, MusegenError):
-                own = self._for_prompt(settings, ids)
+        for i, item in enumerate(prepared):
+            if not isinstance(item, MusegenError):
+                own = self._for_prompt(settings, item[0])
                 key = (None if own.instruments is None else tuple(own.instruments), own.drums)
                 groups.setdefault(key, (own, []))[1].append(i)
         out: list[list[GenerationResult] | MusegenError] = list(prepared)  # type: ignore[arg-type]
         for own, members in groups.values():
-            rows = [prepared[i] for i in members]
+            rows = [prepared[i] for i in members]  # type: ignore[misc]
             results = self._last(self._run(self._request(rows, own, candidates), 0, None))
             for k, i in enumerate(members):
                 out[i] = results[k * num_samples : (k + 1) * num_samples]
@@ -269,8 +273,9 @@ class Pipeline:
         """
         check_candidates(candidates)
         settings = self._settings(settings, overrides, num_samples)
-        ids = self._prompt_ids(prompt, settings)
-        request = self._request([ids], self._for_prompt(settings, ids), candidates if ids else 1)
+        ids, source = self._prompt(prompt, settings)
+        own = self._for_prompt(settings, ids)
+        request = self._request([(ids, source)], own, candidates if ids else 1)
         return self._run(request, every, stop_event)
 
     def infill(
@@ -411,17 +416,18 @@ class Pipeline:
             warnings=self._warnings(list(plan.prompt), self._notes_in(tokens), partial),
         )
 
-    def _prompt_ids(
+    def _prompt(
         self,
         prompt: str | Path | bytes | symusic.Score | None,
         settings: GenerationSettings | None = None,
-    ) -> list[int]:
-        """The prompt's ids, cut to ``settings.prompt_bars`` / ``prompt_tracks`` when set."""
+    ) -> tuple[list[int], symusic.Score | None]:
+        """The prompt's ids and the checked score they encode, cut to ``settings.prompt_bars``
+        / ``prompt_tracks`` when set (no prompt: no ids, no score)."""
         chosen = settings is not None and (settings.prompt_bars or settings.prompt_tracks)
         if prompt is None:
             if chosen:
                 raise MusegenError("prompt_bars/prompt_tracks choose from a prompt: give one")
-            return []
+            return [], None
         name = str(prompt) if isinstance(prompt, (str, Path)) else "prompt"
         # One check for every front end (musegen.score_check); bar numbers a user chose refer
         # to the file as it is, so silence is trimmed only after the selection.
@@ -436,7 +442,7 @@ class Pipeline:
         if not ids:
             raise MidiError(f"{name}: nothing left after tokenization (notes out of range?)")
         check_tokens(len(ids), limits, name)
-        return ids
+        return ids, score
 
     def _for_prompt(self, settings: GenerationSettings, ids: list[int]) -> GenerationSettings:
         """Settings with the prompt's instruments filled in when ``keep_instruments`` asks (a
@@ -477,18 +483,22 @@ class Pipeline:
         return (settings or GenerationSettings()).with_overrides(**overrides).with_seed()
 
     def _request(
-        self, prompts: list[list[int]], settings: GenerationSettings, candidates: int = 1
+        self,
+        prompts: list[tuple[list[int], symusic.Score | None]],
+        settings: GenerationSettings,
+        candidates: int = 1,
     ) -> _Request:
-        """Rows for every prompt, sample and candidate, in that order: sample k of a prompt
-        draws with seeds ``seed + k*candidates`` … ``+ candidates - 1``."""
+        """Rows for every prompt (its ids and the score they encode), sample and candidate, in
+        that order: sample k of a prompt draws with seeds ``seed + k*candidates`` … ``+
+        candidates - 1``."""
         started = time.perf_counter()
         grammar = self.grammar(settings)
         budget = settings.max_new_tokens or settings.bars * TOKENS_PER_BAR_CAP
         if settings.bars and settings.max_new_tokens:
             budget = min(budget, settings.bars * TOKENS_PER_BAR_CAP)
-        full, window, starts, seeds = [], [], [], []
+        full, window, starts, seeds, sources = [], [], [], [], []
         rows = settings.num_samples * candidates
-        for ids in prompts:
+        for ids, source in prompts:
             cut = self._window(ids, grammar, budget)
             if not cut:
                 raise MusegenError("this tokenizer has no BOS token, so generation needs a prompt")
@@ -498,10 +508,11 @@ class Pipeline:
                 window.append(cut)
                 starts.append(start.copy())
                 seeds.append(int(settings.seed) + k)
+                sources.append(source)
         judge = _continuation_judge if candidates > 1 else None
         return _Request(
             full, window, starts, seeds, settings, grammar, budget, started,
-            candidates=candidates, judge=judge,
+            candidates=candidates, judge=judge, sources=sources,
         )  # fmt: skip
 
     def _processors(self, request: _Request) -> list:
@@ -563,8 +574,13 @@ class Pipeline:
         end_state = progress.states[k]
         score = decode(self.tokenizer, request.full[k] + tokens)
         split = end_state.start_tick if end_state.start_tick is not None else score.end()
-        continuation = score.clip(split, max(score.end(), split) + 1, clip_end=False)
-        continuation = continuation.shift_time(-split)
+        source = request.sources[k] if request.sources else None
+        spliced = splice(source, score, split) if source is not None else None
+        if spliced is not None:  # the user's own prompt, untouched, with the new bars after it
+            score, continuation, split = spliced.score, spliced.continuation, spliced.split
+        else:
+            continuation = score.clip(split, max(score.end(), split) + 1, clip_end=False)
+            continuation = continuation.shift_time(-split)
         finished = (
             not partial
             and not progress.stopped
