@@ -432,7 +432,7 @@ class Pipeline:
         # One check for every front end (musegen.score_check); bar numbers a user chose refer
         # to the file as it is, so silence is trimmed only after the selection.
         limits = self.score_limits
-        score = load_checked(prompt, limits.without_trim() if chosen else limits, name)
+        score = load_checked(prompt, limits.before_selection() if chosen else limits, name)
         if chosen:
             score = select_prompt(score, settings.prompt_bars, settings.prompt_tracks, name)
             if count_notes(score) == 0:

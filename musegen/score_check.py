@@ -68,6 +68,12 @@ class ScoreLimits:
         """The same limits with no change to timing (bar numbers a user chose stay valid)."""
         return replace(self, trim=False, max_gap_bars=None)
 
+    def before_selection(self) -> ScoreLimits:
+        """What a whole file must satisfy before a user's choice of bars or tracks: timing
+        unchanged (their bar numbers stay valid), and no limit on size, which the chosen part
+        is held to instead (bars 1-8 of a long piece are a short prompt)."""
+        return replace(self.without_trim(), max_notes=None, max_tracks=None, max_beats=None)
+
 
 # Prompts for generation (the app, ``generate``, the pipeline): bounded work per request.
 PROMPT_LIMITS = ScoreLimits(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+from dataclasses import replace
 
 import mido
 import pretty_midi
@@ -82,6 +83,18 @@ def test_bad_prompts_give_one_line_errors(pipe, tmp_path):
         with pytest.raises(MidiError, match=words) as info:
             pipe.continue_midi(prompt)
         assert "\n" not in str(info.value)
+
+
+def test_size_limits_hold_the_chosen_bars_not_the_whole_file(tiny_checkpoint):
+    pipe = Pipeline.from_pretrained(tiny_checkpoint)
+    pipe.score_limits = replace(pipe.score_limits, max_notes=100)
+    long_piece = make_score(bars=40)  # 320 notes
+    with pytest.raises(MidiError, match="too many notes: 320 > 100"):
+        pipe.continue_midi(long_piece, **FAST)
+    result = pipe.continue_midi(long_piece, prompt_bars="1-8", max_new_tokens=8, **FAST)[0]
+    assert result.prompt_end_tick == 8 * 4 * 480  # bars 1-8 (64 notes) were the prompt
+    with pytest.raises(MidiError, match="too many notes: 160 > 100"):
+        pipe.continue_midi(long_piece, prompt_bars="1-20", **FAST)
 
 
 def test_checkpoint_errors(tiny_checkpoint, tmp_path):
