@@ -61,6 +61,7 @@ from functools import partial
 import torch
 
 from musegen.generation.grammar import Grammar
+from musegen.generation.repeat import RepeatGuidance
 
 KEY_BARS = 8  # the prompt bars that set the key target, and the new bars compared with it
 GROOVE_BARS = 4  # the prompt bars whose onset positions set the groove prior
@@ -651,7 +652,7 @@ class _Pitches:
     program: int | None = None
 
 
-def guidance_for(settings, grammar: Grammar) -> list[_PromptGuidance]:
+def guidance_for(settings, grammar: Grammar) -> list[_PromptGuidance | RepeatGuidance]:
     """The processors a request's settings turn on (fresh ones: they hold its rows' state)."""
     groove = partial(GrooveGuidance, drum_loops=settings.drum_loop_groove)
     chosen = [  # (processor, strength, whether it runs)
@@ -661,5 +662,6 @@ def guidance_for(settings, grammar: Grammar) -> list[_PromptGuidance]:
         (KitGuidance, settings.kit_guidance, settings.kit_guidance),
         (DensityGuidance, settings.density_guidance, settings.density_guidance),
         (RangeGuidance, settings.range_guidance, settings.range_guidance),
+        (RepeatGuidance, settings.repeat_guidance, settings.repeat_guidance),
     ]
     return [kind(grammar, strength) for kind, strength, on in chosen if on]

@@ -177,6 +177,11 @@ class GenerationSettings:
         "below its lowest note there or above its highest gets less likely the farther out it "
         "is; which notes come, and when, is unchanged (0: off)", "Keep each instrument's register",
     )  # fmt: skip
+    repeat_guidance: float = guidance_setting(
+        0.0, "where the prompt repeats itself bar after bar (a pasted riff or drum pattern), "
+        "lean the new bars toward repeating it too, as strongly as the prompt repeats; a "
+        "performed prompt gets next to no pull (0: off)", "Keep repeating what the prompt repeats",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         self.validate()
@@ -355,6 +360,7 @@ GUIDANCE = (
     "kit_guidance",
     "density_guidance",
     "range_guidance",
+    "repeat_guidance",
 )
 
 
