@@ -7,6 +7,7 @@ import functools
 import math
 
 import pytest
+import symusic
 import torch
 from conftest import make_score
 
@@ -28,9 +29,11 @@ from musegen.generation.guidance import (
     TrackGuidance,
     steadiness,
 )
+from musegen.generation.repeat import SCALE as REPEAT_SCALE
+from musegen.generation.repeat import RepeatGuidance
 from musegen.generation.sampling import StepContext
 from musegen.generation.settings import GUIDANCE, GenerationSettings
-from musegen.tokenizer import build_tokenizer
+from musegen.tokenizer import build_tokenizer, encode
 
 C_MAJOR = (0, 2, 4, 5, 7, 9, 11)
 OFF = dict.fromkeys(GUIDANCE, 0)  # every processor off; a test turns its own on
@@ -599,3 +602,97 @@ def test_the_pipeline_keeps_each_track_in_its_register(tiny_checkpoint):
         assert len(notes) > 40
         inside[strength] = sum(45 <= p <= 62 for p in notes) / len(notes)
     assert inside[2.0] > inside[0.0] + 0.2
+
+
+# --- repeat guidance ----------------------------------------------------------------------
+def _pasted_bar(grammar: Grammar, melody: int) -> list[int]:
+    """One bar: kick and bass on beat 1, snare on beat 3, and a melody note that changes."""
+    return _ids(
+        grammar,
+        "Bar_None", "Position_0",
+        "Program_-1", "PitchDrum_36", "Velocity_95", "Duration_0.1.8",
+        "Program_33", "Pitch_40", "Velocity_79", "Duration_1.0.8",
+        "Program_0", f"Pitch_{melody}", "Velocity_63", "Duration_2.0.8",
+        "Position_16",
+        "Program_-1", "PitchDrum_38", "Velocity_95", "Duration_0.1.8",
+    )  # fmt: skip
+
+
+def test_repeat_guidance_measures_what_each_track_repeats(grammar):
+    prompt = [t for bar in range(8) for t in _pasted_bar(grammar, 60 + bar)]
+    guide = RepeatGuidance(grammar, 1.0)
+    row = guide._read_prompt(prompt)
+    drums, bass, piano = _ids(grammar, "Program_-1", "Program_33", "Program_0")
+    assert row.period == 1  # every period repeats the drums and bass: the shortest is taken
+    assert row.pulls[drums] == row.pulls[bass] == REPEAT_SCALE
+    assert row.pulls[piano] == 0  # a different note every bar: nothing to repeat
+    played = RepeatGuidance(grammar, 1.0)._read_prompt(
+        encode(grammar.tokenizer, make_score(bars=8))  # a melody of random pitches
+    )
+    assert max(played.pulls.values()) < 0.2
+
+
+def test_repeat_guidance_pulls_toward_the_bar_one_period_back(grammar):
+    prompt = [t for bar in range(8) for t in _pasted_bar(grammar, 60 + bar)]
+    guide = RepeatGuidance(grammar, 1.0)
+    seen = torch.zeros(1, grammar.vocab_size, dtype=torch.bool)
+    tokens = [list(prompt)]
+    full = REPEAT_SCALE  # the drums and the bass repeat exactly
+
+    def pulled(*names: str) -> dict[str, float]:
+        """What the guidance adds once ``names`` are written (the first call reads the prompt)."""
+        tokens[0] += _ids(grammar, *names)
+        bias = guide(torch.zeros(1, grammar.vocab_size), StepContext(tokens=tokens, seen=seen))
+        return {grammar.tokenizer[int(i)]: float(bias[0, i]) for i in bias[0].nonzero()}
+
+    held = {"Position_4": -full, "Position_16": -full, "Bar_None": -full}  # not moving on yet
+    assert pulled() == {}  # the prompt's own last bar is done: nothing until a new bar
+    assert pulled("Bar_None") == {"Position_0": full}
+    at_one = pulled("Position_0")
+    assert at_one.items() >= {"Program_-1": full, "Program_33": full, **held}.items()
+    assert "Program_0" not in at_one  # the melody never repeats: no pull toward it
+    assert pulled("Program_33") == {"Pitch_40": full}  # in any order: the bass first
+    # velocity and duration may differ and the note still counts: the drum comes next
+    assert pulled("Pitch_40", "Velocity_127") == {"Duration_1.0.8": full}
+    assert pulled("Duration_1.0.8").items() >= {"Program_-1": full, **held}.items()
+    assert pulled("Program_-1", "PitchDrum_37") == {}  # another drum than the bar before
+    # it counts as the drum; the melody's note may still come, or not: no pull either way
+    assert pulled("Velocity_95", "Duration_0.1.8") == {}
+    # with a melody note (another pitch) the onset is complete: on to the next one
+    assert pulled("Program_0", "Pitch_72", "Velocity_63", "Duration_1.0.8") == {
+        "Position_16": full
+    }
+    assert pulled("Position_16").items() >= {"Program_-1": full, "Bar_None": -full}.items()
+    pulled("Program_-1", "PitchDrum_38", "Velocity_95")
+    assert pulled("Duration_0.1.8") == {"Bar_None": full}  # the bar before ends here
+
+
+def test_the_pipeline_repeats_a_pasted_pattern(tmp_path):
+    """An untrained model plays anything; repeat guidance brings back the pasted bar. (The
+    tiny preset's 128 tokens hold one bar of this prompt: this model sees all four.)"""
+    from musegen.checkpoint import save_pretrained
+    from musegen.config import preset
+    from musegen.model.transformer import MusicTransformer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = MusicTransformer(preset("tiny", vocab_size=len(tokenizer), max_seq_len=320))
+    checkpoint = save_pretrained(model, tokenizer, tmp_path / "tiny512")
+    score = symusic.Score(480)
+    drums = symusic.Track(program=0, is_drum=True)
+    bass = symusic.Track(program=33)
+    for bar in range(4):
+        for beat, (drum, pitch) in enumerate(((36, 40), (42, 40), (38, 43), (42, 45))):
+            at = bar * 1920 + beat * 480
+            drums.notes.append(symusic.Note(at, 60, drum, 100))
+            bass.notes.append(symusic.Note(at, 240, pitch, 90))
+    score.tracks.extend([drums, bass])
+    pattern = {(n.time % 1920, n.pitch) for t in score.tracks for n in t.notes}
+    repeated = {}
+    for strength in (0.0, 3.0):
+        results = _continue(checkpoint, score, "repeat_guidance", strength, bars=2)
+        notes = [(n.time % 1920, n.pitch) for r in results for t in r.continuation.tracks
+                 for n in t.notes]  # fmt: skip
+        assert len(notes) > 16
+        repeated[strength] = sum(note in pattern for note in notes) / len(notes)
+    assert repeated[3.0] > repeated[0.0] + 0.3

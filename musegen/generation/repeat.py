@@ -15,11 +15,20 @@ period serves the whole prompt, the one that best repeats its most repeating tra
 
 While the model writes a new bar, the bar one period before is the reference, onset by onset:
 
-* at an onset the reference also has, the reference's notes there not written yet are pulled
-  toward, in its order: the next note's instrument, then its pitch, velocity and duration (a
-  note the reference does not have at that onset gets no pull until the next onset);
-* once the onset holds all of them, the reference's next onset (or the bar line, after its
-  last) is pulled toward, by the strongest pull among the tracks that play there.
+* at an onset the reference also has, while it holds fewer notes of an instrument than the
+  reference there, that instrument is pulled toward and moving on (the next onset or the bar
+  line) is held back by as much: the model's own order of instruments at an onset need not be
+  the prompt's (trained on files whose drums come last, it moves on after the drums of a
+  prompt whose drums come first);
+* within a note, the reference note of the same instrument (and pitch, once written) gives
+  the next token, its pitch, velocity and duration (velocities and durations may differ);
+* once the onset holds as many notes of each instrument as the reference, the reference's
+  next onset (or the bar line, after its last) is pulled toward, by the strongest pull among
+  the tracks that play there.
+
+On a prompt of 8 pasted bars of drums, bass and guitar (made in code, not a test piece), 42 %
+of the shipped model's new notes repeat the pattern unguided and 82 % at strength 1, with as
+many notes as unguided (``benchmarks/bench_repeat.py``).
 
 Each pull is added to one token's logit, so nothing is forbidden: the model may still vary, as
 real next bars often do. It needs one token per id (no BPE merges); with merged ids, or a
@@ -37,7 +46,7 @@ from musegen.generation.grammar import Grammar
 
 BARS = 8  # the prompt bars whose repetition is measured
 PERIODS = (1, 2, 4)  # the repetition periods tried, in bars (ties go to the shorter)
-SCALE = 2.0  # logits on the reference's next token at strength 1, for an exact repetition
+SCALE = 4.0  # logits on the reference's next token at strength 1, for an exact repetition
 MIN_PAIRS = 2  # bar pairs a period needs inside the measured bars to be considered
 
 # A bar's notes per onset (its Position id), each as [Program, Pitch, Velocity, Duration] ids.
@@ -67,6 +76,7 @@ class RepeatGuidance:
         self._kind = [grammar.types[b[0]] if len(b) == 1 else None for b in grammar.expand]
         bar_ids = [i for i, kind in enumerate(self._kind) if kind == "Bar"]
         self._bar = bar_ids[0] if bar_ids else None
+        self._moving_on = [i for i, kind in enumerate(self._kind) if kind in ("Position", "Bar")]
         self._rows: list[_Row] | None = None
         self._counted: list[int] = []
         self._parsed: dict[tuple[int, int], tuple[Notes, list[int]]] = {}
@@ -84,9 +94,8 @@ class RepeatGuidance:
                 self._add(row, token, new=True)
             self._counted[index] = len(seq)
             if row.period and row.new_bars:
-                found = self._next(index, row)
-                if found is not None:
-                    bias[index, found[0]] = found[1]
+                for token, pull in self._next(index, row):
+                    bias[index, token] += pull
         return logits + bias
 
     def _add(self, row: _Row, token: int, new: bool = False) -> None:
@@ -135,11 +144,11 @@ class RepeatGuidance:
             row.pulls = pulls[row.period]
         return row
 
-    def _next(self, index: int, row: _Row) -> tuple[int, float] | None:
-        """The reference's next token after what the new bar holds and its pull (None: none)."""
+    def _next(self, index: int, row: _Row) -> list[tuple[int, float]]:
+        """The pulls (token, logits) toward the reference after what the new bar holds."""
         ref_index = len(row.bars) - row.period
         if ref_index < 0:
-            return None
+            return []
         key = (index, ref_index)
         if key not in self._parsed:
             self._parsed[key] = self._parse(row.bars[ref_index])
@@ -149,30 +158,35 @@ class RepeatGuidance:
             return self._onset(row, reference, onsets, 0)
         onset = order[-1]
         if onset not in reference:
-            return None
+            return []
         ours, theirs = written[onset], list(reference[onset])
-        done = ours if not ours or len(ours[-1]) == 4 else ours[:-1]
-        for note in done:  # the reference's notes this onset has written (pitch and program)
-            match = next((n for n in theirs if n[:2] == note[:2]), None)
+        for note in (n for n in ours if len(n) == 4):  # the reference's notes written here:
+            match = next((n for n in theirs if n[:2] == note[:2]), None)  # the same pitch,
+            match = match or next((n for n in theirs if n[0] == note[0]), None)  # or instrument
             if match is not None:
                 theirs.remove(match)
         if ours and len(ours[-1]) < 4:  # a note under way: its reference's next token
             partial = ours[-1]
             match = next((n for n in theirs if n[: min(2, len(partial))] == partial[:2]), None)
             if match is None:
-                return None
-            return match[len(partial)], row.pulls.get(match[0], 0.0)
-        if theirs:
-            return theirs[0][0], row.pulls.get(theirs[0][0], 0.0)
+                return []
+            return [(match[len(partial)], row.pulls.get(match[0], 0.0))]
+        if theirs:  # notes to come at this onset: their instruments, and not moving on yet
+            pulls: dict[int, float] = {}
+            for note in theirs:
+                pulls[note[0]] = row.pulls.get(note[0], 0.0)
+            hold = max(pulls.values())
+            return [*pulls.items(), *((t, -hold) for t in self._moving_on)]
         return self._onset(row, reference, onsets, onsets.index(onset) + 1)
 
-    def _onset(self, row: _Row, reference: Notes, onsets: list[int], at: int):
-        """The reference's onset number ``at`` (the bar line past its last) and its pull."""
+    def _onset(
+        self, row: _Row, reference: Notes, onsets: list[int], at: int
+    ) -> list[tuple[int, float]]:
+        """The pull toward the reference's onset number ``at`` (the bar line past its last)."""
         if at < len(onsets):
             token = onsets[at]
-            pull = max((row.pulls.get(n[0], 0.0) for n in reference[token]), default=0.0)
-            return token, pull
-        return self._bar, max(row.pulls.values(), default=0.0)
+            return [(token, max((row.pulls.get(n[0], 0.0) for n in reference[token]), default=0))]
+        return [(self._bar, max(row.pulls.values(), default=0.0))]
 
 
 def _of(bar: Notes, program: int) -> set[tuple[int, int]]:
