@@ -7,7 +7,7 @@ the new bars and of the real next bars (the Jaccard similarity of each bar's 16t
 the best-matching prompt bar of that track, :func:`musegen.metrics.onset_similarity_by_track`).
 
     python benchmarks/bench_track_groove.py FOLDER [--split val] [--pieces 16] [--seed 0] \
-        [--checkpoint CKPT ...] [--json FILE]
+        [--checkpoint CKPT ...] [--json FILE] [--repeat-guidance S …]
 
 FOLDER is a built corpus (its ``corpus.json`` split) or any folder of MIDI files (every file).
 Prints, per checkpoint, the mean over tracks for drums and for pitched tracks, model / real.
@@ -24,14 +24,17 @@ import numpy as np
 from musegen import metrics
 from musegen.eval_pieces import from_folder, pieces
 from musegen.evaluate_groups import GroupEvalSettings, continue_piece
+from musegen.generation.settings import add_guidance_overrides, guidance_overrides
 from musegen.pipeline import Pipeline
 
 PROMPT_BARS, NEW_BARS = 8, 4
 
 
-def track_rows(pipe: Pipeline, folder: Path, split: str, count: int, seed: int) -> list[dict]:
+def track_rows(
+    pipe: Pipeline, folder: Path, split: str, count: int, seed: int, guidance: dict | None = None
+) -> list[dict]:
     """One row per (piece, prompt track): its kind and groove, model and real."""
-    settings = GroupEvalSettings(progress=False)
+    settings = GroupEvalSettings(progress=False, guidance=guidance or {})
     rows = []
     for i, piece in enumerate(pieces(from_folder("g", folder, split), count, PROMPT_BARS, 4)):
         new = continue_piece(pipe, piece, PROMPT_BARS, NEW_BARS, seed + i, settings)["new"]
@@ -70,11 +73,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", nargs="+", default=[None], help="default: the shipped model")
     ap.add_argument("--json", type=Path)
+    add_guidance_overrides(ap)
     args = ap.parse_args()
     report = {}
     for checkpoint in args.checkpoint:
         pipe = Pipeline.from_pretrained(checkpoint)
-        rows = track_rows(pipe, args.folder, args.split, args.pieces, args.seed)
+        rows = track_rows(
+            pipe, args.folder, args.split, args.pieces, args.seed, guidance_overrides(args)
+        )
         name = checkpoint or "default"
         report[name] = {"summary": summary(rows), "tracks": rows}
         for kind, s in report[name]["summary"].items():

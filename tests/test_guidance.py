@@ -659,12 +659,14 @@ def test_repeat_guidance_pulls_toward_the_bar_one_period_back(grammar):
     # it counts as the drum; the melody's note may still come, or not: no pull either way
     assert pulled("Velocity_95", "Duration_0.1.8") == {}
     # with a melody note (another pitch) the onset is complete: on to the next one
-    assert pulled("Program_0", "Pitch_72", "Velocity_63", "Duration_1.0.8") == {
-        "Position_16": full
-    }
+    assert pulled("Program_0", "Pitch_72", "Velocity_63", "Duration_1.0.8") == {"Position_16": full}
     assert pulled("Position_16").items() >= {"Program_-1": full, "Bar_None": -full}.items()
     pulled("Program_-1", "PitchDrum_38", "Velocity_95")
     assert pulled("Duration_0.1.8") == {"Bar_None": full}  # the bar before ends here
+    # infilling: only the bars before the span (the prefix) are read, not what follows it
+    layout = prompt[: len(prompt) // 2] + _ids(grammar, "Infill_Span") + prompt
+    infill = RepeatGuidance(grammar, 1.0)._read_prompt(layout)
+    assert len(infill.bars) + 1 == 4
 
 
 def test_the_pipeline_repeats_a_pasted_pattern(tmp_path):

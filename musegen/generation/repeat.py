@@ -32,7 +32,12 @@ many notes as unguided (``benchmarks/bench_repeat.py``).
 
 Each pull is added to one token's logit, so nothing is forbidden: the model may still vary, as
 real next bars often do. It needs one token per id (no BPE merges); with merged ids, or a
-prompt without bars, it leaves the logits alone.
+prompt without bars, it leaves the logits alone. In infilling, the bars before the span are
+the past it reads (the bars after it come first in the prompt's layout, so they are skipped).
+
+Off by default: on the validation pieces it cost targets (classical's density range, a long
+folk piece's density) and pitched tracks' groove, since pitched parts rarely repeat bar for
+bar (``benchmarks/results/guidance/README.md``, "Repeat guidance").
 """
 
 from __future__ import annotations
@@ -126,6 +131,8 @@ class RepeatGuidance:
     def _read_prompt(self, seq: Sequence[int]) -> _Row:
         row = _Row()
         for token in seq:
+            if self._kind[token] == "Infill":  # infilling: the bars before the span are the past
+                break
             self._add(row, token)
         if not row.started:
             return row
