@@ -86,6 +86,9 @@ def test_new_notes_go_to_the_prompts_own_tracks_on_its_own_grid():
     ]  # the pedal was up at the split: nothing added
     assert out.continuation.note_num() == 3
     assert min(n.time for t in out.continuation.tracks for n in t.notes) == 0
+    # the new bars alone keep the track's controllers as they stood: volume 100, pedal up
+    alone = out.continuation.tracks[0].controls
+    assert sorted((c.time, c.number, c.value) for c in alone) == [(0, 7, 100), (0, 64, 0)]
 
 
 def test_a_held_note_a_pressed_pedal_and_a_bend_are_let_go_at_the_split():

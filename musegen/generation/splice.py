@@ -13,6 +13,7 @@ prompt score as it was checked, on that score's own tick grid:
 * a prompt note still sounding when a new note of the same track and pitch starts is cut there,
   so no two notes of one pitch overlap;
 * a sustain pedal still down or a pitch bend still on where the prompt stops is let go there;
+* the continuation alone starts with each track's controllers (volume, pan, …) as they stood;
 * tempo and time-signature changes the model wrote in the new bars are kept (with the prompt's
   tempo and meter kept, the default, it writes none).
 
@@ -72,7 +73,23 @@ def splice(source: symusic.Score, decoded: symusic.Score, split: int) -> Spliced
         lambda time, t: symusic.TimeSignature(time, t.numerator, t.denominator),
     )  # fmt: skip
     continuation = out.clip(at, max(out.end(), at) + 1, clip_end=False).shift_time(-at)
+    _carry_controls(out, continuation, at)
     return Spliced(out, continuation, at)
+
+
+def _carry_controls(whole: symusic.Score, part: symusic.Score, at: int) -> None:
+    """Each controller's last value before ``at`` (a track's volume, pan, …) set again at the
+    start of ``part``, so the new bars alone sound as they do in the whole piece."""
+    if len(part.tracks) != len(whole.tracks):
+        return
+    for source, track in zip(whole.tracks, part.tracks, strict=True):
+        last: dict[int, int] = {}
+        for control in sorted(source.controls, key=lambda c: c.time):
+            if control.time < at:
+                last[control.number] = control.value
+        if last:
+            ahead = [symusic.ControlChange(0, number, value) for number, value in last.items()]
+            track.controls = ahead + list(track.controls)
 
 
 def _onsets(score: symusic.Score, before: int | None = None) -> np.ndarray:
