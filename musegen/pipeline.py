@@ -240,7 +240,7 @@ class Pipeline:
                 groups.setdefault(key, (own, []))[1].append(i)
         out: list[list[GenerationResult] | MusegenError] = list(prepared)  # type: ignore[arg-type]
         for own, members in groups.values():
-            rows = [prepared[i] for i in members]  # type: ignore[misc]
+            rows = [prepared[i] for i in members]
             results = self._last(self._run(self._request(rows, own, candidates), 0, None))
             for k, i in enumerate(members):
                 out[i] = results[k * num_samples : (k + 1) * num_samples]

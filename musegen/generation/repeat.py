@@ -138,8 +138,8 @@ class RepeatGuidance:
     def _read_prompt(self, seq: Sequence[int]) -> _Row:
         row = _Row()
         for token in seq:
-            if self._kind[token] == "Infill":  # infilling: the bars before the span are the past
-                break
+            if 0 <= token < len(self._kind) and self._kind[token] == "Infill":  # infilling:
+                break  # the bars before the span are the past
             self._add(row, token)
         if not row.started:
             return row
