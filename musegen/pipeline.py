@@ -52,6 +52,11 @@ DEFAULT_CANDIDATES = 4  # infilling: spans drawn per sample, the one fitting its
 # Continuations drawn per sample, the one fitting the prompt's last bars kept (1: the plain
 # sample). 1 by default: each candidate costs decoding time (the model card measures both).
 DEFAULT_CONTINUATION_CANDIDATES = 1
+# Said when the new bars cannot be put after the prompt as it was given (generation/splice.py).
+UNSPLICED = (
+    "the prompt could not be lined up with the model's reading of it, so it comes back as the "
+    "model read it (on its grid, tracks of one instrument merged)"
+)
 # What each kind of candidate is judged against, in words (the CLI's help, the page's info).
 SPAN_FIT = "the bars on both sides in key and note density"
 CONTINUATION_FIT = "the prompt's last bars in key and in each track's density and groove"
@@ -581,6 +586,7 @@ class Pipeline:
         else:
             continuation = score.clip(split, max(score.end(), split) + 1, clip_end=False)
             continuation = continuation.shift_time(-split)
+        notice = UNSPLICED if source is not None and spliced is None else None
         finished = (
             not partial
             and not progress.stopped
@@ -597,18 +603,21 @@ class Pipeline:
             finished=finished,
             prompt_ids=list(request.full[k]),
             tokens=list(tokens),
-            warnings=self._warnings(request.full[k], continuation.note_num(), partial),
+            warnings=self._warnings(request.full[k], continuation.note_num(), partial, notice),
         )
 
     def _notes_in(self, ids: list[int]) -> int:
         """Notes written by ``ids`` (one Program token per note in REMI with programs)."""
         return sum(1 for i in ids if self.tokenizer[int(i)].startswith("Program_"))
 
-    def _warnings(self, prompt_ids: list[int], new_notes: int, partial: bool) -> list[str]:
-        """Honest limits: instruments the model barely saw, and an empty result."""
+    def _warnings(
+        self, prompt_ids: list[int], new_notes: int, partial: bool, notice: str | None = None
+    ) -> list[str]:
+        """Honest limits: instruments the model barely saw, a prompt that comes back as the
+        model read it (``notice``), and an empty result."""
         vocab_names = [self.tokenizer[int(i)] for i in prompt_ids if int(i) < len(self.tokenizer)]
         programs = {int(n[8:]) for n in vocab_names if n.startswith("Program_")}
-        found = [coverage_warning(programs, self.meta)]
+        found = [coverage_warning(programs, self.meta), notice]
         if not partial and new_notes == 0:
             found.append(
                 "the model wrote no notes in the new bars: try another seed, a higher "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import symusic
 
 from musegen.generation.splice import splice
-from musegen.pipeline import Pipeline
+from musegen.pipeline import UNSPLICED, Pipeline
 
 TPQ = 480
 BAR = 4 * TPQ
@@ -153,4 +153,17 @@ def test_the_pipeline_returns_the_prompt_untouched(tiny_checkpoint):
             assert [x for x in _notes(ours) if x[0] < end] == _notes(theirs)
         new = sum(1 for t in score.tracks for n in t.notes if n.time >= end)
         assert new == result.continuation.note_num()
+        assert UNSPLICED not in result.warnings
     assert any(not r.empty for r in results)
+
+
+def test_a_prompt_that_cannot_be_lined_up_comes_back_as_read_and_says_so(
+    tiny_checkpoint, monkeypatch
+):
+    import musegen.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "splice", lambda *args: None)
+    pipe = Pipeline.from_pretrained(tiny_checkpoint)
+    result = pipe.continue_midi(_piano_prompt(), 1, bars=1, seed=0, max_new_tokens=40)[0]
+    assert result.score.tpq != TPQ  # the decoded piece
+    assert pipeline.UNSPLICED in result.warnings
