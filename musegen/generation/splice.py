@@ -17,9 +17,10 @@ prompt score as it was checked, on that score's own tick grid:
 * tempo and time-signature changes the model wrote in the new bars are kept (with the prompt's
   tempo and meter kept, the default, it writes none).
 
-When the decoded prompt does not line up with the score it came from (an onset further than a
-16th note from every note of the score), nothing is spliced and the caller keeps the decoded
-piece, so a continuation is never put in the wrong place.
+When the decoded prompt does not line up with the score it came from (its first or last onset
+further than a 16th note from every onset of the score, or a note of the score starting after
+the split), nothing is spliced: the caller keeps the decoded piece and says so, so a
+continuation is never put in the wrong place.
 """
 
 from __future__ import annotations
