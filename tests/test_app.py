@@ -365,3 +365,14 @@ def test_python_app_py_starts_and_prints_url(tiny_checkpoint: Path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_api_statuses_carry_the_results_warnings(client, midi_file: Path):
+    """The ``/continue`` status line says what the page says: the variations' warnings (here:
+    two tokens leave no room for a note, so the new bars are empty)."""
+    from gradio_client import handle_file
+
+    *_, status = client.predict(
+        handle_file(str(midi_file)), bars=1, seed=3, max_new_tokens=2, api_name="/continue"
+    )
+    assert "Warning: the model wrote no notes in the new bars" in status

@@ -23,6 +23,7 @@ from musegen.app.composer import (
     form_settings,
     infill_request,
 )
+from musegen.app.results import with_warnings
 from musegen.app.session import SessionState, check_prompt, describe_score, read_upload
 from musegen.errors import MusegenError
 from musegen.generation.prompt import overview
@@ -348,6 +349,7 @@ class Handlers:
         first = found[0]
         seeds = ", ".join(str(v.seed) for v in found)
         status = f"{len(found)} variation(s) (seeds {seeds}); returned variation 1: {first.summary}"
+        status = with_warnings(status, found)
         return str(first.midi_path), str(first.wav_path), str(first.png_path), status
 
     def api_infill(
@@ -385,6 +387,7 @@ class Handlers:
             f"{len(found)} version(s) of bars {a}-{b} (seeds {seeds}); "
             f"returned variation 1: {first.summary}"
         )
+        status = with_warnings(status, found)
         return str(first.midi_path), str(first.wav_path), str(first.png_path), status
 
     def session_closed(self, request: gr.Request) -> None:

@@ -9,7 +9,8 @@ unique to the request's own folder (see :class:`~musegen.app.session.Workspace`)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import symusic
@@ -41,11 +42,19 @@ class Variation:
     preview_path: Path | None = None  # lead-in + new bars, compressed
     full_png_path: Path | None = None  # the whole piece, once :func:`save_full` has run
     window: Window | None = None
+    warnings: list[str] = field(default_factory=list)  # the result's, one line each
 
     @property
     def files(self) -> list[str]:
         """What the page offers for download now."""
         return [str(p) for p in (self.midi_path, self.wav_path) if p is not None]
+
+
+def with_warnings(status: str, results: Sequence) -> str:
+    """``status`` followed by each distinct warning of ``results`` (generation results or
+    variations), so no front end presents a result without its honest limits."""
+    warnings = dict.fromkeys(w for r in results for w in r.warnings)
+    return " ".join([status, *(f"Warning: {w}." for w in warnings)])
 
 
 def renderer_phrase(renderer: str) -> str:
@@ -104,6 +113,7 @@ def save_preview(
         preview_path,
         None,
         window,
+        list(result.warnings),
     )
 
 
@@ -149,4 +159,5 @@ __all__ = [
     "save_original",
     "save_preview",
     "summary_line",
+    "with_warnings",
 ]

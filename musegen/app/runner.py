@@ -18,7 +18,13 @@ from pathlib import Path
 import symusic
 
 from musegen.app.limits import Deadline, RequestLimits
-from musegen.app.results import Variation, save_full, save_original, save_preview
+from musegen.app.results import (
+    Variation,
+    save_full,
+    save_original,
+    save_preview,
+    with_warnings,
+)
 from musegen.errors import MusegenError
 from musegen.generation.prompt import bar_starts
 from musegen.generation.settings import GenerationSettings
@@ -197,8 +203,7 @@ class Runner:
             status = f"Done: {count} {took}."
         if all(r.empty for r in results):  # never presented as a success
             status = f"No new notes: {count} {took} came out empty."
-        warnings = dict.fromkeys(w for r in results for w in r.warnings)
-        status = " ".join([status, *(f"Warning: {w}." for w in warnings)])
+        status = with_warnings(status, results)
         yield Progress(pngs, status, 1.0, variations, original=original)
 
     def _save_all(
