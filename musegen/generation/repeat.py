@@ -120,8 +120,9 @@ class RepeatGuidance:
         elif row.started and kind in _KEPT:
             row.current.append(token)
 
-    def _parse(self, bar: Sequence[int]) -> tuple[Notes, list[int]]:
-        """A bar's notes per onset and its onsets in order (ids as written)."""
+    def _parse(self, bar: Sequence[int], finished: bool = False) -> tuple[Notes, list[int]]:
+        """A bar's notes per onset and its onsets in order (ids as written); of a ``finished``
+        bar only whole notes (an unconstrained sample may leave one unfinished)."""
         notes: Notes = {}
         order: list[int] = []
         for token in bar:
@@ -133,6 +134,8 @@ class RepeatGuidance:
                 notes[order[-1]].append([token])
             elif order and notes[order[-1]] and kind in _KEPT:  # pitch, velocity, duration
                 notes[order[-1]][-1].append(token)
+        if finished:
+            notes = {onset: [n for n in found if len(n) == 4] for onset, found in notes.items()}
         return notes, order
 
     def _read_prompt(self, seq: Sequence[int]) -> _Row:
@@ -143,7 +146,7 @@ class RepeatGuidance:
             self._add(row, token)
         if not row.started:
             return row
-        bars = [self._parse(bar)[0] for bar in [*row.bars, row.current]]
+        bars = [self._parse(bar, finished=True)[0] for bar in [*row.bars, row.current]]
         programs = {note[0] for bar in bars for onset in bar.values() for note in onset}
         pulls: dict[int, dict[int, float]] = {}  # period → program → pull
         for period in PERIODS:
@@ -153,9 +156,9 @@ class RepeatGuidance:
                     p: self.strength * SCALE * _pasted(_overlap(bars, p, period, pairs)) ** 2
                     for p in programs
                 }
-        if pulls:  # the period under which the tracks repeat most (ties: the shorter)
-            row.period = max(pulls, key=lambda period: (sum(pulls[period].values()), -period))
-            row.pulls = pulls[row.period]
+        if any(any(found.values()) for found in pulls.values()):  # the period under which the
+            row.period = max(pulls, key=lambda p: (sum(pulls[p].values()), -p))  # tracks repeat
+            row.pulls = pulls[row.period]  # most (ties: the shorter); none: no pull at all
         return row
 
     def _next(self, index: int, row: _Row) -> list[tuple[int, float]]:
@@ -165,7 +168,7 @@ class RepeatGuidance:
             return []
         key = (index, ref_index)
         if key not in self._parsed:
-            self._parsed[key] = self._parse(row.bars[ref_index])
+            self._parsed[key] = self._parse(row.bars[ref_index], finished=True)
         reference, onsets = self._parsed[key]
         written, order = self._parse(row.current)
         if not order:  # the bar has no onset yet: its first
