@@ -57,21 +57,44 @@ PERIODS = (1, 2, 4)  # the repetition periods tried, in bars (ties go to the sho
 SCALE = 4.0  # logits on the reference's next token at strength 1, for an exact repetition
 MIN_PAIRS = 2  # bar pairs a period needs inside the measured bars to be considered
 # The overlap up to which a track counts as played, not pasted, and gets no pull: played parts
-# repeat by ear, not note for note (Groove's drum performances: a median of 0.48 by a one-off
-# count on 11 validation prompts; POP909's parts lower still).
+# repeat by ear, not note for note, so a bar shares at most about half its (onset, pitch) notes
+# with the bar before (the reasoning and what was seen: benchmarks/results/guidance/README.md).
 PLAYED = 0.5
 
 # A bar's notes per onset (its Position id), each as [Program, Pitch, Velocity, Duration] ids.
 Notes = dict[int, list[list[int]]]
-_KEPT = ("Position", "Program", "Pitch", "PitchDrum", "Velocity", "Duration")
+_NOTE_PARTS = ("Pitch", "PitchDrum", "Velocity", "Duration")  # after a note's Program
+
+
+@dataclass
+class _Bar:
+    """A bar's onsets in order and its notes per onset, built token by token as it is written
+    (so a step reads the bar under way without parsing it again)."""
+
+    notes: Notes = field(default_factory=dict)
+    order: list[int] = field(default_factory=list)
+
+    def add(self, kind: str | None, token: int) -> None:
+        if kind == "Position":
+            self.order.append(token)
+            self.notes.setdefault(token, [])
+        elif self.order and kind == "Program":
+            self.notes[self.order[-1]].append([token])
+        elif self.order and self.notes[self.order[-1]] and kind in _NOTE_PARTS:
+            self.notes[self.order[-1]][-1].append(token)
+
+    def finished(self) -> _Bar:
+        """The bar with whole notes only (an unconstrained sample may leave one unfinished)."""
+        whole = {onset: [n for n in found if len(n) == 4] for onset, found in self.notes.items()}
+        return _Bar(whole, self.order)
 
 
 @dataclass
 class _Row:
     """One row's bars so far and what its prompt sets."""
 
-    bars: list[list[int]] = field(default_factory=list)  # Position and note ids per bar
-    current: list[int] = field(default_factory=list)
+    bars: list[_Bar] = field(default_factory=list)  # finished bars
+    current: _Bar = field(default_factory=_Bar)
     started: bool = False  # False until the row's first bar line (a window may start mid-bar)
     new_bars: bool = False  # True once the row writes its first bar line after the prompt
     period: int = 0
@@ -91,7 +114,6 @@ class RepeatGuidance:
         self._moving_on = [i for i, kind in enumerate(self._kind) if kind in ("Position", "Bar")]
         self._rows: list[_Row] | None = None
         self._counted: list[int] = []
-        self._parsed: dict[tuple[int, int], tuple[Notes, list[int]]] = {}
 
     def __call__(self, logits: torch.Tensor, ctx) -> torch.Tensor:
         if not self.usable or self.strength == 0 or self._bar is None:
@@ -106,7 +128,7 @@ class RepeatGuidance:
                 self._add(row, token, new=True)
             self._counted[index] = len(seq)
             if row.period and row.new_bars:
-                for token, pull in self._next(index, row):
+                for token, pull in self._next(row):
                     bias[index, token] += pull
         return logits + bias
 
@@ -114,29 +136,11 @@ class RepeatGuidance:
         kind = self._kind[token] if 0 <= token < len(self._kind) else None
         if kind == "Bar":
             if row.started:
-                row.bars.append(row.current)
-            row.current, row.started = [], True
+                row.bars.append(row.current.finished())
+            row.current, row.started = _Bar(), True
             row.new_bars = row.new_bars or new
-        elif row.started and kind in _KEPT:
-            row.current.append(token)
-
-    def _parse(self, bar: Sequence[int], finished: bool = False) -> tuple[Notes, list[int]]:
-        """A bar's notes per onset and its onsets in order (ids as written); of a ``finished``
-        bar only whole notes (an unconstrained sample may leave one unfinished)."""
-        notes: Notes = {}
-        order: list[int] = []
-        for token in bar:
-            kind = self._kind[token]
-            if kind == "Position":
-                order.append(token)
-                notes.setdefault(token, [])
-            elif order and kind == "Program":
-                notes[order[-1]].append([token])
-            elif order and notes[order[-1]] and kind in _KEPT:  # pitch, velocity, duration
-                notes[order[-1]][-1].append(token)
-        if finished:
-            notes = {onset: [n for n in found if len(n) == 4] for onset, found in notes.items()}
-        return notes, order
+        elif row.started:
+            row.current.add(kind, token)
 
     def _read_prompt(self, seq: Sequence[int]) -> _Row:
         row = _Row()
@@ -146,7 +150,7 @@ class RepeatGuidance:
             self._add(row, token)
         if not row.started:
             return row
-        bars = [self._parse(bar, finished=True)[0] for bar in [*row.bars, row.current]]
+        bars = [bar.notes for bar in [*row.bars, row.current.finished()]]
         programs = {note[0] for bar in bars for onset in bar.values() for note in onset}
         pulls: dict[int, dict[int, float]] = {}  # period → program → pull
         for period in PERIODS:
@@ -161,16 +165,13 @@ class RepeatGuidance:
             row.pulls = pulls[row.period]  # most (ties: the shorter); none: no pull at all
         return row
 
-    def _next(self, index: int, row: _Row) -> list[tuple[int, float]]:
+    def _next(self, row: _Row) -> list[tuple[int, float]]:
         """The pulls (token, logits) toward the reference after what the new bar holds."""
         ref_index = len(row.bars) - row.period
         if ref_index < 0:
             return []
-        key = (index, ref_index)
-        if key not in self._parsed:
-            self._parsed[key] = self._parse(row.bars[ref_index], finished=True)
-        reference, onsets = self._parsed[key]
-        written, order = self._parse(row.current)
+        reference, onsets = row.bars[ref_index].notes, row.bars[ref_index].order
+        written, order = row.current.notes, row.current.order
         if not order:  # the bar has no onset yet: its first
             return self._onset(row, reference, onsets, 0)
         onset = order[-1]

@@ -178,9 +178,10 @@ class GenerationSettings:
         "is; which notes come, and when, is unchanged (0: off)", "Keep each instrument's register",
     )  # fmt: skip
     repeat_guidance: float = guidance_setting(
-        0.0, "where the prompt repeats itself bar after bar (a pasted riff or drum pattern), "
-        "lean the new bars toward repeating it too, as strongly as the prompt repeats; a "
-        "performed prompt gets next to no pull (0: off)", "Keep repeating what the prompt repeats",
+        0.0, "where a track of the prompt repeats itself bar after bar (a pasted riff or drum "
+        "pattern), lean its new bars toward repeating it too, as strongly as it repeats; a part "
+        "that repeats no more exactly than a player would gets no pull (0: off)",
+        "Keep repeating what the prompt repeats",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
