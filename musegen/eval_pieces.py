@@ -28,7 +28,7 @@ from pathlib import Path
 
 import symusic
 
-from musegen import metrics
+from musegen import bar_lines, metrics
 from musegen.errors import MusegenError
 from musegen.tokenizer import load_tick_score
 
@@ -181,16 +181,31 @@ def _bar_of_every_note(score: symusic.Score, bar: int) -> set[int]:
 
 
 def make_piece(
-    path: Path, prompt_bars: int, new_bars: int, tail_bars: int = 4, tries: int = 4
+    path: Path,
+    prompt_bars: int,
+    new_bars: int,
+    tail_bars: int = 4,
+    tries: int = 4,
+    find_bar_lines: bool = False,
 ) -> Piece | None:
     """The first window of ``path`` (leading empty bars skipped) whose prompt's last bar and
-    real next bars have notes, in one time signature; None when the piece has none."""
+    real next bars have notes, in one time signature; None when the piece has none.
+
+    ``find_bar_lines``: when :func:`musegen.bar_lines.find` finds the file's bar lines wrong
+    from the notes of its first ``prompt_bars`` × 4 beats (what a user would upload), the
+    piece is cut on the bars found instead, as the pipeline continues such an upload."""
     try:
         score = load_tick_score(path)
     except MusegenError:
         return None
     if not score.note_num():
         return None
+    if find_bar_lines:
+        start = min(n.time for t in score.tracks for n in t.notes)
+        upload = score.clip(0, start + prompt_bars * 4 * score.tpq, clip_end=False)
+        found = bar_lines.find(upload)
+        if found is not None:
+            score = bar_lines.rebar(score, found)
     if len(score.time_signatures) == 1 and score.time_signatures[0].numerator == 1:
         # POP909 files declare 1/4 throughout while their beat annotations count 4/4 bars: a
         # one-beat "bar" would make an 8-bar prompt 8 beats long, so read them as 4/4.
@@ -224,13 +239,15 @@ def make_piece(
     return None
 
 
-def pieces(source: GroupSource, count: int, prompt_bars: int, new_bars: int) -> list[Piece]:
+def pieces(
+    source: GroupSource, count: int, prompt_bars: int, new_bars: int, find_bar_lines: bool = False
+) -> list[Piece]:
     """The first ``count`` usable pieces of ``source``, in its order."""
     out = []
     for path in source.files:
         if len(out) >= count:
             break
-        piece = make_piece(path, prompt_bars, new_bars)
+        piece = make_piece(path, prompt_bars, new_bars, find_bar_lines=find_bar_lines)
         if piece is not None:
             out.append(piece)
     return out

@@ -75,6 +75,9 @@ class GroupEvalSettings:
     device: str = "cpu"
     progress: bool = True
     speed_groups: list[str] = field(default_factory=list)  # default: names with SPEED_GROUP_WORDS
+    # Cut each piece on bars found from its notes when its own bar lines are wrong
+    # (eval_pieces.make_piece); the pipeline then continues the cut prompt as it is.
+    find_bar_lines: bool = False
 
 
 # --- one piece -------------------------------------------------------------------------------
@@ -92,8 +95,9 @@ def continue_piece(pipeline, piece: Piece, prompt_bars: int, bars: int, seed: in
     chosen = {} if s.candidates is None else {"candidates": s.candidates}
     chosen.update(s.guidance)
     result = pipeline.continue_midi(
-        piece.prompt, 1, bars=bars, seed=seed, temperature=s.temperature, top_p=s.top_p, **chosen
-    )[0]
+        piece.prompt, 1, bars=bars, seed=seed, temperature=s.temperature, top_p=s.top_p,
+        find_bar_lines=False, **chosen,
+    )[0]  # fmt: skip
     start = result.prompt_end_tick * piece.prompt.tpq / result.score.tpq
     return {
         "new": new_bars(piece, result, bars),
@@ -245,12 +249,14 @@ class GroupPieces:
 def collect(sources: list[GroupSource], s: GroupEvalSettings) -> list[GroupPieces]:
     out = []
     for source in sources:
-        short = pieces(source, s.pieces, s.prompt_bars, s.new_bars)
+        short = pieces(source, s.pieces, s.prompt_bars, s.new_bars, s.find_bar_lines)
         long = []
         for path in source.files if s.long_pieces else []:
             if len(long) >= s.long_pieces:
                 break
-            piece = make_piece(path, s.long_prompt_bars, s.long_bars)
+            piece = make_piece(
+                path, s.long_prompt_bars, s.long_bars, find_bar_lines=s.find_bar_lines
+            )
             if piece is not None:
                 long.append(piece)
         out.append(GroupPieces(source, short, long))

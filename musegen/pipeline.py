@@ -19,6 +19,7 @@ from typing import Any
 import symusic
 import torch
 
+from musegen import bar_lines
 from musegen.data.infill import suffix_budget
 from musegen.errors import CheckpointError, MidiError, MusegenError
 from musegen.generation import infill as fill
@@ -99,6 +100,17 @@ class GenerationResult:
 
 
 @dataclass
+class _Source:
+    """The score a prompt's ids encode, which the new bars are spliced onto; when its bar lines
+    were found from its notes (:mod:`musegen.bar_lines`), also the score as the user gave it
+    and the bars found, to put the result back on the user's own ticks."""
+
+    score: symusic.Score
+    original: symusic.Score | None = None
+    bars: bar_lines.BarLines | None = None
+
+
+@dataclass
 class _Request:
     """One call's prepared rows (kept off ``self`` so calls never share mutable state)."""
 
@@ -116,9 +128,9 @@ class _Request:
     # finds closest to the music around it (partial results show the first).
     candidates: int = 1
     judge: Callable[[GenerationResult], float] | None = None
-    # Per row: the prompt score ``full`` was encoded from, which the new bars are spliced onto
-    # (None: none, e.g. starting from nothing; the decoded piece is the result).
-    sources: list[symusic.Score | None] = field(default_factory=list)
+    # Per row: the prompt score ``full`` was encoded from (None: none, e.g. starting from
+    # nothing; the decoded piece is the result).
+    sources: list[_Source | None] = field(default_factory=list)
 
 
 class Pipeline:
@@ -230,7 +242,7 @@ class Pipeline:
         check_candidates(candidates)
         settings = self._settings(settings, overrides, num_samples)
         num_samples = settings.num_samples
-        prepared: list[tuple[list[int], symusic.Score | None] | MusegenError] = []
+        prepared: list[tuple[list[int], _Source | None] | MusegenError] = []
         for prompt in prompts:
             try:
                 prepared.append(self._prompt(prompt, settings))
@@ -425,9 +437,10 @@ class Pipeline:
         self,
         prompt: str | Path | bytes | symusic.Score | None,
         settings: GenerationSettings | None = None,
-    ) -> tuple[list[int], symusic.Score | None]:
+    ) -> tuple[list[int], _Source | None]:
         """The prompt's ids and the checked score they encode, cut to ``settings.prompt_bars``
-        / ``prompt_tracks`` when set (no prompt: no ids, no score)."""
+        / ``prompt_tracks`` when set, and re-barred when ``settings.find_bar_lines`` finds its
+        bar lines wrong (no prompt: no ids, no score)."""
         chosen = settings is not None and (settings.prompt_bars or settings.prompt_tracks)
         if prompt is None:
             if chosen:
@@ -443,11 +456,15 @@ class Pipeline:
             if count_notes(score) == 0:
                 raise MidiError(f"{name}: has no notes to continue")
             score = check_score(score, limits, name)
-        ids = encode(self.tokenizer, score)
+        found = bar_lines.find(score) if settings is None or settings.find_bar_lines else None
+        source = _Source(score)
+        if found is not None:
+            source = _Source(bar_lines.rebar(score, found), original=score, bars=found)
+        ids = encode(self.tokenizer, source.score)
         if not ids:
             raise MidiError(f"{name}: nothing left after tokenization (notes out of range?)")
         check_tokens(len(ids), limits, name)
-        return ids, score
+        return ids, source
 
     def _for_prompt(self, settings: GenerationSettings, ids: list[int]) -> GenerationSettings:
         """Settings with the prompt's instruments filled in when ``keep_instruments`` asks (a
@@ -489,7 +506,7 @@ class Pipeline:
 
     def _request(
         self,
-        prompts: list[tuple[list[int], symusic.Score | None]],
+        prompts: list[tuple[list[int], _Source | None]],
         settings: GenerationSettings,
         candidates: int = 1,
     ) -> _Request:
@@ -580,13 +597,18 @@ class Pipeline:
         score = decode(self.tokenizer, request.full[k] + tokens)
         split = end_state.start_tick if end_state.start_tick is not None else score.end()
         source = request.sources[k] if request.sources else None
-        spliced = splice(source, score, split) if source is not None else None
+        spliced = splice(source.score, score, split) if source is not None else None
+        notices = []
         if spliced is not None:  # the user's own prompt, untouched, with the new bars after it
             score, continuation, split = spliced.score, spliced.continuation, spliced.split
+            if source.bars is not None:  # back on the user's ticks, from the bars found
+                score = bar_lines.restore(source.original, score, source.bars)
+                split -= source.bars.shift
+                notices.append(source.bars.describe())
         else:
             continuation = score.clip(split, max(score.end(), split) + 1, clip_end=False)
             continuation = continuation.shift_time(-split)
-        notice = UNSPLICED if source is not None and spliced is None else None
+            notices.append(UNSPLICED if source is not None else None)
         finished = (
             not partial
             and not progress.stopped
@@ -603,7 +625,7 @@ class Pipeline:
             finished=finished,
             prompt_ids=list(request.full[k]),
             tokens=list(tokens),
-            warnings=self._warnings(request.full[k], continuation.note_num(), partial, notice),
+            warnings=self._warnings(request.full[k], continuation.note_num(), partial, *notices),
         )
 
     def _notes_in(self, ids: list[int]) -> int:
@@ -611,13 +633,14 @@ class Pipeline:
         return sum(1 for i in ids if self.tokenizer[int(i)].startswith("Program_"))
 
     def _warnings(
-        self, prompt_ids: list[int], new_notes: int, partial: bool, notice: str | None = None
+        self, prompt_ids: list[int], new_notes: int, partial: bool, *notices: str | None
     ) -> list[str]:
-        """Honest limits: instruments the model barely saw, a prompt that comes back as the
-        model read it (``notice``), and an empty result."""
+        """Honest limits: instruments the model barely saw, what was done to the prompt
+        (``notices``: it comes back as the model read it, its bar lines were found), and an
+        empty result."""
         vocab_names = [self.tokenizer[int(i)] for i in prompt_ids if int(i) < len(self.tokenizer)]
         programs = {int(n[8:]) for n in vocab_names if n.startswith("Program_")}
-        found = [coverage_warning(programs, self.meta), notice]
+        found = [coverage_warning(programs, self.meta), *notices]
         if not partial and new_notes == 0:
             found.append(
                 "the model wrote no notes in the new bars: try another seed, a higher "

@@ -37,6 +37,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
             "musegen.config",
             "musegen.tokenizer",
             "musegen.score_check",
+            "musegen.bar_lines",
             "musegen.metrics",
         ),
     ),

@@ -148,7 +148,7 @@ def test_cli_accepts_every_setting():
         got = from_args(generate_args(*cli_words(s, OTHER[s.name])))
         assert got == GenerationSettings(**{s.name: OTHER[s.name]}), s.name
     old = ["--unconstrained", "--free-tempo", "--free-time-signature", "--any-instrument"]
-    switched = from_args(generate_args(*old, "--no-drums"))
+    switched = from_args(generate_args(*old, "--no-drums", "--no-find-bar-lines"))
     assert switched == GenerationSettings(**{s.name: False for s in SETTINGS if s.kind == "bool"})
 
 

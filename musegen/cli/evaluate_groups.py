@@ -119,6 +119,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="groups held to the 5 s speed target (default: names containing band/beatles)",
     )
+    p.add_argument(
+        "--find-bar-lines",
+        action="store_true",
+        help="cut each piece on bar lines found from its notes where its own do not follow "
+        "them (as the app and generate continue such an upload); default: the file's own",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
     p.add_argument("--markdown", type=Path, default=None, help="write the tables here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -168,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
         speed_groups=args.speed_group,
+        find_bar_lines=args.find_bar_lines,
     )
     checkpoints = [args.checkpoint] + ([args.compare] if args.compare else [])
     report = evaluate(checkpoints, sources, settings)

@@ -340,11 +340,13 @@ def _to_original(tick: int, tok: list[int], orig: list[int]) -> int:
 
 
 # Settings that infilling fixes itself: the grammar is always on, tempo and meter stay the
-# span's own, and the instruments come from ``tracks``.
+# span's own, the bars are the piece's own (the user numbered them), and the instruments come
+# from ``tracks``.
 FIXED_SETTINGS = {
     "constrained": True,
     "keep_tempo": True,
     "keep_time_signature": True,
+    "find_bar_lines": True,  # the default; infilling never re-bars (bar_lines.py)
     "instruments": None,
     "drums": True,
     "prompt_bars": "",  # the bars and tracks come from the request itself

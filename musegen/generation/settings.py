@@ -130,6 +130,12 @@ class GenerationSettings:
         "(off: the model may bring in any)", "Keep the prompt's instruments",
         off_switch="--any-instrument", advanced=True,
     )  # fmt: skip
+    find_bar_lines: bool = setting(
+        True, "when the prompt's bar lines do not follow its notes (every note off the beat "
+        "grid by the same few ticks, as when a click did not start at tick 0, or one-beat "
+        "bars), continue on bars found from the notes; the prompt comes back as it was",
+        "Find the bar lines from the notes", advanced=True,
+    )  # fmt: skip
     prompt_bars: str = setting(
         "", "continue from these bars of the prompt only: A-B, A- (to its end) or A, numbered "
         "from 1 (empty: the whole prompt)", "Prompt bars", metavar="A-B",

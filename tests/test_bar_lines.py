@@ -1,0 +1,109 @@
+"""Bar lines found from the notes when a file's own do not follow them (musegen.bar_lines)."""
+
+from __future__ import annotations
+
+import pytest
+import symusic
+
+from musegen import bar_lines
+from musegen.pipeline import Pipeline
+
+TPQ = 480
+CHORDS = ([48, 64, 67], [53, 65, 69], [55, 62, 71], [45, 60, 64])  # C F G Am, root in the bass
+
+
+def _song(bars: int, beats: int = 4, late: int = 0, meter: tuple[int, int] = (4, 4)):
+    """A piano part whose bars start with a long bass note and a new chord, then 8th-note
+    chord tones: every note ``late`` ticks after the file's own grid, under ``meter``."""
+    score = symusic.Score(TPQ)
+    score.tempos.append(symusic.Tempo(0, 100.0))
+    score.time_signatures.append(symusic.TimeSignature(0, *meter))
+    track = symusic.Track(name="Piano", program=0)
+    for bar in range(bars):
+        chord = CHORDS[bar % len(CHORDS)]
+        start = bar * beats * TPQ + late
+        track.notes.append(symusic.Note(start, beats * TPQ - 10, chord[0] - 12, 90))
+        for eighth in range(2 * beats):
+            pitch = chord[1 + eighth % 2] + (12 if eighth % 4 == 3 else 0)
+            track.notes.append(symusic.Note(start + eighth * TPQ // 2, TPQ // 2 - 10, pitch, 70))
+    score.tracks.append(track)
+    return score
+
+
+def _downbeat_ticks(score: symusic.Score, beats: int) -> list[int]:
+    """Where the bass notes (one per bar, the lowest notes) start."""
+    low = min(n.pitch for n in score.tracks[0].notes)
+    return [n.time for n in score.tracks[0].notes if n.pitch < low + 12 and n.duration > TPQ]
+
+
+@pytest.mark.parametrize("meter", [(4, 4), (2, 4), (3, 4), (6, 8)])
+def test_a_file_whose_bars_follow_its_notes_is_left_alone(meter):
+    beats = 3 if meter == (3, 4) else 4
+    assert bar_lines.find(_song(16, beats, meter=meter)) is None
+    assert bar_lines.find(_song(16, beats, late=7, meter=meter)) is None  # a little late: fine
+
+
+def test_too_few_notes_say_nothing():
+    assert bar_lines.find(_song(1, late=200, meter=(1, 4))) is None
+
+
+@pytest.mark.parametrize("late", [40, 200, 480 + 300])
+def test_notes_off_the_grid_are_re_barred_on_their_own_beats_and_downbeats(late):
+    song = _song(16, late=late, meter=(2, 4))
+    found = bar_lines.find(song)
+    assert found is not None and found.beats_per_bar == 4
+    assert found.beat_offset == late % TPQ
+    assert "ticks after" in found.reason and found.declared == "2/4"
+    rebarred = bar_lines.rebar(song, found)
+    assert [(s.numerator, s.denominator) for s in rebarred.time_signatures] == [(4, 4)]
+    bar = 4 * TPQ
+    assert all(t % bar == 0 for t in _downbeat_ticks(rebarred, 4))
+    assert rebarred.tempos[0].time == 0 and round(rebarred.tempos[0].qpm) == 100
+
+
+def test_one_beat_bars_are_re_barred_in_the_music_s_meter():
+    for beats in (4, 3):
+        song = _song(16, beats, late=TPQ, meter=(1, 4))  # a pickup beat, then the music
+        found = bar_lines.find(song)
+        assert found is not None and found.beats_per_bar == beats
+        assert found.beat_offset == 0 and "one beat a bar" in found.reason
+        rebarred = bar_lines.rebar(song, found)
+        assert all(t % (beats * TPQ) == 0 for t in _downbeat_ticks(rebarred, beats))
+
+
+def test_a_first_one_beat_bar_alone_is_a_pickup_not_a_fault():
+    song = _song(16)
+    song.time_signatures = [symusic.TimeSignature(0, 1, 8), symusic.TimeSignature(240, 4, 4)]
+    assert bar_lines.find(song) is None
+
+
+def test_restore_puts_every_note_back_on_the_file_s_ticks():
+    song = _song(8, late=130, meter=(1, 4))
+    found = bar_lines.find(song)
+    assert found is not None and found.shift > 0
+    back = bar_lines.restore(song, bar_lines.rebar(song, found), found)
+    assert [(n.time, n.pitch) for n in back.tracks[0].notes] == [
+        (n.time, n.pitch) for n in song.tracks[0].notes
+    ]
+    assert [(s.numerator, s.denominator) for s in back.time_signatures] == [(1, 4)]
+
+
+def test_the_pipeline_continues_on_the_bars_found_and_gives_the_prompt_back(tiny_checkpoint):
+    pipe = Pipeline.from_pretrained(tiny_checkpoint)
+    late = 40
+    prompt = _song(8, late=late, meter=(1, 4))
+    found = bar_lines.find(prompt)
+    assert found is not None
+    results = pipe.continue_midi(prompt, 2, bars=2, seed=0, max_new_tokens=200)
+    for result in results:
+        end = result.prompt_end_tick
+        assert (end - late) % (4 * TPQ) == 0  # the new bars start on a found bar line
+        old = [(n.time, n.pitch) for n in result.score.tracks[0].notes if n.time < end]
+        assert old == [(n.time, n.pitch) for n in prompt.tracks[0].notes]
+        assert [(s.numerator, s.denominator) for s in result.score.time_signatures] == [(1, 4)]
+        assert found.describe() in result.warnings
+        new = [n.time for t in result.score.tracks for n in t.notes if n.time >= end]
+        assert all((t - late) % (TPQ // 8) == 0 for t in new)  # on the found beats' grid
+    assert any(not r.empty for r in results)
+    plain = pipe.continue_midi(prompt, 1, bars=1, seed=0, max_new_tokens=80, find_bar_lines=False)
+    assert found.describe() not in plain[0].warnings
