@@ -597,14 +597,16 @@ class Pipeline:
         score = decode(self.tokenizer, request.full[k] + tokens)
         split = end_state.start_tick if end_state.start_tick is not None else score.end()
         source = request.sources[k] if request.sources else None
-        spliced = splice(source.score, score, split) if source is not None else None
+        spliced = None
+        if source is not None and source.bars is not None:  # back from the bars found
+            at = round(float(source.bars.to_file(split * source.bars.tpq / score.tpq)))
+            spliced = splice(source.original, bar_lines.to_file(score, source.bars), at)
+        elif source is not None:
+            spliced = splice(source.score, score, split)
         notices = []
         if spliced is not None:  # the user's own prompt, untouched, with the new bars after it
             score, continuation, split = spliced.score, spliced.continuation, spliced.split
-            if source.bars is not None:  # back on the user's ticks, from the bars found
-                score = bar_lines.restore(source.original, score, source.bars)
-                split -= source.bars.shift
-                notices.append(source.bars.describe())
+            notices.append(source.bars.describe() if source.bars else None)
         else:
             continuation = score.clip(split, max(score.end(), split) + 1, clip_end=False)
             continuation = continuation.shift_time(-split)

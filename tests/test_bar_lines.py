@@ -77,15 +77,14 @@ def test_a_first_one_beat_bar_alone_is_a_pickup_not_a_fault():
     assert bar_lines.find(song) is None
 
 
-def test_restore_puts_every_note_back_on_the_file_s_ticks():
+def test_to_file_puts_every_note_back_on_the_file_s_ticks():
     song = _song(8, late=130, meter=(1, 4))
     found = bar_lines.find(song)
     assert found is not None and found.shift > 0
-    back = bar_lines.restore(song, bar_lines.rebar(song, found), found)
-    assert [(n.time, n.pitch) for n in back.tracks[0].notes] == [
-        (n.time, n.pitch) for n in song.tracks[0].notes
+    back = bar_lines.to_file(bar_lines.rebar(song, found), found)
+    assert [(n.time, n.duration, n.pitch) for n in back.tracks[0].notes] == [
+        (n.time, n.duration, n.pitch) for n in song.tracks[0].notes
     ]
-    assert [(s.numerator, s.denominator) for s in back.time_signatures] == [(1, 4)]
 
 
 def test_the_pipeline_continues_on_the_bars_found_and_gives_the_prompt_back(tiny_checkpoint):
