@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     truth = {}
     rng = np.random.default_rng(args.seed)
-    for path in paths[: args.files]:
+    for path in paths:
+        if len(truth) >= args.files:
+            break
         score = symusic.Score(str(path))
         if len({round(t.qpm, 3) for t in score.tempos}) > 1:
             continue  # the source's own tempo map would make its beats uneven in seconds
