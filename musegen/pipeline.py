@@ -108,6 +108,7 @@ class _Source:
     score: symusic.Score
     original: symusic.Score | None = None
     bars: bar_lines.BarLines | None = None
+    notes: list[str] = field(default_factory=list)  # what was repaired in a damaged file
 
 
 @dataclass
@@ -348,7 +349,8 @@ class Pipeline:
         # Refused, never re-timed (the bars are the piece's); infilling names an empty piece.
         limits = replace(self.score_limits.without_trim(), min_notes=0)
         name = str(piece) if isinstance(piece, (str, Path)) else "the piece"
-        piece = load_checked(piece, limits, name)
+        notes: list[str] = []
+        piece = load_checked(piece, limits, name, notes=notes)
         budget = suffix_budget(reach_of(self.config))
         pinned = self.config.pin_tokens is not None
         plan = fill.plan(
@@ -367,7 +369,7 @@ class Pipeline:
             grammar=grammar,
             budget=settings.max_new_tokens or plan.num_bars * TOKENS_PER_BAR_CAP,
             started=started,
-            result=partial(self._infill_result, plan),
+            result=partial(self._infill_result, plan, notes),
             candidates=candidates,
             judge=_span_judge(SeamJudge(plan.score, plan.bars, plan.targets), candidates),
         )
@@ -411,6 +413,7 @@ class Pipeline:
     def _infill_result(
         self,
         plan: fill.InfillPlan,
+        notes: list[str],
         request: _Request,
         k: int,
         new: list[int],
@@ -430,7 +433,7 @@ class Pipeline:
             finished=not partial and not progress.stopped and not progress.hit_budget[k],
             prompt_ids=list(plan.prompt),
             tokens=list(tokens),
-            warnings=self._warnings(list(plan.prompt), self._notes_in(tokens), partial),
+            warnings=self._warnings(list(plan.prompt), self._notes_in(tokens), partial, *notes),
         )
 
     def _prompt(
@@ -450,16 +453,19 @@ class Pipeline:
         # One check for every front end (musegen.score_check); bar numbers a user chose refer
         # to the file as it is, so silence is trimmed only after the selection.
         limits = self.score_limits
-        score = load_checked(prompt, limits.before_selection() if chosen else limits, name)
+        notes: list[str] = []
+        score = load_checked(
+            prompt, limits.before_selection() if chosen else limits, name, notes=notes
+        )
         if chosen:
             score = select_prompt(score, settings.prompt_bars, settings.prompt_tracks, name)
             if count_notes(score) == 0:
                 raise MidiError(f"{name}: has no notes to continue")
             score = check_score(score, limits, name)
         found = bar_lines.find(score) if settings is None or settings.find_bar_lines else None
-        source = _Source(score)
+        source = _Source(score, notes=notes)
         if found is not None:
-            source = _Source(bar_lines.rebar(score, found), original=score, bars=found)
+            source = _Source(bar_lines.rebar(score, found), score, found, notes)
         ids = encode(self.tokenizer, source.score)
         if not ids:
             raise MidiError(f"{name}: nothing left after tokenization (notes out of range?)")
@@ -603,7 +609,7 @@ class Pipeline:
             spliced = splice(source.original, bar_lines.to_file(score, source.bars), at)
         elif source is not None:
             spliced = splice(source.score, score, split)
-        notices = []
+        notices: list[str | None] = list(source.notes) if source is not None else []
         if spliced is not None:  # the user's own prompt, untouched, with the new bars after it
             score, continuation, split = spliced.score, spliced.continuation, spliced.split
             notices.append(source.bars.describe() if source.bars else None)

@@ -94,13 +94,15 @@ def load_checked(
     source: str | Path | bytes | symusic.Score,
     limits: ScoreLimits = PROMPT_LIMITS,
     name: str | None = None,
+    notes: list[str] | None = None,
 ) -> symusic.Score:
     """:func:`~musegen.tokenizer.load_score` then :func:`check_score`; every failure is a
-    :class:`ScoreError` named after ``name`` (default: the path, or ``prompt``)."""
+    :class:`ScoreError` named after ``name`` (default: the path, or ``prompt``). A damaged
+    file read after repair says so in ``notes``."""
     if name is None:
         name = str(source) if isinstance(source, (str, Path)) else "prompt"
     try:
-        score = load_score(source)
+        score = load_score(source, notes)
     except ScoreError:
         raise
     except MidiError as exc:

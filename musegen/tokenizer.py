@@ -14,6 +14,7 @@ from pathlib import Path
 import miditok
 import symusic
 
+from musegen import midi_repair
 from musegen.errors import MidiError, MusegenError, first_line
 
 TOKENIZER_KINDS: dict[str, type[miditok.MusicTokenizer]] = {
@@ -119,8 +120,13 @@ def train_bpe(
     tokenizer.train(vocab_size=vocab_size, model="BPE", files_paths=list(midi_files))
 
 
-def load_score(source: str | Path | bytes | symusic.Score) -> symusic.Score:
-    """Parse a MIDI file (path or bytes) with symusic, turning every failure into a MidiError."""
+def load_score(
+    source: str | Path | bytes | symusic.Score, notes: list[str] | None = None
+) -> symusic.Score:
+    """Parse a MIDI file (path or bytes) with symusic, turning every failure into a MidiError.
+
+    A damaged file that :func:`musegen.midi_repair.repair` makes readable is read so, and one
+    line saying what was changed is appended to ``notes`` (when given), for the user."""
     if isinstance(source, symusic.Score):
         return source
     name = "<bytes>"
@@ -141,9 +147,20 @@ def load_score(source: str | Path | bytes | symusic.Score) -> symusic.Score:
     if not data.startswith(b"MThd"):
         raise MidiError(f"{name}: not a MIDI file (no MThd header)")
     try:
-        score = symusic.Score.from_midi(data)
+        return symusic.Score.from_midi(data)
     except Exception as exc:
-        raise MidiError(f"{name}: corrupt MIDI ({first_line(exc)})") from None
+        error = MidiError(f"{name}: corrupt MIDI ({first_line(exc)})")
+    fixed, changes = midi_repair.repair(data)
+    if not changes:
+        raise error
+    try:
+        score = symusic.Score.from_midi(fixed)
+    except Exception:
+        raise error from None
+    if not score.note_num():  # nothing worth the repair: the file is what the error says
+        raise error
+    if notes is not None:
+        notes.append(midi_repair.describe(changes))
     return score
 
 

