@@ -106,3 +106,17 @@ def test_the_pipeline_continues_on_the_bars_found_and_gives_the_prompt_back(tiny
     assert any(not r.empty for r in results)
     plain = pipe.continue_midi(prompt, 1, bars=1, seed=0, max_new_tokens=80, find_bar_lines=False)
     assert found.describe() not in plain[0].warnings
+
+
+def test_the_page_says_so_as_soon_as_such_a_file_is_uploaded(tmp_path):
+    from musegen.app.session import check_prompt
+
+    path = tmp_path / "late.mid"
+    _song(8, late=40, meter=(1, 4)).dump_midi(str(path))
+    notes: list[str] = []
+    check_prompt(path.read_bytes(), "late.mid", notes=notes)
+    assert len(notes) == 1 and "bar lines do not follow its notes" in notes[0]
+    notes = []
+    _song(8).dump_midi(str(path))
+    check_prompt(path.read_bytes(), "clean.mid", notes=notes)
+    assert notes == []

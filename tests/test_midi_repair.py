@@ -84,3 +84,11 @@ def test_the_pipeline_says_the_prompt_was_repaired(tiny_checkpoint):
     )[0]
     assert any("damaged" in w and "velocity" in w for w in result.warnings)
     assert sum(1 for n in result.score.tracks[0].notes if n.velocity == 127) == 1
+
+
+def test_the_page_says_what_was_repaired_as_soon_as_the_file_is_uploaded():
+    from musegen.app.session import check_prompt
+
+    notes: list[str] = []
+    check_prompt(_damaged_velocity(_midi_bytes()), "damaged.mid", notes=notes)
+    assert len(notes) == 1 and "velocity above 127" in notes[0]

@@ -117,13 +117,15 @@ class Handlers:
         if state.prompt is None:
             info, roll = "**No prompt**: the model starts from nothing.", gr.update(visible=False)
         else:
-            score = check_prompt(state.prompt, state.prompt_name, self.score_limits)
+            notes: list[str] = []
+            score = check_prompt(state.prompt, state.prompt_name, self.score_limits, notes)
             png = render_pianoroll(score, title=state.prompt_name)
             bars, rows = overview(score)
             info = (
                 f"**Prompt: {state.prompt_name}** — {describe_score(score)}, "
                 f"{bars} bar{'s' if bars != 1 else ''}"
             )
+            info += "".join(f"\n\n⚠️ {note}" for note in notes)
             roll = gr.update(value=Image.open(io.BytesIO(png)), visible=True)
             table = [
                 [r.index, r.name, r.instrument, r.notes, f"{r.first_bar}–{r.last_bar}"]

@@ -23,6 +23,7 @@ from pathlib import Path
 import pretty_midi
 import symusic
 
+from musegen import bar_lines
 from musegen.errors import MidiError
 from musegen.score_check import PROMPT_LIMITS, ScoreLimits, load_checked
 from musegen.tokenizer import count_notes, load_score
@@ -77,12 +78,25 @@ def read_upload(
 
 
 def check_prompt(
-    data: bytes, name: str = "prompt", limits: ScoreLimits | None = None
+    data: bytes,
+    name: str = "prompt",
+    limits: ScoreLimits | None = None,
+    notes: list[str] | None = None,
 ) -> symusic.Score:
     """The prompt as generation will see it (:func:`musegen.score_check.check_score` under
     ``limits``, default :data:`~musegen.score_check.PROMPT_LIMITS`: silence trimmed, tempi
-    normalised), or a one-line MidiError that names the file."""
-    return load_checked(data, limits or PROMPT_LIMITS, name)
+    normalised), or a one-line MidiError that names the file. What was repaired in a damaged
+    file is appended to ``notes``, and so is a bar-line fault that continuing will work
+    around (:mod:`musegen.bar_lines`), so the page can say so as soon as the file is in."""
+    score = load_checked(data, limits or PROMPT_LIMITS, name, notes=notes)
+    found = bar_lines.find(score) if notes is not None else None
+    if found is not None:
+        notes.append(
+            f'its bar lines do not follow its notes ({found.reason}): with "Find the bar '
+            f'lines from the notes" on, it is continued on {found.beats_per_bar}/4 bars found '
+            "from them"
+        )
+    return score
 
 
 def describe_score(score: symusic.Score) -> str:
