@@ -21,20 +21,15 @@ from __future__ import annotations
 import struct
 from collections import Counter
 
-DATA_BYTES = {0x80: 2, 0x90: 2, 0xA0: 2, 0xB0: 2, 0xC0: 1, 0xD0: 1, 0xE0: 2}
-VALUE_NAMES = {  # (status kind, data byte index) → what the value is, for the user
-    (0x80, 0): "note",
-    (0x80, 1): "velocity",
-    (0x90, 0): "note",
-    (0x90, 1): "velocity",
-    (0xA0, 0): "note",
-    (0xA0, 1): "pressure",
-    (0xB0, 0): "controller",
-    (0xB0, 1): "controller value",
-    (0xC0, 0): "program",
-    (0xD0, 0): "pressure",
-    (0xE0, 0): "pitch bend",
-    (0xE0, 1): "pitch bend",
+# Per channel-message kind: what each of its data bytes holds (their number is its length).
+DATA = {
+    0x80: ("note", "velocity"),
+    0x90: ("note", "velocity"),
+    0xA0: ("note", "pressure"),
+    0xB0: ("controller", "controller value"),
+    0xC0: ("program",),
+    0xD0: ("pressure",),
+    0xE0: ("pitch bend", "pitch bend"),
 }
 
 
@@ -85,14 +80,14 @@ def _repair_track(body: bytes, changes: Counter) -> bytes:
                 length, i = _vlq_value(out, i)
                 i += length
             else:
-                kind = status & 0xF0
-                for k in range(DATA_BYTES[kind]):
+                names = DATA[status & 0xF0]
+                for k, what in enumerate(names):
                     if i + k >= len(out):
                         raise _Truncated
                     if out[i + k] >= 0x80:
                         out[i + k] = 0x7F
-                        changes[VALUE_NAMES[(kind, k)]] += 1
-                i += DATA_BYTES[kind]
+                        changes[what] += 1
+                i += len(names)
             if i > len(out):
                 raise _Truncated
             kept = i
