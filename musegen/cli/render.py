@@ -87,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
     for out in args.out:
         if out.suffix.lower() not in (*AUDIO_EXTS, ".png"):
             raise MusegenError(f"--out {out}: unknown extension; use .wav, .flac, .ogg or .png")
-    score = load_checked(args.midi, PIECE_LIMITS, str(args.midi))  # the one boundary check
+    notes: list[str] = []  # what was repaired in a damaged file
+    score = load_checked(args.midi, PIECE_LIMITS, str(args.midi), notes=notes)
+    for note in notes:
+        print(f"musegen: warning: {args.midi}: {note}", file=sys.stderr)
     if args.soundfont is not None:  # checked up front, even when only a PNG is asked for
         read_soundfont(args.soundfont)
     if os.fspath(args.midi) in {os.fspath(o) for o in args.out}:
