@@ -13,7 +13,8 @@ are wrong is continued badly even when its notes are good (the POP909 files as d
 
 The beat stays the file's quarter note: the tempo is taken as right, which holds for music
 recorded to a click. A performance played without one is left on its own bars (a beat tracker
-for it was measured and did not earn its place: ``benchmarks/results/performed_input/``).
+for it was measured and did not earn its place: ``benchmarks/results/performed_input/``);
+:func:`played_without_click` recognises one, so the user is told.
 
 :func:`find` looks for these and, when it finds one, where the beats and the downbeats (4/4 or
 3/4) lie. :func:`rebar` moves the notes so that those downbeats land on bar lines, the way
@@ -39,6 +40,7 @@ SIXTEENTHS = 4  # grid cells per beat
 GRID_SIGMA = 1 / 24  # of a beat: how far off a cell an onset may be and still count as on it
 OFF_GRID = 0.2  # the file's grid fits this much worse than the best one: its beats are off
 CLEAN_FIT = 0.9  # … and the best one fits at least this well (music played to a click)
+FREE_FIT = 0.55  # no 16th or triplet grid fits better (chance: ~0.45): played without a click
 MIN_ONSETS = 32  # fewer distinct onsets say too little about a grid to move anything
 METERS = (4, 3)  # beats per bar tried, the first preferred on a tie
 METER_MARGIN = 1.15  # a later meter must read this much more clearly as one to be chosen
@@ -101,23 +103,25 @@ class _Onsets:
         return cls(times, np.bincount(inverse, weights=note_weight), pitched)
 
 
-def grid_fit(times: np.ndarray, tpq: int, offset: float) -> float:
-    """How well onsets ``times`` sit on a 16th-note grid starting at ``offset`` ticks (1: all
-    exactly on it; an onset half a cell off counts almost 0)."""
+def grid_fit(times: np.ndarray, tpq: int, offset: float, cells: int = SIXTEENTHS) -> float:
+    """How well onsets ``times`` sit on a grid of ``cells`` a beat (16ths; 3: triplet 8ths)
+    starting at ``offset`` ticks (1: all exactly on it; half a cell off counts almost 0)."""
     if not len(times):
         return 0.0
-    cell = tpq / SIXTEENTHS
+    cell = tpq / cells
     off = (times - offset) / cell
     distance = np.abs(off - np.round(off)) * cell / tpq  # in beats
     return float(np.mean(np.exp(-0.5 * (distance / GRID_SIGMA) ** 2)))
 
 
-def _best_cell_offset(times: np.ndarray, tpq: int) -> tuple[int, float, float]:
-    """(the offset within one 16th that fits the onsets best, its fit, the fit at 0)."""
-    cell = tpq // SIXTEENTHS
+def _best_cell_offset(
+    times: np.ndarray, tpq: int, cells: int = SIXTEENTHS
+) -> tuple[int, float, float]:
+    """(the offset within one cell that fits the onsets best, its fit, the fit at 0)."""
+    cell = tpq // cells
     step = max(1, cell // 30)
     candidates = list(range(0, max(cell, 1), step))
-    fits = [grid_fit(times, tpq, o) for o in candidates]
+    fits = [grid_fit(times, tpq, o, cells) for o in candidates]
     best = int(np.argmax(fits))
     return candidates[best], fits[best], fits[0]
 
@@ -229,6 +233,32 @@ def _bars_from(onsets: _Onsets, tpq: int, beat: int) -> tuple[int, int]:
     first = int(onsets.times.min())
     start = downbeat + (first - downbeat) // bar * bar
     return beats_per_bar, int(-start % bar)
+
+
+PLAYED = (
+    "its notes follow no beat grid of the file, as if it was played without a click, so it "
+    "is continued on the file's own beats and bars, which may not be the music's: quantize it "
+    "to its beat in a DAW or score editor for a better continuation"
+)
+
+
+def played_without_click(score: symusic.Score) -> bool:
+    """Whether the notes of ``score`` fit no grid of its own, 16ths or triplet 8ths at any
+    offset, better than chance does: a performance recorded without a click, whose beats and
+    bar lines say nothing about its music. musegen does not re-time such a file (a beat
+    tracker for it did not earn its place: ``benchmarks/results/performed_input/``), so it
+    only says so (:data:`PLAYED`). A file with a tempo map was written, not played; drums
+    alone are not judged (drummers record to a click, and a fill's flams fit no grid)."""
+    if len({round(t.qpm, 3) for t in score.tempos}) > 1:
+        return False
+    if all(t.is_drum for t in score.tracks if len(t.notes)):
+        return False
+    tpq = score.ticks_per_quarter
+    onsets = _Onsets.of(score)
+    if len(onsets.times) < MIN_ONSETS or tpq < SIXTEENTHS:
+        return False
+    fits = (_best_cell_offset(onsets.times, tpq, cells)[1] for cells in (SIXTEENTHS, 3))
+    return max(fits) < FREE_FIT
 
 
 def rebar(score: symusic.Score, bars: BarLines) -> symusic.Score:

@@ -108,7 +108,7 @@ class _Source:
     score: symusic.Score
     original: symusic.Score | None = None
     bars: bar_lines.BarLines | None = None
-    notes: list[str] = field(default_factory=list)  # what was repaired in a damaged file
+    notes: list[str] = field(default_factory=list)  # for the user: a repaired file, no click
 
 
 @dataclass
@@ -463,6 +463,8 @@ class Pipeline:
                 raise MidiError(f"{name}: has no notes to continue")
             score = check_score(score, limits, name)
         found = bar_lines.find(score) if settings is None or settings.find_bar_lines else None
+        if found is None and bar_lines.played_without_click(score):
+            notes.append(bar_lines.PLAYED)
         source = _Source(score, notes=notes)
         if found is not None:
             source = _Source(bar_lines.rebar(score, found), score, found, notes)

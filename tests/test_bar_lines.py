@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import symusic
 
@@ -120,3 +121,40 @@ def test_the_page_says_so_as_soon_as_such_a_file_is_uploaded(tmp_path):
     _song(8).dump_midi(str(path))
     check_prompt(path.read_bytes(), "clean.mid", notes=notes)
     assert notes == []
+
+
+def _played(song: symusic.Score, seed: int = 0) -> symusic.Score:
+    """``song`` as a keyboard recording without a click would hold it: a tempo of its own
+    that drifts, every onset a little early or late, saved at 120 bpm."""
+    rng = np.random.default_rng(seed)
+    beats = int(song.end() / TPQ) + 2
+    seconds = np.cumsum(np.r_[0, 0.57 * (1 + 0.06 * np.sin(np.arange(beats) / 5))])
+    out = symusic.Score(TPQ)
+    out.tempos.append(symusic.Tempo(0, 120.0))
+    out.time_signatures.append(symusic.TimeSignature(0, 4, 4))
+    for track in song.tracks:
+        played = symusic.Track(name=track.name, program=track.program, is_drum=track.is_drum)
+        for n in track.notes:
+            start = np.interp(n.time / TPQ, np.arange(len(seconds)), seconds)
+            start += rng.normal(0, 0.012)
+            end = np.interp((n.time + n.duration) / TPQ, np.arange(len(seconds)), seconds)
+            ticks = round(max(0.0, start) * 2 * TPQ)
+            length = max(10, round((end - start) * 2 * TPQ))
+            played.notes.append(symusic.Note(ticks, length, n.pitch, n.velocity))
+        out.tracks.append(played)
+    return out
+
+
+def test_a_file_played_without_a_click_is_recognised_and_the_user_told(tiny_checkpoint):
+    song = _song(12)
+    assert not bar_lines.played_without_click(song)
+    played = _played(song)
+    assert bar_lines.played_without_click(played) and bar_lines.find(played) is None
+    drums = _played(_song(12))
+    for track in drums.tracks:
+        track.is_drum = True
+    assert not bar_lines.played_without_click(drums)  # drummers record to a click
+    result = Pipeline.from_pretrained(tiny_checkpoint).continue_midi(
+        played, 1, bars=1, seed=0, max_new_tokens=40
+    )[0]
+    assert bar_lines.PLAYED in result.warnings

@@ -96,6 +96,8 @@ def check_prompt(
             f'lines from the notes" on, it is continued on {found.beats_per_bar}/4 bars found '
             "from them"
         )
+    elif notes is not None and bar_lines.played_without_click(score):
+        notes.append(bar_lines.PLAYED)
     return score
 
 
