@@ -83,16 +83,35 @@ def performed_files(folder: Path) -> dict:
     rows = []
     for name, item in sorted(truth.items()):
         score = symusic.Score(str(folder / name))
-        beats = item["beats"]
-        score = score.clip(0, int(beats[min(PROMPT_BEATS, len(beats) - 1)]), clip_end=False)
-        rows.append(
-            {
-                "file": name,
-                "flagged": bar_lines.find(score) is not None,
-                "played": bar_lines.played_without_click(score),
-            }
-        )
-    return _summary(rows, ("flagged", "played"))
+        beats = np.asarray(item["beats"])
+        end = int(beats[min(PROMPT_BEATS, len(beats) - 1)])
+        score = score.clip(0, end, clip_end=False)
+        beats = beats[beats <= end]
+        found = bar_lines.find(score)
+        row = {"file": name, "flagged": found is not None}
+        row["played"] = found is None and bar_lines.played_without_click(score)
+        if found is not None:
+            # The quarter notes of the bars found (bar lines from tick 0), on the file's ticks.
+            quarters = found.to_file(np.arange(4 * PROMPT_BEATS) * found.tpq)
+            tolerance = 0.07 / (60 / 120 / score.ticks_per_quarter)  # 70 ms at the recorder's tempo
+            inside = (quarters >= beats[0] - tolerance) & (quarters <= beats[-1] + tolerance)
+            row["beat_f"] = _f_measure(quarters[inside], beats, tolerance)
+            row["meter"] = "/".join(map(str, found.meter))
+        rows.append(row)
+    out = _summary(rows, ("flagged", "played"))
+    f = [r["beat_f"] for r in rows if "beat_f" in r]
+    out["beat_f_median"] = float(np.median(f)) if f else None
+    return out
+
+
+def _f_measure(found: np.ndarray, truth: np.ndarray, tolerance: float) -> float:
+    """Of beats found and true beats, the share within ``tolerance`` of one of the other kind,
+    combined (the F-measure of beat tracking)."""
+    if not len(found) or not len(truth):
+        return 0.0
+    precision = np.mean([np.abs(truth - b).min() <= tolerance for b in found])
+    recall = np.mean([np.abs(found - b).min() <= tolerance for b in truth])
+    return float(2 * precision * recall / max(precision + recall, 1e-9))
 
 
 def clean_files(folder: Path, files: int, seed: int) -> dict:
@@ -165,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         for key, value in summary.items():
             if isinstance(value, dict) and value.get("share") is not None:
                 parts.append(f"{key} {value['share']:.1%} of {value['of']}")
+            elif key == "beat_f_median" and value is not None:
+                parts.append(f"quarter-note F-measure median {value:.2f}")
         print("; ".join(parts))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

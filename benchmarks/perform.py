@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         performed.dump_midi(str(args.out / name))
         sig = score.time_signatures[0] if len(score.time_signatures) else None
         quarters = sig.numerator * 4 / sig.denominator if sig is not None else 4.0
-        truth[name] = {"beats": beats, "quarters_per_bar": quarters}
+        truth[name] = {"beats": beats, "quarters_per_bar": quarters, "source": str(path)}
     (args.out / "beats.json").write_text(json.dumps(truth))
     print(f"wrote {len(truth)} performed files to {args.out}")
 

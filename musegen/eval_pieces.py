@@ -174,6 +174,7 @@ class Piece:
     prompt: symusic.Score  # the first prompt_bars bars
     tail: symusic.Score  # the prompt's last ``tail_bars`` bars, moved to tick 0 (copy baseline)
     real: symusic.Score  # the real next new_bars bars, moved to tick 0
+    start: int = 0  # the tick of the file (as cut: re-barred or not) where the prompt starts
 
 
 def _bar_of_every_note(score: symusic.Score, bar: int) -> set[int]:
@@ -235,6 +236,7 @@ def make_piece(
                 -(cut - tail_bars * bar)
             ),
             real=window.clip(cut, cut + new_bars * bar, clip_end=False).shift_time(-cut),
+            start=start * bar,
         )
     return None
 
