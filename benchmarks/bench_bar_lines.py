@@ -96,7 +96,7 @@ def performed_files(folder: Path) -> dict:
             tolerance = 0.07 / (60 / 120 / score.ticks_per_quarter)  # 70 ms at the recorder's tempo
             inside = (quarters >= beats[0] - tolerance) & (quarters <= beats[-1] + tolerance)
             row["beat_f"] = _f_measure(quarters[inside], beats, tolerance)
-            row["meter"] = "/".join(map(str, found.meter))
+            row["meter"] = f"{found.beats_per_bar}/4"
         rows.append(row)
     out = _summary(rows, ("flagged", "played"))
     f = [r["beat_f"] for r in rows if "beat_f" in r]

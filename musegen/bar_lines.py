@@ -3,44 +3,46 @@
 The model reads a piece bar by bar, on a grid of the bar's beats, so a file whose bar lines
 are wrong is continued badly even when its notes are good (the POP909 files as distributed meet
 3 of 6 targets where the same songs barred on their annotated downbeats meet 6 of 6:
-``benchmarks/results/performed_input/``). Two faults are found from the notes alone:
+``benchmarks/results/performed_input/``). Three faults are found from the notes alone:
 
 * **the beats are not on the file's grid**: the music was played against a click that started
   somewhere after tick 0, so every onset sits the same few ticks off the file's 16th-note grid
   (or a whole 16th or 8th off its beats);
 * **the meter says one-beat bars** (1/4), the default of some recording software: every beat is
-  a "bar", and no bar line says where the music's bars start.
-
-The beat stays the file's quarter note: the tempo is taken as right, which holds for music
-recorded to a click. A performance played without one is left on its own bars (a beat tracker
-for it was measured and did not earn its place: ``benchmarks/results/performed_input/``);
-:func:`played_without_click` recognises one, so the user is told.
+  a "bar", and no bar line says where the music's bars start;
+* **no click at all**: a performance recorded at the recorder's tempo, whose notes fit no grid
+  of the file's; its beats are tracked (:mod:`musegen.beat_tracking`) and used only when the
+  notes fit them far better than any grid of the file's.
 
 :func:`find` looks for these and, when it finds one, where the beats and the downbeats (4/4 or
 3/4) lie. :func:`rebar` moves the notes so that those downbeats land on bar lines, the way
-``musegen corpus pop909`` bars its songs on their annotations, and :func:`to_file` puts what
-the model wrote on those bars back on the file's own ticks, where it is spliced onto the file
-as it was given.
+``musegen corpus pop909`` bars its songs on their annotations (a played file's notes are also
+spread so that each beat is one quarter note), and :func:`to_file` puts what the model wrote on
+those bars back on the file's own ticks, where it is spliced onto the file as it was given.
 
 A file whose grid fits is left alone, whatever its meter says (2/4, 6/8 and 5/4 are real
 meters), so a clean score is not re-barred: ``benchmarks/bench_bar_lines.py`` counts how often
-each corpus would be, and how often the beats and downbeats found agree with POP909's
-annotations.
+each corpus would be, how often the beats and downbeats found agree with POP909's annotations,
+and with the true beats of performances made from held-out pieces (``benchmarks/perform.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import symusic
+
+from musegen import beat_tracking
 
 SIXTEENTHS = 4  # grid cells per beat
 GRID_SIGMA = 1 / 24  # of a beat: how far off a cell an onset may be and still count as on it
 OFF_GRID = 0.2  # the file's grid fits this much worse than the best one: its beats are off
 CLEAN_FIT = 0.9  # … and the best one fits at least this well (music played to a click)
-FREE_FIT = 0.55  # no 16th or triplet grid fits better (chance: ~0.45): played without a click
+FREE_FIT = 0.55  # no grid of the file fits better than this: maybe played without a click
+PLAYED_FIT = 0.75  # … and the beats found place the onsets at least this well on a grid
+PLAYED_GAIN = 0.25  # … and this much better than the file's own grid does
 MIN_ONSETS = 32  # fewer distinct onsets say too little about a grid to move anything
 METERS = (4, 3)  # beats per bar tried, the first preferred on a tie
 METER_MARGIN = 1.15  # a later meter must read this much more clearly as one to be chosen
@@ -50,7 +52,9 @@ WINDOW_BEATS = 64  # the downbeats are looked for in this many last beats
 @dataclass(frozen=True)
 class BarLines:
     """Where a file's beats and bars were found: the notes move ``shift`` ticks later so that
-    its downbeats land on the bar lines of ``beats_per_bar``/4 from tick 0."""
+    its downbeats land on the bar lines of ``beats_per_bar``/4 from tick 0. When the file was
+    played without a click, ``beats`` holds the file's ticks of each beat found, and the
+    notes between two beats are spread over one quarter note (a piecewise-linear map)."""
 
     shift: int
     beats_per_bar: int
@@ -58,6 +62,7 @@ class BarLines:
     declared: str  # the file's own first meter, e.g. "1/4"
     reason: str  # what was wrong, in words
     tpq: int  # the file's ticks per quarter
+    beats: tuple[int, ...] = ()  # a played file's beats, in its ticks (empty: its own grid)
 
     def describe(self) -> str:
         """One line for the user."""
@@ -66,9 +71,36 @@ class BarLines:
             f"follow {self.beats_per_bar}/4 bars found from the notes (find_bar_lines)"
         )
 
+    def to_bars(self, ticks: np.ndarray) -> np.ndarray:
+        """File ticks → ticks of the re-barred score (before rounding)."""
+        ticks = np.asarray(ticks, dtype=float)
+        if not self.beats:
+            return ticks + self.shift
+        beats, first, last = self._beat_map()
+        index = np.arange(len(beats))
+        position = np.interp(ticks, beats, index)
+        position = np.where(ticks < beats[0], (ticks - beats[0]) / first, position)
+        position = np.where(ticks > beats[-1], index[-1] + (ticks - beats[-1]) / last, position)
+        return position * self.tpq + self.shift
+
     def to_file(self, ticks: np.ndarray) -> np.ndarray:
-        """Ticks of the re-barred score → file ticks."""
-        return np.asarray(ticks, dtype=float) - self.shift
+        """Ticks of the re-barred score → file ticks (before rounding): the inverse of
+        :meth:`to_bars`, carried on past the last beat found at the last beats' pace."""
+        ticks = np.asarray(ticks, dtype=float)
+        if not self.beats:
+            return ticks - self.shift
+        beats, first, last = self._beat_map()
+        index = np.arange(len(beats))
+        position = (ticks - self.shift) / self.tpq
+        out = np.interp(position, index, beats)
+        out = np.where(position < 0, beats[0] + position * first, out)
+        return np.where(position > index[-1], beats[-1] + (position - index[-1]) * last, out)
+
+    def _beat_map(self) -> tuple[np.ndarray, float, float]:
+        """The beats, and the gaps that carry them on before the first and after the last."""
+        beats = np.asarray(self.beats, dtype=float)
+        gaps = np.diff(beats)
+        return beats, float(gaps[0]), float(np.median(gaps[-4:]))
 
 
 @dataclass
@@ -104,7 +136,7 @@ class _Onsets:
 
 
 def grid_fit(times: np.ndarray, tpq: int, offset: float, cells: int = SIXTEENTHS) -> float:
-    """How well onsets ``times`` sit on a grid of ``cells`` a beat (16ths; 3: triplet 8ths)
+    """How well onsets ``times`` sit on a grid of ``cells`` per beat (16ths; 3: triplet 8ths)
     starting at ``offset`` ticks (1: all exactly on it; half a cell off counts almost 0)."""
     if not len(times):
         return 0.0
@@ -207,7 +239,7 @@ def find(score: symusic.Score) -> BarLines | None:
         sig.numerator == 1 for sig in score.time_signatures
     )
     if not (off_grid or one_beat_bars):
-        return None
+        return _played(score, onsets)
     beat = _beat_phase(onsets, tpq, cell_offset if off_grid else 0)
     reasons = []
     if beat:
@@ -235,6 +267,49 @@ def _bars_from(onsets: _Onsets, tpq: int, beat: int) -> tuple[int, int]:
     return beats_per_bar, int(-start % bar)
 
 
+def _played(score: symusic.Score, onsets: _Onsets) -> BarLines | None:
+    """The beats of a file played without a click (:mod:`musegen.beat_tracking`), when its
+    notes fit no grid of its own, 16ths or triplets (its best fit is what chance gives), and
+    fit the beats found far better; None otherwise (a drummer who played to the file's
+    click, swing, a sequenced file: their own grid explains them as well). Drums alone are
+    left alone: drummers record to a click, and a fill's flams and ghost notes fit no grid
+    (3 of 109 Groove files would otherwise be re-timed)."""
+    if not played_without_click(score):
+        return None
+    tpq = score.ticks_per_quarter
+    own = _own_fit(onsets, tpq)
+    found = beat_tracking.beats_of(score)
+    if found is None:
+        return None
+    numerator, denominator = declared_meter(score)
+    bpm = 60 / (float(np.median(np.diff(found))) * beat_tracking.seconds_per_tick(score))
+    bars = BarLines(
+        shift=0,
+        beats_per_bar=4,
+        beat_offset=0,
+        declared=f"{numerator}/{denominator}",
+        reason=f"played without a click: no beat grid of the file fits its notes; beats found "
+        f"at about {bpm:.0f} bpm",
+        tpq=tpq,
+        beats=tuple(int(b) for b in found),
+    )
+    placed = bars.to_bars(onsets.times)
+    fit = max(grid_fit(placed, tpq, 0), grid_fit(placed, tpq, 0, 3))
+    if fit < PLAYED_FIT or fit - own < PLAYED_GAIN:
+        return None
+    warped = _Onsets(np.round(placed).astype(np.int64), onsets.weight, _mapped(onsets.notes, bars))
+    beats_per_bar, shift = _bars_from(warped, tpq, 0)
+    return replace(bars, beats_per_bar=beats_per_bar, shift=shift)
+
+
+def _mapped(notes: dict[str, np.ndarray], bars: BarLines) -> dict[str, np.ndarray]:
+    """Pitched notes (time, duration, pitch) on the re-barred ticks."""
+    start = bars.to_bars(notes["time"])
+    end = bars.to_bars(notes["time"] + notes["duration"])
+    time = np.round(start).astype(np.int64)
+    return {"time": time, "duration": np.maximum(1, np.round(end) - time), "pitch": notes["pitch"]}
+
+
 PLAYED = (
     "its notes follow no beat grid of the file, as if it was played without a click, so it "
     "is continued on the file's own beats and bars, which may not be the music's: quantize it "
@@ -245,10 +320,10 @@ PLAYED = (
 def played_without_click(score: symusic.Score) -> bool:
     """Whether the notes of ``score`` fit no grid of its own, 16ths or triplet 8ths at any
     offset, better than chance does: a performance recorded without a click, whose beats and
-    bar lines say nothing about its music. musegen does not re-time such a file (a beat
-    tracker for it did not earn its place: ``benchmarks/results/performed_input/``), so it
-    only says so (:data:`PLAYED`). A file with a tempo map was written, not played; drums
-    alone are not judged (drummers record to a click, and a fill's flams fit no grid)."""
+    bar lines say nothing about its music. :func:`find` re-times such a file on the beats it
+    finds when they fit its notes; when they do not, the user is only told (:data:`PLAYED`).
+    A file with a tempo map was written, not played; drums alone are not judged (drummers
+    record to a click, and a fill's flams fit no grid)."""
     if len({round(t.qpm, 3) for t in score.tempos}) > 1:
         return False
     if all(t.is_drum for t in score.tracks if len(t.notes)):
@@ -257,18 +332,29 @@ def played_without_click(score: symusic.Score) -> bool:
     onsets = _Onsets.of(score)
     if len(onsets.times) < MIN_ONSETS or tpq < SIXTEENTHS:
         return False
-    fits = (_best_cell_offset(onsets.times, tpq, cells)[1] for cells in (SIXTEENTHS, 3))
-    return max(fits) < FREE_FIT
+    return _own_fit(onsets, tpq) < FREE_FIT
+
+
+def _own_fit(onsets: _Onsets, tpq: int) -> float:
+    """How well the onsets fit the file's 16th or triplet-8th grid, at the best offset."""
+    return max(_best_cell_offset(onsets.times, tpq, cells)[1] for cells in (SIXTEENTHS, 3))
 
 
 def rebar(score: symusic.Score, bars: BarLines) -> symusic.Score:
-    """``score`` with its notes ``bars.shift`` ticks later and one meter, ``beats_per_bar``/4,
-    from tick 0: the found downbeats on its bar lines. The tempo stays the file's."""
-    moved = score.shift_time(bars.shift) if bars.shift else score.copy()
-    tempos = sorted(moved.tempos, key=lambda t: t.time)
-    if tempos:  # the first tempo holds from the new tick 0, as it did from the old one
-        tempos[0] = symusic.Tempo(0, tempos[0].qpm)
-        moved.tempos = tempos
+    """``score`` on the bars found: its notes ``bars.shift`` ticks later (a played file's also
+    spread so that each beat found is one quarter note) and one meter, ``beats_per_bar``/4,
+    from tick 0. The tempo stays the file's, or a played file's takes its beats' median pace."""
+    if bars.beats:
+        moved = map_times(score, bars.to_bars, score.ticks_per_quarter)
+        gap = float(np.median(np.diff(bars.beats)))
+        seconds = beat_tracking.seconds_per_tick(score) or 60 / 120 / score.ticks_per_quarter
+        moved.tempos = [symusic.Tempo(0, 60 / (gap * seconds))]
+    else:
+        moved = score.shift_time(bars.shift) if bars.shift else score.copy()
+        tempos = sorted(moved.tempos, key=lambda t: t.time)
+        if tempos:  # the first tempo holds from the new tick 0, as it did from the old one
+            tempos[0] = symusic.Tempo(0, tempos[0].qpm)
+            moved.tempos = tempos
     moved.time_signatures = [symusic.TimeSignature(0, bars.beats_per_bar, 4)]
     return moved
 

@@ -38,6 +38,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
             "musegen.tokenizer",
             "musegen.score_check",
             "musegen.bar_lines",
+            "musegen.beat_tracking",
             "musegen.midi_repair",
             "musegen.metrics",
         ),

@@ -145,16 +145,43 @@ def _played(song: symusic.Score, seed: int = 0) -> symusic.Score:
     return out
 
 
-def test_a_file_played_without_a_click_is_recognised_and_the_user_told(tiny_checkpoint):
+def test_a_file_played_without_a_click_is_re_timed_on_its_own_beats(tiny_checkpoint):
     song = _song(12)
     assert not bar_lines.played_without_click(song)
     played = _played(song)
-    assert bar_lines.played_without_click(played) and bar_lines.find(played) is None
+    assert bar_lines.played_without_click(played)
+    found = bar_lines.find(played)
+    assert found is not None and found.beats and found.beats_per_bar == 4
+    assert "played without a click" in found.reason
+    # Each beat found is one of the song's quarter notes, as played (within 70 ms).
+    seconds = np.asarray(found.beats) / (2 * TPQ)
+    true = np.cumsum(np.r_[0, 0.57 * (1 + 0.06 * np.sin(np.arange(60) / 5))])
+    inside = seconds[(seconds > 0.3) & (seconds < true[47])]
+    assert len(inside) > 30 and all(np.abs(true - t).min() < 0.07 for t in inside)
+    result = Pipeline.from_pretrained(tiny_checkpoint).continue_midi(
+        played, 1, bars=1, seed=0, max_new_tokens=60
+    )[0]
+    assert found.describe() in result.warnings and bar_lines.PLAYED not in result.warnings
+    end = result.prompt_end_tick
+    kept = [(n.time, n.pitch) for n in result.score.tracks[0].notes if n.time < end]
+    assert kept == [(n.time, n.pitch) for n in played.tracks[0].notes]
+
+
+def test_a_file_whose_notes_follow_no_beat_at_all_is_left_alone_and_the_user_told(
+    tiny_checkpoint,
+):
+    rng = np.random.default_rng(3)
+    noise = symusic.Score(TPQ)
+    track = symusic.Track(name="Piano", program=0)
+    for t in np.sort(rng.uniform(0, 40 * TPQ, 160)):
+        track.notes.append(symusic.Note(int(t), TPQ // 2, int(rng.integers(48, 84)), 80))
+    noise.tracks.append(track)
+    assert bar_lines.played_without_click(noise) and bar_lines.find(noise) is None
     drums = _played(_song(12))
     for track in drums.tracks:
         track.is_drum = True
     assert not bar_lines.played_without_click(drums)  # drummers record to a click
     result = Pipeline.from_pretrained(tiny_checkpoint).continue_midi(
-        played, 1, bars=1, seed=0, max_new_tokens=40
+        noise, 1, bars=1, seed=0, max_new_tokens=40
     )[0]
     assert bar_lines.PLAYED in result.warnings
