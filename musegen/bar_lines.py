@@ -43,6 +43,7 @@ CLEAN_FIT = 0.9  # … and the best one fits at least this well (music played to
 FREE_FIT = 0.55  # no grid of the file fits better than this: maybe played without a click
 PLAYED_FIT = 0.75  # … and the beats found place the onsets at least this well on a grid
 PLAYED_GAIN = 0.25  # … and this much better than the file's own grid does
+DOTTED = 0.1  # … unless their triplet grid fits this much better: a dotted beat was found
 MIN_ONSETS = 32  # fewer distinct onsets say too little about a grid to move anything
 METERS = (4, 3)  # beats per bar tried, the first preferred on a tie
 METER_MARGIN = 1.15  # a later meter must read this much more clearly as one to be chosen
@@ -294,8 +295,9 @@ def _played(score: symusic.Score, onsets: _Onsets) -> BarLines | None:
         beats=tuple(int(b) for b in found),
     )
     placed = bars.to_bars(onsets.times)
-    fit = max(grid_fit(placed, tpq, 0), grid_fit(placed, tpq, 0, 3))
-    if fit < PLAYED_FIT or fit - own < PLAYED_GAIN:
+    straight, triplets = grid_fit(placed, tpq, 0), grid_fit(placed, tpq, 0, 3)
+    fit = max(straight, triplets)
+    if fit < PLAYED_FIT or fit - own < PLAYED_GAIN or triplets >= straight + DOTTED:
         return None
     warped = _Onsets(np.round(placed).astype(np.int64), onsets.weight, _mapped(onsets.notes, bars))
     beats_per_bar, shift = _bars_from(warped, tpq, 0)
