@@ -185,3 +185,32 @@ def test_a_file_whose_notes_follow_no_beat_at_all_is_left_alone_and_the_user_tol
         noise, 1, bars=1, seed=0, max_new_tokens=40
     )[0]
     assert bar_lines.PLAYED in result.warnings
+
+
+def _jig(bars: int) -> symusic.Score:
+    """A 6/8 tune: six 8ths a bar over a bass note on each dotted beat."""
+    score = symusic.Score(TPQ)
+    score.tempos.append(symusic.Tempo(0, 100.0))
+    score.time_signatures.append(symusic.TimeSignature(0, 6, 8))
+    track = symusic.Track(name="Fiddle", program=40)
+    for bar in range(bars):
+        chord, start = CHORDS[bar % len(CHORDS)], bar * 3 * TPQ
+        for eighth in range(6):
+            pitch = chord[1 + eighth % 2] + (12 if eighth % 3 == 0 else 0)
+            velocity = 90 if eighth % 3 == 0 else 65
+            track.notes.append(
+                symusic.Note(start + eighth * TPQ // 2, TPQ // 2 - 10, pitch, velocity)
+            )
+        track.notes.append(symusic.Note(start, 3 * TPQ // 2 - 10, chord[0] - 12, 90))
+        track.notes.append(symusic.Note(start + 3 * TPQ // 2, 3 * TPQ // 2 - 10, chord[0] - 5, 80))
+    score.tracks.append(track)
+    return score
+
+
+def test_a_beat_found_in_dotted_quarters_is_not_used(monkeypatch):
+    played = _played(_jig(16))
+    assert bar_lines.played_without_click(played)
+    assert bar_lines.find(played) is None  # its 8ths would become triplets: left alone, told
+    monkeypatch.setattr(bar_lines, "DOTTED", 9.0)  # without the guard it would be re-timed
+    found = bar_lines.find(played)
+    assert found is not None and found.beats
