@@ -239,8 +239,10 @@ def find(score: symusic.Score) -> BarLines | None:
     one_beat_bars = bool(len(score.time_signatures)) and all(
         sig.numerator == 1 for sig in score.time_signatures
     )
+    if not off_grid and played_without_click(score):
+        return _played(score, onsets)  # its own beats mean nothing: the tracker's, or none
     if not (off_grid or one_beat_bars):
-        return _played(score, onsets)
+        return None
     beat = _beat_phase(onsets, tpq, cell_offset if off_grid else 0)
     reasons = []
     if beat:
@@ -269,14 +271,10 @@ def _bars_from(onsets: _Onsets, tpq: int, beat: int) -> tuple[int, int]:
 
 
 def _played(score: symusic.Score, onsets: _Onsets) -> BarLines | None:
-    """The beats of a file played without a click (:mod:`musegen.beat_tracking`), when its
-    notes fit no grid of its own, 16ths or triplets (its best fit is what chance gives), and
-    fit the beats found far better; None otherwise (a drummer who played to the file's
-    click, swing, a sequenced file: their own grid explains them as well). Drums alone are
-    left alone: drummers record to a click, and a fill's flams and ghost notes fit no grid
-    (3 of 109 Groove files would otherwise be re-timed)."""
-    if not played_without_click(score):
-        return None
+    """The beats of a file :func:`played_without_click` (:mod:`musegen.beat_tracking`), when
+    its notes fit them far better than any grid of the file's; None when they do not, or when
+    the beat found is a dotted quarter (written as a quarter, the music's 8ths would become
+    triplets)."""
     tpq = score.ticks_per_quarter
     own = _own_fit(onsets, tpq)
     found = beat_tracking.beats_of(score)
