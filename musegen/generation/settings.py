@@ -132,8 +132,9 @@ class GenerationSettings:
     )  # fmt: skip
     find_bar_lines: bool = setting(
         True, "when the prompt's bar lines do not follow its notes (every note off the beat "
-        "grid by the same few ticks, as when a click did not start at tick 0, or one-beat "
-        "bars), continue on bars found from the notes; the prompt comes back as it was",
+        "grid by the same few ticks, as when a click did not start at tick 0; one-beat bars; "
+        "or played without a click at all), continue on beats and bars found from the notes; "
+        "the prompt comes back as it was",
         "Find the bar lines from the notes", advanced=True,
     )  # fmt: skip
     prompt_bars: str = setting(
