@@ -234,7 +234,10 @@ def find(score: symusic.Score) -> BarLines | None:
     cell_offset, best_fit, own_fit = _best_cell_offset(onsets.times, tpq)
     # Onsets that fit a shifted grid cleanly and the file's own badly: played to a click that
     # was not at tick 0. (A drummer playing a little ahead of the beat fits neither cleanly.)
-    off_grid = best_fit >= CLEAN_FIT and best_fit - own_fit >= OFF_GRID
+    # Drums alone are left on their bars: a drummer steadily behind the click is a feel, and
+    # drums say too little about harmony to find downbeats by (36 % right on Groove).
+    drums_only = all(t.is_drum for t in score.tracks if len(t.notes))
+    off_grid = best_fit >= CLEAN_FIT and best_fit - own_fit >= OFF_GRID and not drums_only
     # Every meter one beat long (a first 1/8 bar alone is a pickup, not this fault).
     one_beat_bars = bool(len(score.time_signatures)) and all(
         sig.numerator == 1 for sig in score.time_signatures

@@ -214,3 +214,11 @@ def test_a_beat_found_in_dotted_quarters_is_not_used(monkeypatch):
     monkeypatch.setattr(bar_lines, "DOTTED", 9.0)  # without the guard it would be re-timed
     found = bar_lines.find(played)
     assert found is not None and found.beats
+
+
+def test_drums_steadily_behind_the_click_keep_their_bars():
+    drums = _song(16, late=40)
+    for track in drums.tracks:
+        track.is_drum = True
+    assert bar_lines.find(drums) is None
+    assert bar_lines.find(_song(16, late=40)) is not None  # the same notes, pitched: re-barred
