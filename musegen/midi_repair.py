@@ -1,7 +1,7 @@
 """Read a damaged MIDI file the way a forgiving sequencer does, and say what was wrong with it.
 
 Files found in the wild break the format in a few common ways, and a strict parser refuses them
-whole (4 % of a collection of real band arrangements did): a writer that stored a velocity,
+whole (9 of 545 files of a collection of real band arrangements): a writer that stored a velocity,
 controller value or program above 127 in a 7-bit data byte, a file cut short in a download (the
 last track's length says more bytes than there are), or a track that stops in the middle of an
 event. Everything before and after such a fault is usually fine, so :func:`repair` rewrites the
