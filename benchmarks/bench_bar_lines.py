@@ -13,7 +13,7 @@ Two measurements, printed and written as JSON:
    file's bar lines.
 3. **Performances** (``--performed DIR`` …, folders written by ``perform.py``: held-out pieces
    played without a click): the share flagged, and the share recognised as played without a
-   click (``played_without_click``: the user is told), which in 1. and 2. is a false alarm
+   click and left on its own bars (``examine``: the user is told), which in 2. is a false alarm
    unless the file was in fact played in.
 
     python benchmarks/bench_bar_lines.py --pop909 ../shared/corpora/pop909 --split test \\
@@ -87,9 +87,8 @@ def performed_files(folder: Path) -> dict:
         end = int(beats[min(PROMPT_BEATS, len(beats) - 1)])
         score = score.clip(0, end, clip_end=False)
         beats = beats[beats <= end]
-        found = bar_lines.find(score)
-        row = {"file": name, "flagged": found is not None}
-        row["played"] = found is None and bar_lines.played_without_click(score)
+        found, played = bar_lines.examine(score)
+        row = {"file": name, "flagged": found is not None, "played": played}
         if found is not None:
             # The quarter notes of the bars found (bar lines from tick 0), on the file's ticks.
             quarters = found.to_file(np.arange(4 * PROMPT_BEATS) * found.tpq)
@@ -130,9 +129,8 @@ def clean_files(folder: Path, files: int, seed: int) -> dict:
         onsets = bar_lines._Onsets.of(score)
         if len(onsets.times) < bar_lines.MIN_ONSETS:
             continue
-        found = bar_lines.find(score)
-        row = {"file": str(path), "flagged": found is not None}
-        row["played"] = found is None and bar_lines.played_without_click(score)
+        found, played = bar_lines.examine(score)
+        row = {"file": str(path), "flagged": found is not None, "played": played}
         if found is not None:
             row["reason"] = found.reason
         numerator, denominator = bar_lines.declared_meter(score)

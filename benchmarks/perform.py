@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import symusic
 
+from musegen.eval_pieces import from_folder
+
 TPQ = 480
 RECORDER_BPM = 120.0
 
@@ -68,7 +70,9 @@ def perform(source: symusic.Score, rng: np.random.Generator, args) -> tuple[symu
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="a corpus folder with corpus.json, or MIDI files")
-    parser.add_argument("--split", default="test", help="files of this split (corpus.json)")
+    parser.add_argument(
+        "--split", default="test", help="files of this split, as evaluate-groups takes it"
+    )
     parser.add_argument("--files", type=int, default=16)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--bpm", type=float, nargs=2, default=(70.0, 130.0))
@@ -76,14 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jitter", type=float, default=0.012, help="onset spread (seconds)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    manifest = args.folder / "corpus.json"
-    if manifest.exists():
-        items = json.loads(manifest.read_text())["files"]
-        paths = [
-            args.folder / rel for rel, meta in items.items() if meta.get("split") == args.split
-        ]
-    else:
-        paths = sorted(args.folder.rglob("*.mid"))
+    # The split as evaluate-groups takes it (every file of a folder without one), in path order.
+    paths = sorted(from_folder(args.folder.name, args.folder, args.split).files)
     random.Random(args.seed).shuffle(paths)
     args.out.mkdir(parents=True, exist_ok=True)
     truth = {}

@@ -226,26 +226,32 @@ def declared_meter(score: symusic.Score) -> tuple[int, int]:
 def find(score: symusic.Score) -> BarLines | None:
     """Where the beats and bars of ``score`` lie when its own bar lines do not follow its notes
     (see the module); None when they do, or when there are too few onsets to say."""
+    return examine(score)[0]
+
+
+def examine(score: symusic.Score) -> tuple[BarLines | None, bool]:
+    """(:func:`find`'s answer, whether ``score`` was :func:`played_without_click` and is left
+    on its own bars all the same): what a front end tells the user, read in one pass."""
     tpq = score.ticks_per_quarter
     onsets = _Onsets.of(score)
     if len(onsets.times) < MIN_ONSETS or tpq < SIXTEENTHS:
-        return None
+        return None, False
     numerator, denominator = declared_meter(score)
     cell_offset, best_fit, own_fit = _best_cell_offset(onsets.times, tpq)
     # Onsets that fit a shifted grid cleanly and the file's own badly: played to a click that
     # was not at tick 0. (A drummer playing a little ahead of the beat fits neither cleanly.)
     # Drums alone are left on their bars: a drummer steadily behind the click is a feel, and
     # drums say too little about harmony to find downbeats by (36 % right on Groove).
-    drums_only = all(t.is_drum for t in score.tracks if len(t.notes))
-    off_grid = best_fit >= CLEAN_FIT and best_fit - own_fit >= OFF_GRID and not drums_only
+    off_grid = best_fit >= CLEAN_FIT and best_fit - own_fit >= OFF_GRID and not _drums_only(score)
     # Every meter one beat long (a first 1/8 bar alone is a pickup, not this fault).
     one_beat_bars = bool(len(score.time_signatures)) and all(
         sig.numerator == 1 for sig in score.time_signatures
     )
-    if not off_grid and played_without_click(score):
-        return _played(score, onsets)  # its own beats mean nothing: the tracker's, or none
+    if not off_grid and _unclicked(score, onsets):
+        found = _played(score, onsets)  # its own beats mean nothing: the tracker's, or none
+        return found, found is None
     if not (off_grid or one_beat_bars):
-        return None
+        return None, False
     beat = _beat_phase(onsets, tpq, cell_offset if off_grid else 0)
     reasons = []
     if beat:
@@ -253,7 +259,7 @@ def find(score: symusic.Score) -> BarLines | None:
     if one_beat_bars:
         reasons.append(f"its meter is {numerator}/{denominator}, one beat a bar")
     beats_per_bar, shift = _bars_from(onsets, tpq, beat)
-    return BarLines(
+    found = BarLines(
         shift=shift,
         beats_per_bar=beats_per_bar,
         beat_offset=int(beat),
@@ -261,6 +267,7 @@ def find(score: symusic.Score) -> BarLines | None:
         reason="; ".join(reasons),
         tpq=tpq,
     )
+    return found, False
 
 
 def _bars_from(onsets: _Onsets, tpq: int, beat: int) -> tuple[int, int]:
@@ -327,15 +334,21 @@ def played_without_click(score: symusic.Score) -> bool:
     finds when they fit its notes; when they do not, the user is only told (:data:`PLAYED`).
     A file with a tempo map was written, not played; drums alone are not judged (drummers
     record to a click, and a fill's flams fit no grid)."""
-    if len({round(t.qpm, 3) for t in score.tempos}) > 1:
-        return False
-    if all(t.is_drum for t in score.tracks if len(t.notes)):
+    return _unclicked(score, _Onsets.of(score))
+
+
+def _unclicked(score: symusic.Score, onsets: _Onsets) -> bool:
+    """:func:`played_without_click` on the score's onsets, already read."""
+    if len({round(t.qpm, 3) for t in score.tempos}) > 1 or _drums_only(score):
         return False
     tpq = score.ticks_per_quarter
-    onsets = _Onsets.of(score)
     if len(onsets.times) < MIN_ONSETS or tpq < SIXTEENTHS:
         return False
     return _own_fit(onsets, tpq) < FREE_FIT
+
+
+def _drums_only(score: symusic.Score) -> bool:
+    return all(t.is_drum for t in score.tracks if len(t.notes))
 
 
 def _own_fit(onsets: _Onsets, tpq: int) -> float:
@@ -350,7 +363,7 @@ def rebar(score: symusic.Score, bars: BarLines) -> symusic.Score:
     if bars.beats:
         moved = map_times(score, bars.to_bars, score.ticks_per_quarter)
         gap = float(np.median(np.diff(bars.beats)))
-        seconds = beat_tracking.seconds_per_tick(score) or 60 / 120 / score.ticks_per_quarter
+        seconds = beat_tracking.seconds_per_tick(score)  # one tempo: a played file has no map
         moved.tempos = [symusic.Tempo(0, 60 / (gap * seconds))]
     else:
         moved = score.shift_time(bars.shift) if bars.shift else score.copy()

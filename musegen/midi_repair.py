@@ -37,22 +37,16 @@ class _Truncated(Exception):
     """The track's bytes end inside an event."""
 
 
-def _vlq(body: bytes, i: int) -> int:
-    """The index after a variable-length number starting at ``i``."""
+def _vlq(body: bytes, i: int) -> tuple[int, int]:
+    """The variable-length number starting at ``i``, and the index after it."""
+    value = 0
     for k in range(4):
         if i + k >= len(body):
             raise _Truncated
+        value = (value << 7) | (body[i + k] & 0x7F)
         if body[i + k] < 0x80:
-            return i + k + 1
-    return i + 4  # a malformed length; the strict parser will say so
-
-
-def _vlq_value(body: bytes, i: int) -> tuple[int, int]:
-    value = 0
-    end = _vlq(body, i)
-    for b in body[i:end]:
-        value = (value << 7) | (b & 0x7F)
-    return value, end
+            return value, i + k + 1
+    return value, i + 4  # a malformed length; the strict parser will say so
 
 
 def _repair_track(body: bytes, changes: Counter) -> bytes:
@@ -62,7 +56,7 @@ def _repair_track(body: bytes, changes: Counter) -> bytes:
     status = None
     try:
         while i < len(out):
-            i = _vlq(out, i)  # delta time
+            _, i = _vlq(out, i)  # delta time
             if i >= len(out):
                 raise _Truncated
             if out[i] >= 0x80:
@@ -74,10 +68,10 @@ def _repair_track(body: bytes, changes: Counter) -> bytes:
             if status == 0xFF:
                 if i >= len(out):
                     raise _Truncated
-                length, i = _vlq_value(out, i + 1)
+                length, i = _vlq(out, i + 1)
                 i += length
             elif status in (0xF0, 0xF7):
-                length, i = _vlq_value(out, i)
+                length, i = _vlq(out, i)
                 i += length
             else:
                 names = DATA[status & 0xF0]

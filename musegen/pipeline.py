@@ -462,8 +462,11 @@ class Pipeline:
             if count_notes(score) == 0:
                 raise MidiError(f"{name}: has no notes to continue")
             score = check_score(score, limits, name)
-        found = bar_lines.find(score) if settings is None or settings.find_bar_lines else None
-        if found is None and bar_lines.played_without_click(score):
+        if settings is None or settings.find_bar_lines:
+            found, played = bar_lines.examine(score)
+        else:
+            found, played = None, bar_lines.played_without_click(score)
+        if played:  # left on its own bars: the user is told
             notes.append(bar_lines.PLAYED)
         source = _Source(score, notes=notes)
         if found is not None:

@@ -89,14 +89,16 @@ def check_prompt(
     file is appended to ``notes``, and so is a bar-line fault that continuing will work
     around (:mod:`musegen.bar_lines`), so the page can say so as soon as the file is in."""
     score = load_checked(data, limits or PROMPT_LIMITS, name, notes=notes)
-    found = bar_lines.find(score) if notes is not None else None
+    if notes is None:
+        return score
+    found, played = bar_lines.examine(score)
     if found is not None:
         notes.append(
             f'its bar lines do not follow its notes ({found.reason}): with "Find the bar '
             f'lines from the notes" on, it is continued on {found.beats_per_bar}/4 bars found '
             "from them"
         )
-    elif notes is not None and bar_lines.played_without_click(score):
+    elif played:
         notes.append(bar_lines.PLAYED)
     return score
 
